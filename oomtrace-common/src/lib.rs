@@ -1,0 +1,349 @@
+//! The kernel/user ABI of oomtrace.
+//!
+//! Every record the eBPF programs put into the ring buffer starts with a
+//! [`Header`] carrying [`ABI_VERSION`] and a kind, so the agent rejects what it
+//! does not understand instead of misreading it. Structs are `#[repr(C)]`,
+//! made of fixed-width integers and byte arrays, with explicit padding and a
+//! compile-time size check: the same bytes mean the same thing on both sides.
+//!
+//! Kernel struct offsets are not known at compile time (Rust eBPF has no
+//! CO-RE). The agent computes them from `/sys/kernel/btf/vmlinux` and passes
+//! them in as the [`KernelOffsets`] global before loading.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bumped whenever a struct below changes shape.
+pub const ABI_VERSION: u16 = 1;
+
+/// Name of the ring buffer map.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU counter array (indices are the `STAT_*` constants).
+pub const STATS_MAP: &str = "STATS";
+/// Name of the global holding [`KernelOffsets`].
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Name of the global holding [`TracepointLayout`].
+pub const TP_LAYOUT_GLOBAL: &str = "TP_LAYOUT";
+
+/// Program names, as the agent looks them up in the object.
+pub const PROG_TP_MARK_VICTIM: &str = "tp_mark_victim";
+pub const PROG_BTF_MARK_VICTIM: &str = "btf_mark_victim";
+pub const PROG_KPROBE_OOM_KILL: &str = "kprobe_oom_kill_process";
+pub const PROG_FENTRY_OOM_KILL: &str = "fentry_oom_kill_process";
+
+/// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
+
+/// Levels of the memory cgroup hierarchy captured per walk (leaf first).
+pub const MAX_DEPTH: usize = 12;
+/// Bytes kept of each cgroup directory name (kernfs node name).
+pub const NAME_LEN: usize = 128;
+/// `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+/// Bytes copied of a classic tracepoint record (its fixed part and `__data_loc` comm).
+pub const TP_RECORD_MAX: usize = 256;
+
+/// Per-CPU counters in [`STATS_MAP`].
+pub const STAT_LOST_TP_VICTIM: u32 = 0;
+pub const STAT_LOST_BTF_VICTIM: u32 = 1;
+pub const STAT_LOST_DECISION: u32 = 2;
+/// A kernel read failed (the event was sent with what could be read).
+pub const STAT_READ_ERRORS: u32 = 3;
+pub const STAT_FIRED_TP_VICTIM: u32 = 4;
+pub const STAT_FIRED_BTF_VICTIM: u32 = 5;
+pub const STAT_FIRED_DECISION: u32 = 6;
+pub const STAT_COUNT: u32 = 8;
+
+/// Event kinds in [`Header::kind`].
+pub const KIND_TP_VICTIM: u16 = 1;
+pub const KIND_BTF_VICTIM: u16 = 2;
+pub const KIND_DECISION: u16 = 3;
+
+/// [`CgroupWalk::flags`]: the hierarchy was deeper than [`MAX_DEPTH`].
+pub const WALK_TRUNCATED: u32 = 1;
+/// [`CgroupWalk::flags`]: a kernel read failed part-way.
+pub const WALK_READ_FAILED: u32 = 2;
+/// [`CgroupWalk::flags`]: the walk was not attempted (no pointer, offsets unknown).
+pub const WALK_ABSENT: u32 = 4;
+
+/// [`Decision::flags`]: `oc->memcg` was non-NULL (a memory cgroup OOM).
+pub const DECISION_HAS_MEMCG: u32 = 1;
+/// [`Decision::flags`]: `oc->chosen` was a task (not NULL or the -1 "abort" marker).
+pub const DECISION_HAS_CHOSEN: u32 = 2;
+
+/// [`BtfVictim::flags`]: the victim's `signal->oom_score_adj` was read.
+pub const VICTIM_HAS_ADJ: u32 = 1;
+
+/// The first bytes of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: u16,
+    pub kind: u16,
+    /// Size of the whole record in bytes.
+    pub len: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook ran.
+    pub ktime_ns: u64,
+    /// The task running the OOM killer (`current`): thread id and process id.
+    pub trigger_tid: u32,
+    pub trigger_tgid: u32,
+    pub trigger_comm: [u8; COMM_LEN],
+    pub cpu: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Header>() == 48);
+
+impl Header {
+    pub const fn zeroed() -> Self {
+        Self {
+            version: 0,
+            kind: 0,
+            len: 0,
+            ktime_ns: 0,
+            trigger_tid: 0,
+            trigger_tgid: 0,
+            trigger_comm: [0; COMM_LEN],
+            cpu: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// One memory cgroup on the way from a task's memcg to the root.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLevel {
+    /// `cgroup->kn->id` (the cgroup id; inode number of the directory on 64-bit).
+    pub id: u64,
+    /// `memcg->memory.usage` in pages.
+    pub usage_pages: u64,
+    /// `memcg->memory.max` in pages (`PAGE_COUNTER_MAX` when unlimited).
+    pub max_pages: u64,
+    /// `cgroup->kn->name`, NUL-terminated when shorter than [`NAME_LEN`].
+    pub name: [u8; NAME_LEN],
+}
+const _: () = assert!(size_of::<CgroupLevel>() == 24 + NAME_LEN);
+
+/// A memory cgroup and its ancestors, leaf first, as the kernel saw them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupWalk {
+    /// Number of valid entries in `levels`.
+    pub depth: u32,
+    /// `WALK_*` bits.
+    pub flags: u32,
+    pub levels: [CgroupLevel; MAX_DEPTH],
+}
+const _: () = assert!(size_of::<CgroupWalk>() == 8 + MAX_DEPTH * size_of::<CgroupLevel>());
+
+/// From `tracepoint/oom/mark_victim`: the raw tracepoint record, decoded in
+/// userspace with the offsets of the tracepoint's `format` file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpVictim {
+    pub header: Header,
+    /// The victim pid, read in the kernel at the `format` file's offset.
+    pub pid: u32,
+    /// Bytes of `record` that were copied.
+    pub record_len: u32,
+    pub record: [u8; TP_RECORD_MAX],
+}
+const _: () = assert!(size_of::<TpVictim>() == 48 + 8 + TP_RECORD_MAX);
+
+/// From `tp_btf/mark_victim`: what is read from the victim `task_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtfVictim {
+    pub header: Header,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub oom_score_adj: i32,
+    pub uid: u32,
+    /// `VICTIM_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The victim's memory cgroup and its ancestors.
+    pub memcg: CgroupWalk,
+}
+const _: () = assert!(size_of::<BtfVictim>() == 48 + 40 + size_of::<CgroupWalk>());
+
+/// From a kprobe or fentry on `oom_kill_process(struct oom_control *oc, const char *message)`:
+/// the kernel's decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub header: Header,
+    /// `DECISION_*` bits.
+    pub flags: u32,
+    /// `enum oom_constraint` (0 none, 1 cpuset, 2 memory policy, 3 memcg).
+    pub constraint: u32,
+    /// `oc->order` (-1 for a sysrq-forced OOM).
+    pub order: i32,
+    pub gfp_mask: u32,
+    /// `oc->totalpages`: the memcg limit, or RAM + swap for a node-level OOM.
+    pub totalpages: u64,
+    /// `oc->chosen_points`: the victim's badness.
+    pub chosen_points: i64,
+    pub chosen_pid: u32,
+    pub chosen_tgid: u32,
+    pub chosen_comm: [u8; COMM_LEN],
+    pub chosen_adj: i32,
+    pub _pad: u32,
+    /// `oc->memcg` and its ancestors: the OOM domain (`WALK_ABSENT` when node-level).
+    pub domain: CgroupWalk,
+    /// The chosen victim's memory cgroup.
+    pub chosen_memcg: CgroupWalk,
+    /// The trigger's (`current`'s) memory cgroup.
+    pub trigger_memcg: CgroupWalk,
+}
+const _: () = assert!(size_of::<Decision>() == 48 + 64 + 3 * size_of::<CgroupWalk>());
+
+/// Byte offsets in kernel structs, computed from BTF by the agent.
+///
+/// `u32::MAX` marks a member the running kernel does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Non-zero once the agent filled the struct in.
+    pub valid: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_cgroups: u32,
+    pub task_signal: u32,
+    pub task_cred: u32,
+    pub cred_uid: u32,
+    pub signal_oom_score_adj: u32,
+    /// Offset of `subsys[memory_cgrp_id]` inside `struct css_set`.
+    pub css_set_memory_subsys: u32,
+    pub css_cgroup: u32,
+    pub css_parent: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_id: u32,
+    /// Offset of `css` inside `struct mem_cgroup` (to go from css to memcg).
+    pub memcg_css: u32,
+    /// Offset of `memory.usage` (an `atomic_long_t`) inside `struct mem_cgroup`.
+    pub memcg_usage: u32,
+    /// Offset of `memory.max` inside `struct mem_cgroup`.
+    pub memcg_max: u32,
+    pub oc_memcg: u32,
+    pub oc_gfp_mask: u32,
+    pub oc_order: u32,
+    pub oc_totalpages: u32,
+    pub oc_chosen: u32,
+    pub oc_chosen_points: u32,
+    pub oc_constraint: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 26 * 4);
+
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        Self {
+            valid: 0,
+            task_pid: 0,
+            task_tgid: 0,
+            task_comm: 0,
+            task_cgroups: 0,
+            task_signal: 0,
+            task_cred: 0,
+            cred_uid: 0,
+            signal_oom_score_adj: 0,
+            css_set_memory_subsys: 0,
+            css_cgroup: 0,
+            css_parent: 0,
+            cgroup_kn: 0,
+            kn_name: 0,
+            kn_id: 0,
+            memcg_css: 0,
+            memcg_usage: 0,
+            memcg_max: 0,
+            oc_memcg: 0,
+            oc_gfp_mask: 0,
+            oc_order: 0,
+            oc_totalpages: 0,
+            oc_chosen: 0,
+            oc_chosen_points: 0,
+            oc_constraint: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// What the classic tracepoint program needs from the `format` file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointLayout {
+    /// Offset of the `pid` field.
+    pub pid_offset: u32,
+    /// Bytes to copy from the start of the record (at most [`TP_RECORD_MAX`]).
+    pub record_len: u32,
+}
+const _: () = assert!(size_of::<TracepointLayout>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are `repr(C)` structs of integers and byte arrays
+    // with explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for TracepointLayout {}
+}
+
+/// Errors from [`decode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than a header, or than the kind's struct.
+    Short { len: usize, need: usize },
+    /// A record of another ABI version (agent and eBPF object out of step).
+    Version(u16),
+    /// A kind this agent does not know.
+    Kind(u16),
+}
+
+/// A decoded ring-buffer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    TpVictim(TpVictim),
+    BtfVictim(BtfVictim),
+    Decision(Decision),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { len: bytes.len(), need });
+    }
+    // SAFETY: the length is checked above and every `T` used here is a
+    // plain-old-data struct for which any bit pattern is valid.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record, checking its length, version and kind.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let header: Header = read(bytes)?;
+    if header.version != ABI_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    match header.kind {
+        KIND_TP_VICTIM => read(bytes).map(Record::TpVictim),
+        KIND_BTF_VICTIM => read(bytes).map(Record::BtfVictim),
+        KIND_DECISION => read(bytes).map(Record::Decision),
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+/// The bytes of a record, as the eBPF side writes them (for tests and benchmarks).
+pub fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: reading the bytes of a `Copy` repr(C) value is always valid.
+    unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// The text before the first NUL of a fixed-size kernel string buffer.
+pub fn c_str(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..end]
+}

@@ -1,0 +1,210 @@
+//! The event a user reads: one [`Kill`] per victim, serialised as one JSON line.
+//!
+//! Field names are a contract with users' scripts (see the README). A value
+//! that is not known is `None` (`null` in JSON), never invented; what is
+//! missing and why is listed in [`Kill::missing`].
+
+use serde::Serialize;
+
+/// One OOM-killed task.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Kill {
+    /// RFC 3339, UTC, of the moment the kernel marked the victim.
+    pub time: String,
+    /// Host name, or `NODE_NAME` when set.
+    pub node: String,
+    /// `"cgroup"`: a memory cgroup's limit was hit; `"node"`: the node itself ran out.
+    pub scope: Option<Scope>,
+    /// `"memcg"`, `"none"`, `"cpuset"`, `"memory_policy"`.
+    pub constraint: Option<Constraint>,
+    /// Path of the cgroup whose limit was hit (`null` for node scope), relative
+    /// to the memory controller's mount.
+    pub oom_cgroup: Option<String>,
+    /// Which Kubernetes level that cgroup is (`container`, `pod`, `node_allocatable`, `cgroup`, `node`).
+    pub oom_domain: Option<OomDomain>,
+    /// Which source decided `scope` and `oom_cgroup`.
+    pub verdict_source: Option<VerdictSource>,
+    pub victim: Victim,
+    pub trigger: Trigger,
+    pub memcg: Memcg,
+    /// Kubernetes identity of the victim (`null` when it is not in a pod).
+    pub k8s: Option<K8s>,
+    /// Node memory at the moment of a node-level or allocatable kill.
+    pub node_memory: Option<NodeMemory>,
+    /// Shared by every victim of one OOM decision.
+    pub incident: String,
+    /// Plain-language account of what happened.
+    pub explanation: Option<String>,
+    /// The change that prevents it.
+    pub advice: Option<String>,
+    /// Findings about the victim's oom_score_adj and QoS class.
+    pub qos_check: Option<QosCheck>,
+    /// The sources that reported this kill (`tracepoint`, `tp_btf`, `oom_control`, `kmsg`).
+    pub sources: Vec<&'static str>,
+    /// What could not be learned about this kill, and why.
+    pub missing: Vec<String>,
+    /// Kernel ring-buffer records lost so far (all kinds), as counted in the kernel.
+    pub lost_events: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Cgroup,
+    Node,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    None,
+    Cpuset,
+    MemoryPolicy,
+    Memcg,
+}
+
+impl Constraint {
+    /// From `enum oom_constraint` in include/linux/oom.h.
+    pub fn from_kernel(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(Self::None),
+            1 => Some(Self::Cpuset),
+            2 => Some(Self::MemoryPolicy),
+            3 => Some(Self::Memcg),
+            _ => None,
+        }
+    }
+
+    /// From the `constraint=CONSTRAINT_...` word of the kernel's summary line.
+    pub fn from_kmsg(word: &str) -> Option<Self> {
+        match word {
+            "CONSTRAINT_NONE" => Some(Self::None),
+            "CONSTRAINT_CPUSET" => Some(Self::Cpuset),
+            "CONSTRAINT_MEMORY_POLICY" => Some(Self::MemoryPolicy),
+            "CONSTRAINT_MEMCG" => Some(Self::Memcg),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OomDomain {
+    /// The container's own limit.
+    Container,
+    /// The pod cgroup's limit.
+    Pod,
+    /// The kubepods (or kubepods-QoS) cgroup: the node's allocatable memory is exhausted.
+    NodeAllocatable,
+    /// Some other cgroup's limit.
+    Cgroup,
+    /// Node-level OOM: no memory cgroup involved.
+    Node,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictSource {
+    OomControl,
+    Kmsg,
+    CgroupUsage,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Victim {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    /// Badness (`oc->chosen_points`), from the oom_control hook or a pre-5.1 kernel line.
+    pub points: Option<i64>,
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    /// The victim's memory cgroup path.
+    pub cgroup: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Trigger {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The trigger's memory cgroup path (from the oom_control hook).
+    pub cgroup: Option<String>,
+    /// The trigger's oom_score_adj (from the kernel's `invoked oom-killer` line).
+    pub oom_score_adj: Option<i32>,
+    /// Allocation order (-1 for a sysrq-forced OOM).
+    pub order: Option<i32>,
+    pub gfp_mask: Option<String>,
+}
+
+/// Memory usage and limit, in bytes, at kill time.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Memcg {
+    pub victim_usage_bytes: Option<u64>,
+    /// `null` when the victim's own cgroup is unlimited.
+    pub victim_limit_bytes: Option<u64>,
+    pub oom_usage_bytes: Option<u64>,
+    pub oom_limit_bytes: Option<u64>,
+    /// Every captured level of the victim's cgroup, leaf first.
+    pub hierarchy: Vec<CgroupUsage>,
+    /// `oc->totalpages` in bytes: the memory the kernel scored against.
+    pub total_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct CgroupUsage {
+    pub path: String,
+    pub usage_bytes: u64,
+    /// `null` when unlimited.
+    pub limit_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct K8s {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    /// `Guaranteed`, `Burstable`, `BestEffort`.
+    pub qos_class: Option<String>,
+    /// `containerd`, `cri-o`, `docker`.
+    pub runtime: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct NodeMemory {
+    pub total_bytes: Option<u64>,
+    pub available_bytes: Option<u64>,
+    pub swap_total_bytes: Option<u64>,
+    pub swap_free_bytes: Option<u64>,
+    /// PSI `some avg10` of /proc/pressure/memory.
+    pub psi_some_avg10: Option<f64>,
+    /// PSI `full avg10`.
+    pub psi_full_avg10: Option<f64>,
+    /// The largest memory consumers at that moment.
+    pub top: Vec<Consumer>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Consumer {
+    /// `namespace/pod` for a pod, else the cgroup path.
+    pub name: String,
+    pub cgroup: String,
+    pub usage_bytes: u64,
+    pub qos_class: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct QosCheck {
+    /// The oom_score_adj the kubelet sets for this QoS class (a range for Burstable).
+    pub expected: Option<String>,
+    /// Whether the observed value fits the QoS class.
+    pub fits: Option<bool>,
+    /// For Burstable: the memory request the observed oom_score_adj implies.
+    pub estimated_request_bytes: Option<u64>,
+    pub note: Option<String>,
+}
