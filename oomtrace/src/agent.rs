@@ -1,1 +1,435 @@
-//! TODO
+//! The tracing loop: start the sources, correlate, enrich, explain, write.
+
+use std::{
+    fs,
+    io,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use oomtrace_common::{Record, TpVictim};
+use thiserror::Error;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    cli::TraceArgs,
+    correlate::{Correlated, Correlator, Input},
+    explain, identity,
+    kmsg::{self, KmsgOom, KmsgStats},
+    node::{self, CgroupFs},
+    podnames::PodNames,
+    probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
+    qos,
+    report::{Kill, OomDomain, Scope},
+    sink::Sink,
+    tracefs::{MarkVictimFields, MarkVictimLayout},
+    verdict,
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(
+        "nothing can capture OOM kills here: eBPF: {bpf}; kernel log: {kmsg}. Run `oomtrace doctor` for details"
+    )]
+    NoSource { bpf: String, kmsg: String },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] io::Error),
+    #[error("writing events failed: {0}")]
+    Output(#[source] io::Error),
+    #[error("reading the ring buffer failed: {0}")]
+    Ring(#[source] io::Error),
+}
+
+/// What a run did, for the exit summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub kills: u64,
+    pub lost_kernel: u64,
+    pub lost_kmsg: u64,
+}
+
+/// Everything the enrichment step reads.
+struct Enricher {
+    node: String,
+    cgfs: Option<CgroupFs>,
+    pod_names: PodNames,
+    proc_root: PathBuf,
+    top: usize,
+    mem_total: Option<u64>,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns.
+    realtime_offset_ns: i128,
+}
+
+/// Runs the tracer until SIGINT/SIGTERM or `--count` kills.
+pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
+    let node = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(hostname);
+    let page_size = verdict::page_size();
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().chars().take(8).collect())
+        .unwrap_or_else(|_| "boot".to_string());
+
+    // eBPF.
+    let mut probe = None;
+    let mut bpf_error = String::from("disabled by --no-bpf");
+    if !args.no_bpf {
+        let cfg = ProbeConfig {
+            tracefs: args.paths.tracefs.clone(),
+            btf: args.paths.btf.clone(),
+            disabled: Disabled {
+                tracepoint: args.no_tracepoint,
+                tp_btf: args.no_tp_btf,
+                fentry: args.no_fentry,
+                kprobe: args.no_kprobe,
+            },
+            ringbuf_bytes: args.ringbuf_bytes,
+        };
+        let support = KernelSupport::discover(&cfg);
+        match Probe::load(&cfg, support) {
+            Ok(p) => probe = Some(p),
+            Err(e) => {
+                bpf_error = e.to_string();
+                warn!("eBPF unavailable: {e}");
+            }
+        }
+    }
+
+    // The kernel log.
+    let (kmsg_tx, mut kmsg_rx) = mpsc::channel::<KmsgOom>(4096);
+    let kmsg_stats = Arc::new(KmsgStats::default());
+    let mut kmsg_error = String::from("disabled by --no-kmsg");
+    let mut kmsg_on = false;
+    if !args.no_kmsg {
+        match kmsg::spawn_reader(args.paths.kmsg.clone(), true, kmsg_tx, Arc::clone(&kmsg_stats)) {
+            Ok(_) => kmsg_on = true,
+            Err(e) => {
+                kmsg_error = e.to_string();
+                warn!("kernel log unavailable: {e}");
+            }
+        }
+    }
+
+    let mut active: Vec<Hook> = probe.as_ref().map(|p| p.active.clone()).unwrap_or_default();
+    if kmsg_on {
+        active.push(Hook::Kmsg);
+    }
+    if active.is_empty() {
+        return Err(AgentError::NoSource {
+            bpf: bpf_error,
+            kmsg: kmsg_error,
+        });
+    }
+
+    let (mut ring, stats, layout) = match probe.as_mut() {
+        Some(p) => {
+            let ring = p
+                .take_ring()
+                .map_err(|e| AgentError::Ring(io::Error::other(e.to_string())))?;
+            // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns it.
+            let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| AgentError::Ring(e.into()))?;
+            (Some(ring), p.take_stats(), p.layout.clone())
+        }
+        None => (None, None, None),
+    };
+
+    for hook in &active {
+        info!("active: {hook}");
+    }
+    if let Some(p) = &probe {
+        for (hook, why) in &p.inactive {
+            info!("inactive: {hook}: {why}");
+        }
+        for m in &p.missing_offsets {
+            info!("kernel offset not found: {m}");
+        }
+    }
+    if probe.is_none() {
+        warn!("degraded mode: kernel log only ({bpf_error}); every kill is still reported, with fewer details");
+    }
+    eprintln!(
+        "oomtrace: ready: {} ({})",
+        active.iter().map(|h| h.name()).collect::<Vec<_>>().join(", "),
+        if probe.is_some() { "ebpf" } else { "degraded: kernel log only" }
+    );
+
+    let mut correlator = Correlator::new(
+        &active,
+        args.wait_ms,
+        page_size,
+        boot_id,
+    );
+    let cgfs = match &args.paths.cgroup_root {
+        Some(root) => CgroupFs::at(root.clone()),
+        None => fs::read_to_string("/proc/self/mounts")
+            .ok()
+            .and_then(|m| CgroupFs::detect(&m)),
+    };
+    let mem_total = fs::read_to_string(args.paths.proc_root.join("meminfo"))
+        .ok()
+        .and_then(|t| node::meminfo(&t).total_bytes);
+    let mut enricher = Enricher {
+        node,
+        cgfs,
+        pod_names: PodNames::new()
+            .with_pods_dir(args.paths.pod_logs.clone())
+            .with_containers_dir(args.paths.container_logs.clone()),
+        proc_root: args.paths.proc_root.clone(),
+        top: args.top,
+        mem_total,
+        realtime_offset_ns: realtime_offset_ns(),
+    };
+    let mut sink = Sink::new(args.format, io::stdout());
+    let mut summary = Summary::default();
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_lost = 0u64;
+    let count = args.count;
+    let done = |s: &Summary| count.is_some_and(|n| s.kills >= n);
+
+    loop {
+        let mut ready = Vec::new();
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            guard = readable(&mut ring) => {
+                let mut guard = guard.map_err(AgentError::Ring)?;
+                let ring = guard.get_inner_mut();
+                let now = Instant::now();
+                while let Some(item) = ring.next() {
+                    if let Some(input) = decode(&item, layout.as_ref()) {
+                        ready.extend(correlator.push(input, now));
+                    }
+                }
+                guard.clear_ready();
+            }
+            Some(line) = kmsg_rx.recv(), if kmsg_on => {
+                ready.extend(correlator.push(Input::Kmsg { ts_usec: line.ts_usec, line: line.line }, line.received));
+            }
+            _ = tick.tick() => {
+                ready.extend(correlator.tick(Instant::now()));
+                let lost = lost_total(stats.as_ref(), &kmsg_stats);
+                if lost > last_lost {
+                    warn!("{} events lost so far (kernel ring buffer full or kernel log wrapped): raise --ringbuf-bytes", lost);
+                    last_lost = lost;
+                }
+            }
+        }
+        for c in ready {
+            write(&mut sink, &mut enricher, c, stats.as_ref(), &kmsg_stats, &mut summary)?;
+            if done(&summary) {
+                break;
+            }
+        }
+        if done(&summary) {
+            break;
+        }
+    }
+    if !done(&summary) {
+        for c in correlator.flush() {
+            write(&mut sink, &mut enricher, c, stats.as_ref(), &kmsg_stats, &mut summary)?;
+        }
+    }
+    let snap = stats.as_ref().map(Stats::snapshot).unwrap_or_default();
+    summary.lost_kernel = snap.lost();
+    summary.lost_kmsg = kmsg_stats.lost_records.load(Ordering::Relaxed);
+    eprintln!(
+        "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {} late sources dropped",
+        summary.kills, summary.lost_kernel, summary.lost_kmsg, snap.read_errors, correlator.late
+    );
+    Ok(summary)
+}
+
+async fn readable(
+    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match ring {
+        Some(r) => r.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lost_total(stats: Option<&Stats>, kmsg: &KmsgStats) -> u64 {
+    stats.map(|s| s.snapshot().lost()).unwrap_or(0) + kmsg.lost_records.load(Ordering::Relaxed)
+}
+
+fn decode(bytes: &[u8], layout: Option<&MarkVictimLayout>) -> Option<Input> {
+    match oomtrace_common::decode(bytes) {
+        Ok(Record::TpVictim(ev)) => Some(Input::Tracepoint {
+            header: ev.header,
+            fields: tp_fields(&ev, layout),
+        }),
+        Ok(Record::BtfVictim(ev)) => Some(Input::TpBtf(Box::new(ev))),
+        Ok(Record::Decision(ev)) => Some(Input::Decision(Box::new(ev))),
+        Err(e) => {
+            warn!("undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace");
+            None
+        }
+    }
+}
+
+fn tp_fields(ev: &TpVictim, layout: Option<&MarkVictimLayout>) -> MarkVictimFields {
+    let len = (ev.record_len as usize).min(ev.record.len());
+    let mut fields = match layout {
+        Some(l) if len > 0 => l.decode(&ev.record[..len]),
+        _ => MarkVictimFields::default(),
+    };
+    fields.pid = fields.pid.or(Some(ev.pid));
+    fields
+}
+
+fn write<W: io::Write>(
+    sink: &mut Sink<W>,
+    enricher: &mut Enricher,
+    c: Correlated,
+    stats: Option<&Stats>,
+    kmsg_stats: &KmsgStats,
+    summary: &mut Summary,
+) -> Result<(), AgentError> {
+    let mut kill = enricher.enrich(c);
+    kill.lost_events = lost_total(stats, kmsg_stats);
+    sink.write(&kill).map_err(AgentError::Output)?;
+    summary.kills += 1;
+    Ok(())
+}
+
+impl Enricher {
+    fn enrich(&mut self, c: Correlated) -> Kill {
+        let Correlated {
+            mut kill,
+            at_ns,
+            ..
+        } = c;
+        kill.node = self.node.clone();
+        kill.time = rfc3339(self.wall_time(at_ns));
+
+        // What the kernel walk did not give, read from the cgroup fs now (after the kill).
+        if let Some(cgfs) = &self.cgfs {
+            let mut read_late = false;
+            if kill.memcg.victim_usage_bytes.is_none()
+                && let Some(cg) = kill.victim.cgroup.as_deref()
+            {
+                kill.memcg.victim_usage_bytes = cgfs.usage(cg);
+                kill.memcg.victim_limit_bytes = cgfs.limit(cg);
+                read_late |= kill.memcg.victim_usage_bytes.is_some();
+            }
+            if kill.memcg.oom_usage_bytes.is_none()
+                && let Some(cg) = kill.oom_cgroup.as_deref()
+            {
+                kill.memcg.oom_usage_bytes = cgfs.usage(cg);
+                kill.memcg.oom_limit_bytes = cgfs.limit(cg);
+                read_late |= kill.memcg.oom_usage_bytes.is_some();
+            }
+            if read_late {
+                kill.missing.push(
+                    "memcg usage at kill time: read from the cgroup fs after the kill (no kernel walk)"
+                        .to_string(),
+                );
+            }
+        }
+
+        let ident = kill.victim.cgroup.as_deref().map(identity::parse);
+        if let Some(id) = &ident {
+            if let Some(uid) = id.pod_uid.as_deref() {
+                let name = self.pod_names.lookup(uid, id.container_id.as_deref());
+                if name.is_none() {
+                    kill.missing.push(format!(
+                        "pod name: pod {uid} not found under the pod log directories (pod deleted before the kill was seen, or --pod-logs points elsewhere)"
+                    ));
+                }
+                kill.k8s = id.to_k8s(name.as_ref());
+            } else {
+                kill.k8s = id.to_k8s(None);
+            }
+        }
+        kill.oom_domain = match kill.scope {
+            Some(Scope::Node) => Some(OomDomain::Node),
+            Some(Scope::Cgroup) => Some(identity::oom_domain(
+                kill.oom_cgroup.as_deref(),
+                kill.victim.cgroup.as_deref(),
+            )),
+            None => None,
+        };
+        if let Some(adj) = kill.victim.oom_score_adj {
+            let qos_class = ident.as_ref().and_then(|i| i.qos);
+            if ident.as_ref().is_some_and(identity::Identity::is_pod) {
+                kill.qos_check = Some(qos::check(qos_class, adj, self.mem_total));
+            }
+        }
+        if matches!(
+            kill.oom_domain,
+            Some(OomDomain::Node | OomDomain::NodeAllocatable)
+        ) && let Some(cgfs) = &self.cgfs
+        {
+            let pod_names = &mut self.pod_names;
+            let names = std::cell::RefCell::new(pod_names);
+            kill.node_memory = Some(node::node_memory(cgfs, &self.proc_root, self.top, |path| {
+                consumer_name(path, &mut names.borrow_mut())
+            }));
+        }
+        let (explanation, advice) = explain::explain(&kill, ident.as_ref());
+        kill.explanation = Some(explanation);
+        kill.advice = Some(advice);
+        kill
+    }
+
+    fn wall_time(&self, at_ns: Option<u64>) -> SystemTime {
+        let Some(ns) = at_ns else {
+            return SystemTime::now();
+        };
+        let wall = i128::from(ns) + self.realtime_offset_ns;
+        u64::try_from(wall)
+            .ok()
+            .map(|w| SystemTime::UNIX_EPOCH + Duration::from_nanos(w))
+            .unwrap_or_else(SystemTime::now)
+    }
+}
+
+/// A consumer's display name (`namespace/pod` for pods) and QoS class.
+fn consumer_name(path: &str, names: &mut PodNames) -> (String, Option<String>) {
+    let id = identity::parse(path);
+    let qos = id.qos.map(|q| q.as_str().to_string());
+    match id.pod_uid.as_deref() {
+        Some(uid) => match names.lookup(uid, None) {
+            Some(n) => (format!("{}/{}", n.namespace, n.pod), qos),
+            None => (format!("pod {uid}"), qos),
+        },
+        None => (path.to_string(), qos),
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn realtime_offset_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}

@@ -1,1 +1,139 @@
-//! TODO
+//! Command line (clap derive): the `///` comments are the help text.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Explains every OOM kill on this node: who was killed, which limit was hit
+/// (container, pod, node allocatable, or the node itself), how the victim was
+/// chosen, and what to do about it.
+#[derive(Debug, Parser)]
+#[command(name = "oomtrace", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what this kernel offers (BTF, tracepoint ABI, kprobe/fentry,
+    /// kmsg, cgroups, capabilities) and what oomtrace will use.
+    Doctor(DoctorArgs),
+    /// Show the order in which the kernel would kill in a node-level OOM, now.
+    Rank(crate::rank::RankArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per kill (NDJSON), for log shipping and scripts.
+    Json,
+    /// One readable line per kill, for people at a terminal.
+    Text,
+}
+
+/// Where the kernel and the node expose what oomtrace reads.
+#[derive(Debug, Clone, Args)]
+pub struct Paths {
+    /// tracefs mount point (default: /sys/kernel/tracing, then /sys/kernel/debug/tracing).
+    #[arg(long, env = "OOMTRACE_TRACEFS", global = true)]
+    pub tracefs: Option<PathBuf>,
+
+    /// The kernel's BTF.
+    #[arg(long, env = "OOMTRACE_BTF", default_value = "/sys/kernel/btf/vmlinux", global = true)]
+    pub btf: PathBuf,
+
+    /// The kernel log device.
+    #[arg(long, env = "OOMTRACE_KMSG", default_value = "/dev/kmsg", global = true)]
+    pub kmsg: PathBuf,
+
+    /// Mount point of the memory cgroup controller (default: found in /proc/self/mounts).
+    #[arg(long, env = "OOMTRACE_CGROUP_ROOT", global = true)]
+    pub cgroup_root: Option<PathBuf>,
+
+    /// The kubelet's pod log directory (pod names without the API server).
+    #[arg(long, env = "OOMTRACE_POD_LOGS", default_value = "/var/log/pods", global = true)]
+    pub pod_logs: PathBuf,
+
+    /// The kubelet's container log symlinks.
+    #[arg(
+        long,
+        env = "OOMTRACE_CONTAINER_LOGS",
+        default_value = "/var/log/containers",
+        global = true
+    )]
+    pub container_logs: PathBuf,
+
+    /// procfs of the node (in a container: the host's /proc mounted elsewhere).
+    #[arg(long = "proc", env = "OOMTRACE_PROC", default_value = "/proc", global = true)]
+    pub proc_root: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
+    /// Output format.
+    #[arg(long, value_enum, env = "OOMTRACE_FORMAT", default_value = "json")]
+    pub format: Format,
+
+    /// Exit 0 after this many kills (for scripts).
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    /// Node name in each event (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Use no eBPF at all: the kernel log alone reports every kill (degraded mode).
+    #[arg(long)]
+    pub no_bpf: bool,
+
+    /// Do not read the kernel log.
+    #[arg(long)]
+    pub no_kmsg: bool,
+
+    /// Do not attach the classic oom:mark_victim tracepoint.
+    #[arg(long)]
+    pub no_tracepoint: bool,
+
+    /// Do not attach tp_btf/mark_victim (the victim's cgroup walk).
+    #[arg(long)]
+    pub no_tp_btf: bool,
+
+    /// Do not attach fentry/oom_kill_process.
+    #[arg(long)]
+    pub no_fentry: bool,
+
+    /// Do not attach kprobe/oom_kill_process.
+    #[arg(long)]
+    pub no_kprobe: bool,
+
+    /// How long to wait for every source of one kill before reporting it with what is known.
+    #[arg(long, value_parser = parse_millis, default_value = "1000")]
+    pub wait_ms: Duration,
+
+    /// Size of the kernel ring buffer in bytes (a power of two).
+    #[arg(long, default_value_t = oomtrace_common::DEFAULT_RINGBUF_BYTES)]
+    pub ringbuf_bytes: u32,
+
+    /// Largest memory consumers listed in node context.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+
+    #[command(flatten)]
+    pub paths: Paths,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("expected milliseconds: {e}"))
+}

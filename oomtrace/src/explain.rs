@@ -1,1 +1,492 @@
-//! TODO
+//! The explanation and advice for each OOM domain: one or two plain
+//! sentences that say which limit was hit, who was killed and why, and the
+//! change that prevents it. Only facts present in the [`Kill`] (or the
+//! cgroup [`Identity`]) are stated; what is missing is said to be unknown.
+
+use crate::identity::{Identity, QosClass};
+use crate::report::{Kill, OomDomain};
+
+const MIB: f64 = 1024.0 * 1024.0;
+const GIB: f64 = 1024.0 * MIB;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / MIB)
+}
+
+fn size(bytes: u64) -> String {
+    if bytes as f64 >= GIB {
+        format!("{:.1} GiB", bytes as f64 / GIB)
+    } else {
+        mib(bytes)
+    }
+}
+
+/// Who was killed, in the user's terms.
+struct Victim {
+    /// `prod/api-7f9`, `pod <uid>`, or `python3 (pid 2423)`.
+    name: String,
+    /// `container api, Burstable, oom_score_adj 985`.
+    details: Vec<String>,
+    qos: Option<QosClass>,
+    is_pod: bool,
+}
+
+impl Victim {
+    fn describe(&self) -> String {
+        if self.details.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.details.join(", "))
+        }
+    }
+}
+
+fn victim(kill: &Kill, identity: Option<&Identity>) -> Victim {
+    let k8s = kill.k8s.as_ref();
+    let qos = k8s
+        .and_then(|k| k.qos_class.as_deref())
+        .and_then(QosClass::from_k8s)
+        .or_else(|| identity.and_then(|i| i.qos));
+    let process = match (&kill.victim.comm, kill.victim.pid) {
+        (Some(comm), Some(pid)) => format!("{comm} (pid {pid})"),
+        (Some(comm), None) => comm.clone(),
+        (None, Some(pid)) => format!("pid {pid}"),
+        (None, None) => "an unknown process".to_owned(),
+    };
+    let pod_name = k8s.and_then(|k| match (&k.namespace, &k.pod) {
+        (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
+        _ => k.pod_uid.as_ref().map(|uid| format!("pod {uid}")),
+    });
+    let pod_name = pod_name.or_else(|| {
+        identity
+            .filter(|i| i.is_pod())
+            .and_then(|i| i.pod_uid.as_ref())
+            .map(|uid| format!("pod {uid}"))
+    });
+    let mut details = Vec::new();
+    let is_pod = pod_name.is_some();
+    let name = match pod_name {
+        Some(pod) => {
+            match k8s.and_then(|k| k.container.as_ref()) {
+                Some(c) => details.push(format!("container {c}")),
+                None => details.push(format!("process {process}")),
+            }
+            pod
+        }
+        None => {
+            let place = identity
+                .and_then(|i| i.other.clone())
+                .or_else(|| kill.victim.cgroup.as_ref().map(|c| format!("cgroup {c}")));
+            match place {
+                Some(place) => format!("{process} in {place}"),
+                None => format!("{process} (cgroup unknown)"),
+            }
+        }
+    };
+    if let Some(q) = qos {
+        details.push(q.as_str().to_owned());
+    }
+    if let Some(adj) = kill.victim.oom_score_adj {
+        details.push(format!("oom_score_adj {adj}"));
+    }
+    Victim {
+        name,
+        details,
+        qos,
+        is_pod,
+    }
+}
+
+/// Why the kernel picked this victim in a node-wide (or allocatable-wide) choice.
+fn why_chosen(v: &Victim, kill: &Kill) -> String {
+    let adj = kill.victim.oom_score_adj;
+    match (v.qos, adj) {
+        (_, Some(-998)) => "it is a pod sandbox (pause) process, which is unusual: nothing else could be killed".into(),
+        (Some(QosClass::BestEffort), _) => "BestEffort pods (oom_score_adj 1000) are killed first".into(),
+        (Some(QosClass::Burstable), Some(adj)) if adj >= 900 => {
+            "Burstable pods with small requests score highest".into()
+        }
+        (Some(QosClass::Burstable), _) => {
+            "its badness (memory use plus oom_score_adj, which is higher the smaller the request) was the highest".into()
+        }
+        (Some(QosClass::Guaranteed), _) => {
+            "even Guaranteed pods (oom_score_adj -997) are killed when nothing with a higher score can free enough memory"
+                .into()
+        }
+        (None, Some(adj)) => format!("its badness (memory use plus oom_score_adj {adj}) was the highest"),
+        (None, None) => "its badness (memory use plus oom_score_adj) was the highest".into(),
+    }
+}
+
+/// "it used 180 MiB of its 512 MiB limit, so its own limit was not the cause".
+fn own_usage(kill: &Kill, v: &Victim) -> String {
+    let whose = if v.is_pod {
+        "its container"
+    } else {
+        "its cgroup"
+    };
+    match (kill.memcg.victim_usage_bytes, kill.memcg.victim_limit_bytes) {
+        (Some(u), Some(l)) => format!(
+            "it used {} of its {} limit, so its own limit was not the cause",
+            mib(u),
+            mib(l)
+        ),
+        (Some(u), None) => format!("it used {} and {whose} had no memory limit", mib(u)),
+        (None, Some(l)) => format!("its usage is unknown ({whose} limit was {})", mib(l)),
+        (None, None) => "its own usage and limit are unknown".into(),
+    }
+}
+
+fn top_consumers(kill: &Kill) -> Option<String> {
+    let top = &kill.node_memory.as_ref()?.top;
+    if top.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = top
+        .iter()
+        .take(5)
+        .map(|c| format!("{} {}", c.name, size(c.usage_bytes)))
+        .collect();
+    Some(list.join(", "))
+}
+
+/// "find out why batch/hog uses 14.2 GiB" for the largest consumer that is not the victim.
+fn largest_other(kill: &Kill, v: &Victim) -> Option<String> {
+    let top = &kill.node_memory.as_ref()?.top;
+    let c = top.iter().find(|c| c.name != v.name)?;
+    Some(format!(
+        "find out why {} uses {}",
+        c.name,
+        size(c.usage_bytes)
+    ))
+}
+
+fn qos_advice(v: &Victim) -> &'static str {
+    match v.qos {
+        Some(QosClass::Burstable) => {
+            "Make the pod Guaranteed (requests == limits) or raise its memory request"
+        }
+        Some(QosClass::BestEffort) => {
+            "Give the pod memory requests and limits (BestEffort pods are killed first), ideally requests == limits"
+        }
+        Some(QosClass::Guaranteed) => "Reduce the memory the other workloads on the node use",
+        None if v.is_pod => {
+            "Raise the pod's memory request (or make it Guaranteed with requests == limits)"
+        }
+        None => {
+            "Lower this process's oom_score_adj only if it must survive, and reduce the node's memory use"
+        }
+    }
+}
+
+fn estimated_request(kill: &Kill) -> Option<String> {
+    let est = kill.qos_check.as_ref()?.estimated_request_bytes?;
+    Some(format!(
+        "its oom_score_adj implies a memory request of about {}",
+        mib(est)
+    ))
+}
+
+fn oom_usage(kill: &Kill) -> Option<String> {
+    match (kill.memcg.oom_usage_bytes, kill.memcg.oom_limit_bytes) {
+        (Some(u), Some(l)) => Some(format!("{} of {}", mib(u), mib(l))),
+        (None, Some(l)) => Some(format!("a limit of {} (usage unknown)", mib(l))),
+        (Some(u), None) => Some(format!("{} (limit unknown)", mib(u))),
+        (None, None) => None,
+    }
+}
+
+fn sentence(parts: &[Option<String>]) -> String {
+    parts
+        .iter()
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The explanation and the advice for one kill.
+pub fn explain(kill: &Kill, identity: Option<&Identity>) -> (String, String) {
+    let v = victim(kill, identity);
+    let who = v.describe();
+
+    if kill.trigger.order == Some(-1) {
+        return (
+            format!(
+                "The OOM killer was forced by an administrator (echo f > /proc/sysrq-trigger); no memory shortage is \
+                 implied. {who} was killed because it had the highest badness score at that moment."
+            ),
+            "Nothing to change in the workload; find out who triggered the sysrq OOM if it was not intended.".into(),
+        );
+    }
+
+    let oom_cgroup = kill.oom_cgroup.as_deref().unwrap_or("an unknown cgroup");
+    match kill.oom_domain {
+        Some(OomDomain::Container) => {
+            let usage = match (kill.memcg.oom_usage_bytes, kill.memcg.oom_limit_bytes) {
+                (Some(u), Some(l)) => format!(": it used {} of its {} limit", mib(u), mib(l)),
+                (None, Some(l)) => format!(" of {} (its usage is unknown)", mib(l)),
+                _ => " (its usage and limit are unknown)".into(),
+            };
+            let whose = if v.is_pod { "container" } else { "cgroup" };
+            (
+                format!("{who} hit its own {whose} memory limit{usage}."),
+                format!(
+                    "Raise the {whose}'s memory limit or reduce its usage: keep heap settings (e.g. Java -Xmx, plus \
+                     off-heap and thread stacks) well below the limit, and look for a leak if usage keeps growing."
+                ),
+            )
+        }
+        Some(OomDomain::Pod) => {
+            let usage = oom_usage(kill).map(|u| format!(" ({u})")).unwrap_or_default();
+            (
+                format!(
+                    "The pod's containers together exceeded the pod's memory limit{usage}; no single container's own \
+                     limit was hit. The kernel killed {who}."
+                ),
+                "Raise the pod's memory limits (the pod limit is the sum of its containers' limits, or the pod-level \
+                 limit) or reduce the combined usage; check which container grew, including sidecars."
+                    .into(),
+            )
+        }
+        Some(OomDomain::NodeAllocatable) => {
+            let usage = oom_usage(kill).map(|u| format!(", {u}")).unwrap_or_default();
+            let top = top_consumers(kill)
+                .map(|t| format!(" Largest consumers: {t}."))
+                .unwrap_or_else(|| " The largest consumers are unknown.".into());
+            let chosen = sentence(&[Some(why_chosen(&v, kill)), estimated_request(kill)]);
+            (
+                format!(
+                    "The pods on the node together exhausted its allocatable memory (the {oom_cgroup} limit was \
+                     hit{usage}); no pod's own limit was. {who} was chosen because {chosen}.{top}"
+                ),
+                format!(
+                    "Memory requests are too low for the real usage (the node is overcommitted): raise requests to \
+                     match usage, evict or limit the largest consumers{}, and check kube-reserved/system-reserved and \
+                     the eviction thresholds so the kubelet evicts before the kernel kills.",
+                    largest_other(kill, &v).map(|l| format!(" ({l})")).unwrap_or_default()
+                ),
+            )
+        }
+        Some(OomDomain::Cgroup) => {
+            let usage = oom_usage(kill).map(|u| format!(" ({u})")).unwrap_or_default();
+            (
+                format!("The memory limit of cgroup {oom_cgroup} was hit{usage}; {who} was killed."),
+                format!(
+                    "Raise the memory limit of {oom_cgroup} (memory.max, or MemoryMax= for a systemd unit) or reduce \
+                     the memory its processes use."
+                ),
+            )
+        }
+        Some(OomDomain::Node) => {
+            let chosen = sentence(&[Some(why_chosen(&v, kill)), estimated_request(kill), Some(own_usage(kill, &v))]);
+            let top = top_consumers(kill)
+                .map(|t| format!(" Largest consumers: {t}."))
+                .unwrap_or_else(|| " The largest consumers are unknown.".into());
+            let mut advice = qos_advice(&v).to_owned();
+            if let Some(l) = largest_other(kill, &v) {
+                advice.push_str("; ");
+                advice.push_str(&l);
+            }
+            advice.push_str("; check kube-reserved/system-reserved.");
+            (
+                format!("The node ran out of memory (no cgroup limit was hit). {who} was chosen because {chosen}.{top}"),
+                advice,
+            )
+        }
+        None => (
+            format!(
+                "{who} was killed by the OOM killer; which limit was hit (its container, its pod, the node's \
+                 allocatable, or the node itself) is unknown."
+            ),
+            "Check the kernel log (dmesg) for the oom-kill line to learn which cgroup's limit was hit.".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity;
+    use crate::report::{Consumer, K8s, NodeMemory, QosCheck};
+
+    const MI: u64 = 1024 * 1024;
+    const GI: u64 = 1024 * MI;
+    // istio/istio#42734's container, with a name.
+    const CTR: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0330b2c1_a15b_4cdd_b5e5_72d4a90bee82.slice/docker-b27201334a41cd0749d053b18378d7ea65617b8e26277197ea25c974da1a5a8a.scope";
+
+    fn pod_kill(domain: OomDomain) -> Kill {
+        let mut k = Kill::default();
+        k.oom_domain = Some(domain);
+        k.victim.pid = Some(2423);
+        k.victim.comm = Some("api".into());
+        k.victim.oom_score_adj = Some(985);
+        k.victim.cgroup = Some(CTR.into());
+        k.k8s = Some(K8s {
+            namespace: Some("prod".into()),
+            pod: Some("api-7f9".into()),
+            container: Some("api".into()),
+            qos_class: Some("Burstable".into()),
+            ..K8s::default()
+        });
+        k.memcg.victim_usage_bytes = Some(180 * MI);
+        k.memcg.victim_limit_bytes = Some(512 * MI);
+        k.qos_check = Some(QosCheck {
+            estimated_request_bytes: Some(256 * MI),
+            ..QosCheck::default()
+        });
+        k.node_memory = Some(NodeMemory {
+            top: vec![
+                Consumer {
+                    name: "batch/hog".into(),
+                    usage_bytes: 14 * GI + 200 * MI,
+                    ..Consumer::default()
+                },
+                Consumer {
+                    name: "prod/api-7f9".into(),
+                    usage_bytes: 180 * MI,
+                    ..Consumer::default()
+                },
+            ],
+            ..NodeMemory::default()
+        });
+        k
+    }
+
+    #[test]
+    fn node_kill_of_a_burstable_pod() {
+        let k = pod_kill(OomDomain::Node);
+        let (e, a) = explain(&k, Some(&identity::parse(CTR)));
+        assert!(
+            e.starts_with("The node ran out of memory (no cgroup limit was hit)."),
+            "{e}"
+        );
+        assert!(
+            e.contains("prod/api-7f9 (container api, Burstable, oom_score_adj 985)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("Burstable pods with small requests score highest"),
+            "{e}"
+        );
+        assert!(e.contains("about 256 MiB"), "{e}");
+        assert!(
+            e.contains("180 MiB of its 512 MiB limit, so its own limit was not the cause"),
+            "{e}"
+        );
+        assert!(e.contains("batch/hog 14.2 GiB"), "{e}");
+        assert!(a.contains("Guaranteed (requests == limits)"), "{a}");
+        assert!(a.contains("batch/hog uses 14.2 GiB"), "{a}");
+        assert!(a.contains("kube-reserved/system-reserved"), "{a}");
+    }
+
+    #[test]
+    fn container_limit() {
+        let mut k = pod_kill(OomDomain::Container);
+        k.memcg.oom_usage_bytes = Some(512 * MI);
+        k.memcg.oom_limit_bytes = Some(512 * MI);
+        let (e, a) = explain(&k, None);
+        assert!(e.contains("prod/api-7f9 (container api"), "{e}");
+        assert!(
+            e.contains("its own container memory limit: it used 512 MiB of its 512 MiB limit"),
+            "{e}"
+        );
+        assert!(!e.contains("node ran out"), "{e}");
+        assert!(
+            a.contains("Raise the container's memory limit") && a.contains("-Xmx"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn pod_limit() {
+        let mut k = pod_kill(OomDomain::Pod);
+        k.memcg.oom_usage_bytes = Some(200 * MI);
+        k.memcg.oom_limit_bytes = Some(200 * MI);
+        let (e, a) = explain(&k, None);
+        assert!(
+            e.contains("containers together exceeded the pod's memory limit (200 MiB of 200 MiB)"),
+            "{e}"
+        );
+        assert!(e.contains("prod/api-7f9"), "{e}");
+        assert!(a.contains("pod's memory limits"), "{a}");
+    }
+
+    #[test]
+    fn node_allocatable() {
+        let mut k = pod_kill(OomDomain::NodeAllocatable);
+        k.oom_cgroup = Some("/kubepods.slice".into());
+        k.memcg.oom_usage_bytes = Some(15 * GI);
+        k.memcg.oom_limit_bytes = Some(15 * GI);
+        let (e, a) = explain(&k, None);
+        assert!(e.contains("exhausted its allocatable memory (the /kubepods.slice limit was hit, 15360 MiB of 15360 MiB)"), "{e}");
+        assert!(e.contains("Largest consumers: batch/hog 14.2 GiB"), "{e}");
+        assert!(
+            a.contains("overcommitted") && a.contains("kube-reserved") && a.contains("batch/hog"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn other_cgroup_names_the_process_and_cgroup() {
+        let mut k = Kill::default();
+        k.oom_domain = Some(OomDomain::Cgroup);
+        k.oom_cgroup = Some("/system.slice/foo.service".into());
+        k.victim.comm = Some("foo".into());
+        k.victim.pid = Some(77);
+        k.victim.cgroup = Some("/system.slice/foo.service".into());
+        k.memcg.oom_usage_bytes = Some(100 * MI);
+        k.memcg.oom_limit_bytes = Some(100 * MI);
+        let id = identity::parse("/system.slice/foo.service");
+        let (e, a) = explain(&k, Some(&id));
+        assert!(
+            e.contains("cgroup /system.slice/foo.service was hit (100 MiB of 100 MiB)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("foo (pid 77) in systemd service foo.service"),
+            "{e}"
+        );
+        assert!(a.contains("MemoryMax="), "{a}");
+    }
+
+    #[test]
+    fn sysrq_forced() {
+        let mut k = pod_kill(OomDomain::Node);
+        k.trigger.order = Some(-1);
+        let (e, a) = explain(&k, None);
+        assert!(
+            e.contains("forced by an administrator (echo f > /proc/sysrq-trigger)"),
+            "{e}"
+        );
+        assert!(e.contains("no memory shortage is implied"), "{e}");
+        assert!(!e.contains("ran out of memory"), "{e}");
+        assert!(a.contains("sysrq"), "{a}");
+    }
+
+    #[test]
+    fn missing_data_is_said_to_be_unknown() {
+        let mut k = Kill::default();
+        k.oom_domain = Some(OomDomain::Node);
+        let (e, _) = explain(&k, None);
+        assert!(e.contains("an unknown process (cgroup unknown)"), "{e}");
+        assert!(e.contains("own usage and limit are unknown"), "{e}");
+        assert!(e.contains("largest consumers are unknown"), "{e}");
+        assert!(!e.contains("MiB"), "{e}");
+        k.oom_domain = None;
+        let (e, a) = explain(&k, None);
+        assert!(e.contains("is unknown"), "{e}");
+        assert!(a.contains("dmesg"), "{a}");
+        // A pod known only by its cgroup: the UID stands in for the name.
+        let mut k = Kill::default();
+        k.oom_domain = Some(OomDomain::Node);
+        k.victim.comm = Some("java".into());
+        let id = identity::parse(CTR);
+        let (e, a) = explain(&k, Some(&id));
+        assert!(
+            e.contains("pod 0330b2c1-a15b-4cdd-b5e5-72d4a90bee82 (process java, Burstable)"),
+            "{e}"
+        );
+        assert!(a.contains("Guaranteed"), "{a}");
+    }
+}

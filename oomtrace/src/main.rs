@@ -1,1 +1,55 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use oomtrace::{
+    agent,
+    cli::{Cli, Command},
+    doctor, rank,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("OOMTRACE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Some(Command::Doctor(args)) => {
+            if doctor::run(&args, &cli.trace) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Some(Command::Rank(args)) => match rank::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("oomtrace rank: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("oomtrace: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(agent::run(cli.trace)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("oomtrace: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

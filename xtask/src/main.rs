@@ -1,1 +1,64 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
+//!
+//! - `setup`: install what building and testing needs ([`setup`]);
+//! - `build`, `run`: build the agent, run it as root ([`run`]);
+//! - `test`: unit, privileged host and VM tests ([`test`]);
+//! - `vm`: run a command inside a throwaway VM ([`vm`]).
+
+mod run;
+mod setup;
+mod test;
+mod util;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo xtask", about = "oomtrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing to build and test (nightly rust-src,
+    /// bpf-linker, Debian packages as root, tracefs); idempotent.
+    Setup,
+    /// Set up, then build the agent with its eBPF object.
+    Build {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build (release), then run `oomtrace ARGS` as root.
+    Run {
+        /// Arguments for oomtrace, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the unit, privileged host and VM tests.
+    Test(test::TestArgs),
+    /// Boot a kernel under qemu and run a command inside.
+    Vm(vm::VmArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup().map(|_| 0),
+        Task::Build { release } => run::build(release).map(|()| 0),
+        Task::Run { args } => run::run(&args),
+        Task::Test(args) => test::test(&args),
+        Task::Vm(args) => vm::vm_command(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Privileged tests: the real agent, the real eBPF programs, real OOM kills in
+//! memory cgroups. Run as root, one at a time, by `cargo xtask test`
+//! (`cargo test -p oomtrace -- --ignored --test-threads=1`).
+//!
+//! Every kill here is a memory-cgroup kill; a node-level OOM is never caused
+//! on the host (the VM tests do that).
+
+mod support;
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::Value;
+use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_hog};
+
+fn in_cgroup(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |v| s(v, &["victim", "cgroup"]).is_some_and(|c| c.starts_with(prefix))
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_kill_at_a_cgroup_limit_names_the_victim_and_the_cgroup() {
+    let agent = Agent::start(&[]);
+    let cg = Memcg::unique("limit");
+    cg.set_limit(32 << 20);
+    let (pid, status) = run_hog(&cg, 500, 128);
+    assert!(killed_by_sigkill(&status), "the hog was not OOM-killed: {status:?}");
+
+    let events = agent.events(1, Duration::from_secs(15), in_cgroup(&cg.rel));
+    let (_, log) = agent.stop();
+    assert_eq!(events.len(), 1, "expected one event for {}; stderr:\n{log}", cg.rel);
+    let e = &events[0];
+    assert_eq!(i(e, &["victim", "pid"]), Some(i64::from(pid)), "{e}");
+    assert_eq!(s(e, &["victim", "comm"]), Some("dd"), "{e}");
+    assert_eq!(i(e, &["victim", "oom_score_adj"]), Some(500), "{e}");
+    assert_eq!(s(e, &["victim", "cgroup"]), Some(cg.rel.as_str()), "{e}");
+    assert_eq!(s(e, &["scope"]), Some("cgroup"), "{e}");
+    assert_eq!(s(e, &["constraint"]), Some("memcg"), "{e}");
+    assert_eq!(s(e, &["oom_cgroup"]), Some(cg.rel.as_str()), "{e}");
+    assert!(
+        matches!(s(e, &["verdict_source"]), Some("kmsg" | "cgroup_usage")),
+        "{e}"
+    );
+    // The dd buffer was 128 MiB, the limit 32 MiB: the kernel saw about 32 MiB resident.
+    let anon = i(e, &["victim", "anon_rss_kb"]).expect("anon_rss_kb");
+    assert!((16 * 1024..=40 * 1024).contains(&anon), "anon_rss_kb {anon}: {e}");
+    assert_eq!(i(e, &["memcg", "victim_limit_bytes"]), Some(32 << 20), "{e}");
+    assert_eq!(i(e, &["memcg", "oom_limit_bytes"]), Some(32 << 20), "{e}");
+    let usage = i(e, &["memcg", "oom_usage_bytes"]).expect("oom usage");
+    assert!(usage > 28 << 20, "usage at kill time {usage}: {e}");
+    // The hog triggered its own OOM here.
+    assert_eq!(i(e, &["trigger", "pid"]), Some(i64::from(pid)), "{e}");
+    assert!(s(e, &["time"]).is_some_and(|t| t.ends_with('Z')), "{e}");
+    assert!(s(e, &["node"]).is_some_and(|n| !n.is_empty()), "{e}");
+    assert!(s(e, &["incident"]).is_some_and(|n| !n.is_empty()), "{e}");
+    let sources: Vec<&str> = e["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for src in ["tracepoint", "tp_btf", "kmsg"] {
+        assert!(sources.contains(&src), "source {src} missing: {e}");
+    }
+    assert!(log.contains("ready"), "{log}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_limit_on_the_parent_is_the_oom_cgroup_of_a_victim_in_a_child() {
+    let agent = Agent::start(&[]);
+    let parent = Memcg::unique("parent");
+    parent.set_limit(32 << 20);
+    let child = parent.child("unlimited-child");
+    let (pid, status) = run_hog(&child, 300, 128);
+    assert!(killed_by_sigkill(&status), "{status:?}");
+
+    let events = agent.events(1, Duration::from_secs(15), in_cgroup(&parent.rel));
+    let (_, log) = agent.stop();
+    assert_eq!(events.len(), 1, "stderr:\n{log}");
+    let e = &events[0];
+    assert_eq!(i(e, &["victim", "pid"]), Some(i64::from(pid)), "{e}");
+    assert_eq!(s(e, &["victim", "cgroup"]), Some(child.rel.as_str()), "{e}");
+    assert_eq!(s(e, &["oom_cgroup"]), Some(parent.rel.as_str()), "{e}");
+    assert_eq!(s(e, &["scope"]), Some("cgroup"), "{e}");
+    // The child has no limit of its own: null, not invented.
+    assert!(e["memcg"]["victim_limit_bytes"].is_null(), "{e}");
+    assert_eq!(i(e, &["memcg", "oom_limit_bytes"]), Some(32 << 20), "{e}");
+    assert_eq!(s(e, &["oom_domain"]), Some("cgroup"), "{e}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_burst_of_kills_is_reported_exactly_once_each() {
+    const KILLS: usize = 200;
+    const PARALLEL: usize = 4;
+    let agent = Agent::start(&[]);
+    let cg = Memcg::unique("burst");
+    cg.set_limit(16 << 20);
+    let before = cg.oom_kills();
+    let started = std::time::Instant::now();
+    let mut pids = HashSet::new();
+    let mut running = Vec::new();
+    let mut spawned = 0;
+    while spawned < KILLS || !running.is_empty() {
+        while running.len() < PARALLEL && spawned < KILLS {
+            running.push(spawn_hog(&cg, 1000, 64));
+            spawned += 1;
+        }
+        let mut child = running.remove(0);
+        pids.insert(child.id());
+        let _ = child.wait();
+    }
+    let elapsed = started.elapsed();
+    let counted = (cg.oom_kills() - before) as usize;
+    assert!(counted >= KILLS, "the kernel counted only {counted} kills");
+
+    let events = agent.events(counted, Duration::from_secs(60), in_cgroup(&cg.rel));
+    // Let late duplicates, if any, arrive before judging.
+    let extra = agent.events(1, Duration::from_secs(3), in_cgroup(&cg.rel));
+    let (_, log) = agent.stop();
+    eprintln!("{counted} kills in {elapsed:?}; {} events", events.len());
+    assert!(extra.is_empty(), "duplicate event after the burst: {:?}", extra[0]);
+    let reported: Vec<i64> = events
+        .iter()
+        .filter_map(|e| i(e, &["victim", "pid"]))
+        .collect();
+    let unique: HashSet<i64> = reported.iter().copied().collect();
+    assert_eq!(unique.len(), reported.len(), "a kill was reported twice");
+    // A ring-buffer loss does not lose a kill (the kernel log still reports
+    // it), so every counted kill must be here whatever `lost_events` says.
+    assert_eq!(
+        events.len(),
+        counted,
+        "kernel counted {counted} kills, oomtrace reported {}; stderr:\n{log}",
+        events.len()
+    );
+    for pid in &unique {
+        assert!(pids.contains(&(*pid as u32)), "reported pid {pid} is not one of the hogs");
+    }
+    assert!(log.contains("kernel events lost"), "the exit summary states losses: {log}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn without_bpf_the_kernel_log_alone_reports_the_kill() {
+    let agent = Agent::start(&["--no-bpf"]);
+    let cg = Memcg::unique("kmsg-only");
+    cg.set_limit(32 << 20);
+    let (pid, status) = run_hog(&cg, 700, 128);
+    assert!(killed_by_sigkill(&status), "{status:?}");
+
+    let events = agent.events(1, Duration::from_secs(15), |v| {
+        i(v, &["victim", "pid"]).is_some()
+            && (s(v, &["victim", "cgroup"]).is_some_and(|c| c.starts_with(&cg.rel))
+                || s(v, &["oom_cgroup"]).is_some_and(|c| c.starts_with(&cg.rel)))
+    });
+    let (_, log) = agent.stop();
+    assert!(log.contains("degraded"), "degraded mode must be stated: {log}");
+    assert_eq!(events.len(), 1, "stderr:\n{log}");
+    let e = &events[0];
+    assert_eq!(i(e, &["victim", "pid"]), Some(i64::from(pid)), "{e}");
+    assert_eq!(s(e, &["verdict_source"]), Some("kmsg"), "{e}");
+    assert_eq!(s(e, &["scope"]), Some("cgroup"), "{e}");
+    assert_eq!(s(e, &["oom_cgroup"]), Some(cg.rel.as_str()), "{e}");
+    assert_eq!(i(e, &["victim", "oom_score_adj"]), Some(700), "{e}");
+    assert_eq!(e["sources"], serde_json::json!(["kmsg"]), "{e}");
+}
