@@ -347,3 +347,123 @@ pub fn c_str(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     &bytes[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(kind: u16, len: usize) -> Header {
+        Header {
+            version: ABI_VERSION,
+            kind,
+            len: len as u32,
+            ktime_ns: 123_456_789,
+            trigger_tid: 42,
+            trigger_tgid: 41,
+            trigger_comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            cpu: 1,
+            _pad: 0,
+        }
+    }
+
+    fn walk() -> CgroupWalk {
+        let mut name = [0u8; NAME_LEN];
+        name[..8].copy_from_slice(b"kubepods");
+        let level = CgroupLevel {
+            id: 7,
+            usage_pages: 100,
+            max_pages: 200,
+            name,
+        };
+        CgroupWalk {
+            depth: 2,
+            flags: WALK_TRUNCATED,
+            levels: [level; MAX_DEPTH],
+        }
+    }
+
+    #[test]
+    fn every_record_kind_round_trips() {
+        let mut record = [0u8; TP_RECORD_MAX];
+        record[8] = 0x2a;
+        let tp = TpVictim {
+            header: header(KIND_TP_VICTIM, size_of::<TpVictim>()),
+            pid: 42,
+            record_len: 88,
+            record,
+        };
+        assert_eq!(decode(as_bytes(&tp)), Ok(Record::TpVictim(tp)));
+
+        let btf = BtfVictim {
+            header: header(KIND_BTF_VICTIM, size_of::<BtfVictim>()),
+            pid: 42,
+            tgid: 41,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            oom_score_adj: -997,
+            uid: 1000,
+            flags: VICTIM_HAS_ADJ,
+            _pad: 0,
+            memcg: walk(),
+        };
+        assert_eq!(decode(as_bytes(&btf)), Ok(Record::BtfVictim(btf)));
+
+        let d = Decision {
+            header: header(KIND_DECISION, size_of::<Decision>()),
+            flags: DECISION_HAS_MEMCG | DECISION_HAS_CHOSEN,
+            constraint: 3,
+            order: -1,
+            gfp_mask: 0xcc0,
+            totalpages: 1 << 20,
+            chosen_points: -5,
+            chosen_pid: 9,
+            chosen_tgid: 9,
+            chosen_comm: [b'x'; COMM_LEN],
+            chosen_adj: 985,
+            _pad: 0,
+            domain: walk(),
+            chosen_memcg: walk(),
+            trigger_memcg: walk(),
+        };
+        assert_eq!(decode(as_bytes(&d)), Ok(Record::Decision(d)));
+    }
+
+    #[test]
+    fn short_foreign_and_unknown_records_are_rejected() {
+        let tp = TpVictim {
+            header: header(KIND_TP_VICTIM, size_of::<TpVictim>()),
+            pid: 1,
+            record_len: 0,
+            record: [0; TP_RECORD_MAX],
+        };
+        let bytes = as_bytes(&tp);
+        assert_eq!(
+            decode(&bytes[..100]),
+            Err(DecodeError::Short { len: 100, need: size_of::<TpVictim>() })
+        );
+        assert!(matches!(decode(&bytes[..10]), Err(DecodeError::Short { .. })));
+        let mut v = bytes.to_vec();
+        v[0] = 99;
+        assert_eq!(decode(&v), Err(DecodeError::Version(99)));
+        let mut k = bytes.to_vec();
+        k[2] = 77;
+        assert_eq!(decode(&k), Err(DecodeError::Kind(77)));
+    }
+
+    #[test]
+    fn decoding_does_not_need_alignment() {
+        let btf = BtfVictim {
+            header: header(KIND_BTF_VICTIM, size_of::<BtfVictim>()),
+            pid: 5,
+            tgid: 5,
+            comm: [0; COMM_LEN],
+            oom_score_adj: 0,
+            uid: 0,
+            flags: 0,
+            _pad: 0,
+            memcg: walk(),
+        };
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(as_bytes(&btf));
+        assert_eq!(decode(&shifted[1..]), Ok(Record::BtfVictim(btf)));
+    }
+}

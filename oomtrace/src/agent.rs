@@ -23,6 +23,8 @@ use crate::{
     correlate::{Correlated, Correlator, Input},
     explain, identity,
     kmsg::{self, KmsgOom, KmsgStats},
+    kube::Kube,
+    metrics::{self, Metrics, MetricsError},
     node::{self, CgroupFs},
     podnames::PodNames,
     probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
@@ -45,6 +47,8 @@ pub enum AgentError {
     Output(#[source] io::Error),
     #[error("reading the ring buffer failed: {0}")]
     Ring(#[source] io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// What a run did, for the exit summary.
@@ -65,6 +69,9 @@ struct Enricher {
     mem_total: Option<u64>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns.
     realtime_offset_ns: i128,
+    /// `--metrics-addr` (a sink) and `--kube` (enrichment and a sink).
+    metrics: Option<Arc<Metrics>>,
+    kube: Option<Kube>,
 }
 
 /// Runs the tracer until SIGINT/SIGTERM or `--count` kills.
@@ -78,6 +85,16 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().chars().take(8).collect())
         .unwrap_or_else(|_| "boot".to_string());
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new());
+            let bound = metrics::serve(addr, Arc::clone(&m)).await?;
+            info!("metrics on http://{bound}/metrics");
+            Some(m)
+        }
+        None => None,
+    };
+    let kube = args.kube.then(|| Kube::start(args.kubeconfig.clone(), node.clone()));
 
     // eBPF.
     let mut probe = None;
@@ -157,6 +174,10 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
     if probe.is_none() {
         warn!("degraded mode: kernel log only ({bpf_error}); every kill is still reported, with fewer details");
     }
+    if let Some(m) = &metrics {
+        m.set_hooks(&active);
+        m.set_ready(true);
+    }
     eprintln!(
         "oomtrace: ready: {} ({})",
         active.iter().map(|h| h.name()).collect::<Vec<_>>().join(", "),
@@ -188,6 +209,8 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
         top: args.top,
         mem_total,
         realtime_offset_ns: realtime_offset_ns(),
+        metrics,
+        kube,
     };
     let mut sink = Sink::new(args.format, io::stdout());
     let mut summary = Summary::default();
@@ -220,6 +243,9 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
             _ = tick.tick() => {
                 ready.extend(correlator.tick(Instant::now()));
                 let lost = lost_total(stats.as_ref(), &kmsg_stats);
+                if let Some(m) = &enricher.metrics {
+                    m.set_lost(lost);
+                }
                 if lost > last_lost {
                     warn!("{} events lost so far (kernel ring buffer full or kernel log wrapped): raise --ringbuf-bytes", lost);
                     last_lost = lost;
@@ -240,6 +266,9 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
         for c in correlator.flush() {
             write(&mut sink, &mut enricher, c, stats.as_ref(), &kmsg_stats, &mut summary)?;
         }
+    }
+    if let Some(k) = enricher.kube.take() {
+        k.close(Duration::from_secs(2)).await;
     }
     let snap = stats.as_ref().map(Stats::snapshot).unwrap_or_default();
     summary.lost_kernel = snap.lost();
@@ -299,7 +328,16 @@ fn write<W: io::Write>(
 ) -> Result<(), AgentError> {
     let mut kill = enricher.enrich(c);
     kill.lost_events = lost_total(stats, kmsg_stats);
+    if let Some(k) = &enricher.kube {
+        k.enrich(&mut kill);
+    }
     sink.write(&kill).map_err(AgentError::Output)?;
+    if let Some(m) = &enricher.metrics {
+        m.record_kill(&kill);
+    }
+    if let Some(k) = &enricher.kube {
+        k.post(&kill);
+    }
     summary.kills += 1;
     Ok(())
 }

@@ -121,6 +121,22 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 5)]
     pub top: usize,
 
+    /// Serve Prometheus/OpenMetrics metrics on /metrics and readiness on
+    /// /healthz at this address (e.g. 0.0.0.0:9731).
+    #[arg(long, env = "OOMTRACE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Post a Kubernetes Event on the pod for each kill and add labels, owner
+    /// and memory requests/limits from a watch of this node's pods (in-cluster
+    /// config, else --kubeconfig/KUBECONFIG). Without API access, kills are
+    /// still reported.
+    #[arg(long, env = "OOMTRACE_KUBE")]
+    pub kube: bool,
+
+    /// Kubeconfig file for --kube outside a cluster.
+    #[arg(long, env = "OOMTRACE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
     #[command(flatten)]
     pub paths: Paths,
 }

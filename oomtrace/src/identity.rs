@@ -174,6 +174,7 @@ impl Identity {
             container_id: self.container_id.clone(),
             qos_class: self.qos.map(|q| q.as_str().to_owned()),
             runtime: self.runtime.map(|r| r.as_str().to_owned()),
+            ..K8s::default()
         })
     }
 }

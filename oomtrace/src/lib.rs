@@ -24,6 +24,8 @@
 //! - [`explain`]: the explanation and advice for each OOM domain.
 //! - [`report`]: the event a user reads (JSON field names are a contract).
 //! - [`sink`]: JSON lines and text output.
+//! - [`metrics`]: Prometheus/OpenMetrics counters and `/healthz` on `--metrics-addr`.
+//! - [`kube`]: `--kube`: a Pod Event per kill and pod metadata from a watch of this node's pods.
 //! - [`rank`]: who the kernel would kill next.
 //! - [`doctor`]: what this kernel offers and what oomtrace will use.
 //! - [`agent`]: the tracing loop that ties them together.
@@ -36,6 +38,8 @@ pub mod doctor;
 pub mod explain;
 pub mod identity;
 pub mod kmsg;
+pub mod kube;
+pub mod metrics;
 pub mod node;
 pub mod offsets;
 pub mod podnames;

@@ -1,10 +1,12 @@
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use oomtrace::{
     agent,
     cli::{Cli, Command},
-    doctor, rank,
+    doctor,
+    podnames::PodNames,
+    rank,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -12,6 +14,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("OOMTRACE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -24,7 +27,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Some(Command::Rank(args)) => match rank::run(&args) {
+        Some(Command::Rank(args)) => match rank::run_with(
+            &args,
+            &rank::WithPodNames::new(
+                PodNames::new()
+                    .with_pods_dir(cli.trace.paths.pod_logs.clone())
+                    .with_containers_dir(cli.trace.paths.container_logs.clone()),
+            ),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("oomtrace rank: {e:#}");

@@ -302,6 +302,11 @@ impl Probe {
             inactive.push((Hook::Kprobe, "disabled by --no-kprobe".to_string()));
         } else if !resolved.oom_control_ok() {
             inactive.push((Hook::Kprobe, "struct oom_control not in BTF".to_string()));
+        } else if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+            inactive.push((
+                Hook::Kprobe,
+                "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES".to_string(),
+            ));
         } else if !oom_kill_process_kallsyms {
             inactive.push((
                 Hook::Kprobe,
@@ -367,8 +372,14 @@ fn attach_fentry(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
     let prog: &mut FEntry = program(ebpf, PROG_FENTRY_OOM_KILL)?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load("oom_kill_process", btf)
-        .map_err(|e| format!("load: {}", verifier_error(&e)))?;
+    prog.load("oom_kill_process", btf).map_err(|e| {
+        let text = verifier_error(&e);
+        if text.contains("Operation not permitted") {
+            format!("the kernel refused the fentry program (EPERM: lockdown, or a sandbox policy on tracing programs): {text}")
+        } else {
+            format!("load: {text}")
+        }
+    })?;
     prog.attach().map_err(|e| format!("attach: {e:#}"))?;
     Ok(())
 }

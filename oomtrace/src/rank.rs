@@ -17,7 +17,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{identity, node, report::K8s};
+use crate::{identity, node, podnames::PodNames, report::K8s};
 
 /// `PF_KTHREAD` in `/proc/<pid>/stat` field 9 (include/linux/sched.h).
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -117,6 +117,32 @@ pub struct PathOnly;
 impl Resolve for PathOnly {
     fn k8s(&self, cgroup: &str) -> Option<K8s> {
         identity::parse(cgroup).to_k8s(None)
+    }
+}
+
+/// Identity from the cgroup path plus namespace, pod and container names
+/// from the kubelet's log directories ([`PodNames`]), as the agent names
+/// its events.
+#[derive(Debug)]
+pub struct WithPodNames {
+    names: std::cell::RefCell<PodNames>,
+}
+
+impl WithPodNames {
+    pub fn new(names: PodNames) -> Self {
+        Self { names: std::cell::RefCell::new(names) }
+    }
+}
+
+impl Resolve for WithPodNames {
+    fn k8s(&self, cgroup: &str) -> Option<K8s> {
+        let id = identity::parse(cgroup);
+        let name = id
+            .pod_uid
+            .as_deref()
+            .filter(|_| id.is_pod())
+            .and_then(|uid| self.names.borrow_mut().lookup(uid, id.container_id.as_deref()));
+        id.to_k8s(name.as_ref())
     }
 }
 

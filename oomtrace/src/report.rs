@@ -173,6 +173,14 @@ pub struct K8s {
     pub qos_class: Option<String>,
     /// `containerd`, `cri-o`, `docker`.
     pub runtime: Option<String>,
+    /// The pod's labels, from the API server (`--kube`).
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The owning workload (`Deployment`, `StatefulSet`, `DaemonSet`, `Job`, ...), from the API server.
+    pub owner_kind: Option<String>,
+    pub owner_name: Option<String>,
+    /// The container's memory request and limit, from the API server.
+    pub memory_request_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

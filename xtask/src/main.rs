@@ -62,3 +62,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Cli, Task};
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_everything_after_the_dashes_to_the_agent() {
+        for argv in [
+            &["xtask", "run", "--", "--format", "text", "--count", "1"][..],
+            &["xtask", "run", "--format", "text", "--count", "1"][..],
+        ] {
+            let Ok(Cli { task: Task::Run { args } }) = Cli::try_parse_from(argv) else {
+                panic!("{argv:?} did not parse as `run`");
+            };
+            assert_eq!(args, ["--format", "text", "--count", "1"]);
+        }
+    }
+
+    #[test]
+    fn test_options() {
+        assert!(Cli::try_parse_from(["xtask", "test", "--no-vm", "--allow-skip"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "test", "--only", "host"]).is_ok());
+        assert!(Cli::try_parse_from(["xtask", "test", "--only", "vm", "--no-vm"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "test", "--only", "bench"]).is_err());
+    }
+}

@@ -93,8 +93,8 @@ fn nightly() -> anyhow::Result<PathBuf> {
         "--profile",
         "minimal",
     ]))?;
-    let (_, sysroot) = find_nightly()?
-        .context("rustup installed the nightly toolchain but does not list it")?;
+    let (_, sysroot) =
+        find_nightly()?.context("rustup installed the nightly toolchain but does not list it")?;
     report("nightly toolchain", "installed");
     Ok(sysroot)
 }
@@ -268,8 +268,9 @@ impl BpfLinker {
                 continue;
             }
             let _ = fs::remove_file(&link);
-            symlink(&self.libllvm, &link)
-                .with_context(|| format!("linking {} to {}", link.display(), self.libllvm.display()))?;
+            symlink(&self.libllvm, &link).with_context(|| {
+                format!("linking {} to {}", link.display(), self.libllvm.display())
+            })?;
         }
         Ok(())
     }
@@ -319,7 +320,11 @@ impl BpfLinker {
         let llvm = ldd
             .lines()
             .filter(|l| l.trim_start().starts_with("libLLVM"))
-            .find_map(|l| Some(PathBuf::from(l.split("=>").nth(1)?.split(" (").next()?.trim())));
+            .find_map(|l| {
+                Some(PathBuf::from(
+                    l.split("=>").nth(1)?.split(" (").next()?.trim(),
+                ))
+            });
         match llvm {
             None => Some("it is not linked against a shared libLLVM".to_owned()),
             Some(found) if !found.starts_with(&ours) => Some(format!(
@@ -377,10 +382,15 @@ fn debian_packages() -> anyhow::Result<usize> {
     }
     // One query for all: it lists the known packages (and exits 1 when one is
     // unknown to dpkg, which only means "not installed").
-    let out = cmd!("dpkg-query", "-W", "-f=${Package} ${Status}\n", ..DEBIAN_PACKAGES)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("could not run dpkg-query")?;
+    let out = cmd!(
+        "dpkg-query",
+        "-W",
+        "-f=${Package} ${Status}\n",
+        ..DEBIAN_PACKAGES
+    )
+    .stdin(std::process::Stdio::null())
+    .output()
+    .context("could not run dpkg-query")?;
     let statuses = String::from_utf8_lossy(&out.stdout);
     let mut missing = Vec::new();
     for &package in DEBIAN_PACKAGES {
@@ -417,6 +427,12 @@ fn debian_packages() -> anyhow::Result<usize> {
     let mut install = cmd!("apt-get", ..install_args, "-q", ..&missing);
     install.env("DEBIAN_FRONTEND", "noninteractive");
     util::run(install)?;
+    // Under systemd the package starts a server on :9090; the tests want only
+    // the binaries (they start their own server). Without systemd (these
+    // machines) policy-rc.d already keeps it from starting.
+    if missing.contains(&"prometheus") && Path::new("/run/systemd/system").is_dir() {
+        util::run(cmd!("systemctl", "disable", "--now", "prometheus.service"))?;
+    }
     for package in &missing {
         report(&format!("package {package}"), "installed");
     }
@@ -473,7 +489,9 @@ nightly-x86_64-unknown-linux-gnu /root/.rustup/toolchains/nightly-x86_64-unknown
             parse_toolchains(list),
             Some((
                 "nightly-x86_64-unknown-linux-gnu".to_owned(),
-                Some(PathBuf::from("/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu"))
+                Some(PathBuf::from(
+                    "/root/.rustup/toolchains/nightly-x86_64-unknown-linux-gnu"
+                ))
             ))
         );
         let dated_only = "stable-x86_64-unknown-linux-gnu (default)\nnightly-2026-05-19-x86_64-unknown-linux-gnu\n";

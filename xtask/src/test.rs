@@ -111,13 +111,7 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
     let root = util::repo_root();
     match stage {
         Stage::Unit => {
-            let mut c = cmd!(
-                "cargo",
-                "test",
-                "--workspace",
-                "--exclude",
-                "oomtrace-ebpf"
-            );
+            let mut c = cmd!("cargo", "test", "--workspace", "--exclude", "oomtrace-ebpf");
             c.current_dir(&root);
             util::run(c)?;
         }

@@ -128,7 +128,13 @@ pub fn repo_root() -> PathBuf {
 pub fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|dir| if dir.is_absolute() { dir } else { repo_root().join(dir) })
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_root().join(dir)
+            }
+        })
         .unwrap_or_else(|| repo_root().join("target"))
 }
 

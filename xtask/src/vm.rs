@@ -354,6 +354,9 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         for (st, name, secs) in &r.scenarios {
             println!("           {st} {name} ({secs:.1} s)");
         }
+        if fail > 0 {
+            println!("           console: {}", runs_dir()?.join(format!("test-{}", kernel::sanitize(&r.name))).join("console.log").display());
+        }
         if fail > 0 || r.error.is_some() {
             failed += 1;
         }
@@ -408,7 +411,9 @@ fn run_one(opts: &VmTestOpts, spec: &str, k: &Kernel, initrd: &Path, bin: &str, 
             smp: 2,
             timeout: Duration::from_secs(opts.timeout),
             scratch: &scratch,
-            append: None,
+            // Keep OOM kill lines off the slow emulated serial console (an OOM
+            // storm would crawl); they stay in the kernel log (/dev/kmsg, dmesg).
+            append: if opts.verbose { None } else { Some("loglevel=3") },
             console,
             log: log.clone(),
         })?;
