@@ -462,8 +462,8 @@ mod tests {
             _pad: 0,
             memcg: walk(),
         };
-        let mut shifted = vec![0u8];
-        shifted.extend_from_slice(as_bytes(&btf));
+        let mut shifted = [0u8; size_of::<BtfVictim>() + 1];
+        shifted[1..].copy_from_slice(as_bytes(&btf));
         assert_eq!(decode(&shifted[1..]), Ok(Record::BtfVictim(btf)));
     }
 }

@@ -4,7 +4,7 @@
 //! cgroup [`Identity`]) are stated; what is missing is said to be unknown.
 
 use crate::identity::{Identity, QosClass};
-use crate::report::{Kill, OomDomain};
+use crate::report::{Consumer, Kill, OomDomain};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const GIB: f64 = 1024.0 * MIB;
@@ -137,8 +137,40 @@ fn own_usage(kill: &Kill, v: &Victim) -> String {
     }
 }
 
+/// The consumers that count against the limit that was hit, largest first.
+///
+/// For a node-level OOM that is every consumer of the node. For a kubepods
+/// (allocatable) limit only the cgroups below that kubepods cgroup count:
+/// a system service's memory does not exhaust allocatable, so naming it as
+/// the consumer to look at would send the reader the wrong way. Consumers of
+/// unknown cgroup are kept. Consumers under 1 MiB are left out as noise.
+fn domain_consumers(kill: &Kill) -> Vec<&Consumer> {
+    let Some(nm) = kill.node_memory.as_ref() else {
+        return Vec::new();
+    };
+    let scope = match kill.oom_domain {
+        Some(OomDomain::NodeAllocatable) => kill
+            .oom_cgroup
+            .as_deref()
+            .map(|p| p.trim_end_matches('/'))
+            .filter(|p| !p.is_empty()),
+        _ => None,
+    };
+    nm.top
+        .iter()
+        .filter(|c| c.usage_bytes >= 1 << 20)
+        .filter(|c| {
+            scope.is_none_or(|p| {
+                c.cgroup.is_empty()
+                    || c.cgroup == p
+                    || c.cgroup.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .collect()
+}
+
 fn top_consumers(kill: &Kill) -> Option<String> {
-    let top = &kill.node_memory.as_ref()?.top;
+    let top = domain_consumers(kill);
     if top.is_empty() {
         return None;
     }
@@ -152,7 +184,7 @@ fn top_consumers(kill: &Kill) -> Option<String> {
 
 /// "find out why batch/hog uses 14.2 GiB" for the largest consumer that is not the victim.
 fn largest_other(kill: &Kill, v: &Victim) -> Option<String> {
-    let top = &kill.node_memory.as_ref()?.top;
+    let top = domain_consumers(kill);
     let c = top.iter().find(|c| c.name != v.name)?;
     Some(format!(
         "find out why {} uses {}",
@@ -425,6 +457,49 @@ mod tests {
             a.contains("overcommitted") && a.contains("kube-reserved") && a.contains("batch/hog"),
             "{a}"
         );
+    }
+
+    #[test]
+    fn node_allocatable_names_only_consumers_below_the_kubepods_limit() {
+        let mut k = pod_kill(OomDomain::NodeAllocatable);
+        k.oom_cgroup = Some("/kubepods".into());
+        k.node_memory = Some(NodeMemory {
+            top: vec![
+                Consumer {
+                    name: "/system.slice/mysqld.service".into(),
+                    cgroup: "/system.slice/mysqld.service".into(),
+                    usage_bytes: 9 * GI,
+                    ..Consumer::default()
+                },
+                Consumer {
+                    name: "batch/hog".into(),
+                    cgroup: "/kubepods/besteffort/pod72d2f52c-fecd-44f1-9cc6-993378c35d0c".into(),
+                    usage_bytes: 3 * GI,
+                    ..Consumer::default()
+                },
+                Consumer {
+                    name: "/kubepods-other".into(),
+                    cgroup: "/kubepods-other".into(),
+                    usage_bytes: 2 * GI,
+                    ..Consumer::default()
+                },
+                Consumer {
+                    name: "tiny/pod".into(),
+                    cgroup: "/kubepods/podd1e2b7a4-0c3f-4d8e-9b1a-2f6e5c7d8a9b".into(),
+                    usage_bytes: 100 * 1024,
+                    ..Consumer::default()
+                },
+            ],
+            ..NodeMemory::default()
+        });
+        let (e, a) = explain(&k, None);
+        assert!(e.contains("Largest consumers: batch/hog 3.0 GiB."), "{e}");
+        assert!(!e.contains("mysqld") && !e.contains("kubepods-other") && !e.contains("tiny"), "{e}");
+        assert!(a.contains("find out why batch/hog uses 3.0 GiB") && !a.contains("mysqld"), "{a}");
+        // A node-level OOM counts every consumer.
+        k.oom_domain = Some(OomDomain::Node);
+        let (e, _) = explain(&k, None);
+        assert!(e.contains("/system.slice/mysqld.service 9.0 GiB"), "{e}");
     }
 
     #[test]

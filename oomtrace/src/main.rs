@@ -27,20 +27,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Some(Command::Rank(args)) => match rank::run_with(
-            &args,
-            &rank::WithPodNames::new(
+        Some(Command::Rank(mut args)) => {
+            // The global `--proc` (OOMTRACE_PROC) names the host's /proc for
+            // the agent; rank honours it unless its own --proc-root is set.
+            if args.proc_root == std::path::Path::new("/proc") {
+                args.proc_root = cli.trace.paths.proc_root.clone();
+            }
+            let names = rank::WithPodNames::new(
                 PodNames::new()
                     .with_pods_dir(cli.trace.paths.pod_logs.clone())
                     .with_containers_dir(cli.trace.paths.container_logs.clone()),
-            ),
-        ) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("oomtrace rank: {e:#}");
-                ExitCode::FAILURE
+            );
+            match rank::run_with(&args, &names) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("oomtrace rank: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         None => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -48,6 +48,8 @@ pub const HOOKS: [Hook; 5] = [Hook::Tracepoint, Hook::TpBtf, Hook::Fentry, Hook:
 
 /// The OpenMetrics text content type (what `prometheus-client` encodes).
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format, for scrapers that do not ask for OpenMetrics.
+pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, Error)]
 pub enum MetricsError {
@@ -193,6 +195,38 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The classic Prometheus text format (0.0.4), for clients that do not
+    /// accept OpenMetrics (curl, older scrapers, `promtool check metrics`).
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: a counter family `x` is named
+/// `x_total` in its `# HELP`/`# TYPE` lines (its samples already are), and
+/// `# UNIT` and `# EOF` go.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: Vec<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 fn hook_labels(hook: Hook) -> HookLabels {
@@ -261,7 +295,17 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             metrics.scrapes.fetch_add(1, Ordering::Relaxed);
-            (StatusCode::OK, CONTENT_TYPE_OPENMETRICS, metrics.encode())
+            let openmetrics = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            if openmetrics {
+                (StatusCode::OK, CONTENT_TYPE_OPENMETRICS, metrics.encode())
+            } else {
+                (StatusCode::OK, CONTENT_TYPE_PROMETHEUS, metrics.encode_prometheus())
+            }
         }
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if metrics.is_ready() {
@@ -327,6 +371,38 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        let classic = m.encode_prometheus();
+        assert!(classic.contains("# TYPE oomtrace_kills_total counter\n"), "{classic}");
+        assert!(classic.contains("# HELP oomtrace_kills_total OOM kills"), "{classic}");
+        assert!(classic.contains("# TYPE oomtrace_ready gauge\n"), "{classic}");
+        assert!(!classic.contains("# EOF"), "{classic}");
+    }
+
+    /// `/healthz` is 503 before ready and 200 `ok` after, over real HTTP.
+    #[tokio::test]
+    async fn healthz_follows_readiness() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        async fn get(addr: SocketAddr, path: &str, accept: &str) -> String {
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            c.write_all(format!("GET {path} HTTP/1.0\r\nAccept: {accept}\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut out = String::new();
+            c.read_to_string(&mut out).await.expect("read");
+            out
+        }
+        let m = Arc::new(Metrics::new());
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::clone(&m))
+            .await
+            .expect("serve");
+        assert!(get(addr, "/healthz", "*/*").await.starts_with("HTTP/1.0 503"));
+        m.set_ready(true);
+        let ok = get(addr, "/healthz", "*/*").await;
+        assert!(ok.starts_with("HTTP/1.0 200") && ok.ends_with("\r\n\r\nok\n"), "{ok}");
+        let om = get(addr, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5").await;
+        assert!(om.contains(CONTENT_TYPE_OPENMETRICS) && om.ends_with("# EOF\n"), "{om}");
+        let text = get(addr, "/metrics", "*/*").await;
+        assert!(text.contains(CONTENT_TYPE_PROMETHEUS) && !text.contains("# EOF"), "{text}");
     }
 
     #[test]

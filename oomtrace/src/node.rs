@@ -400,11 +400,14 @@ fn pod_uid_of_dir(name: &str) -> Option<String> {
         return None;
     };
     let uid = raw.replace('_', "-");
-    let shape_ok = uid.len() == 36
+    let uuid = uid.len() == 36
         && uid.char_indices().all(|(i, c)| {
             if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() }
         });
-    shape_ok.then_some(uid)
+    // Static pods (kube-apiserver, etcd, ...) have the kubelet's 32-hex hash
+    // of their manifest as UID: `pod8b1e9057c80f383869339e73f7286d7b`.
+    let static_hash = uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit());
+    (uuid || static_hash).then_some(uid)
 }
 
 /// The pod part of a cgroup path: (index of the pod component, pod UID).
@@ -521,6 +524,13 @@ mod tests {
         assert!(is_pod_dir("kubepods-burstable-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"));
         assert!(!is_pod_dir("kubepods-burstable.slice"));
         assert!(!is_pod_dir("podman.service"));
+        // Static pods: the 32-hex manifest hash (fluent/fluent-operator#855's kube-apiserver).
+        assert!(is_pod_dir("pod8b1e9057c80f383869339e73f7286d7b"));
+        assert!(is_pod_dir("kubepods-burstable-pod8b1e9057c80f383869339e73f7286d7b.slice"));
+        assert_eq!(
+            qos_of_path("/kubepods/burstable/pod8b1e9057c80f383869339e73f7286d7b"),
+            Some("Burstable")
+        );
         let p = "/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/0123";
         assert_eq!(qos_of_path(p), Some("Burstable"));
         assert_eq!(qos_of_path("/x/kubepods/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"), Some("Guaranteed"));

@@ -330,7 +330,11 @@ fn kill_and_wait(agent: &Agent, cg: &Memcg, adj: i32, mib: u64) -> Value {
         cg.rel,
         agent.log()
     );
-    events.into_iter().next().expect("one")
+    let e = events.into_iter().next().expect("one");
+    if std::env::var_os("OOMTRACE_TEST_SHOW").is_some() {
+        eprintln!("{e:#}");
+    }
+    e
 }
 
 /// The `k8s` object names `pod` completely.
@@ -510,6 +514,16 @@ fn a_kubepods_limit_kill_is_node_allocatable_with_node_memory() {
     assert!(text.contains("shop/redis-6b8f7d4c9-mn2ls"), "largest consumers named: {text}");
     let adv = advice(&e);
     assert!(adv.contains("kube-reserved") && adv.contains("requests"), "{adv}");
+    // Only what is below the kubepods limit exhausted allocatable: host
+    // services outside it are not named as the consumers to look at.
+    for c in top {
+        let cg = s(c, &["cgroup"]).expect("cgroup");
+        let name = s(c, &["name"]).expect("name");
+        if !cg.starts_with(&format!("{kubepods}/")) {
+            assert!(!text.contains(&format!("{name} ")), "{name} ({cg}) is outside {kubepods}: {text}");
+            assert!(!adv.contains(&format!("why {name} ")), "{name} is outside {kubepods}: {adv}");
+        }
+    }
 
     agent.stop();
     eprintln!("allocatable: {:?}", started.elapsed());
@@ -659,6 +673,14 @@ fn rank_cli_lists_the_pods_processes_in_the_kernels_order() {
         .find(|l| l.contains(&format!(" {} sleep", pids[0])))
         .unwrap_or_else(|| panic!("no row for pid {}:\n{text}", pids[0]));
     assert!(row.contains("BestEffort") && row.contains("batch/report-28391040") && row.contains("report"), "{row}");
+    // The global --proc (the host's /proc for the agent) reaches rank too.
+    let out = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
+        .args(["rank", "--proc", "/nonexistent-oomtrace-proc"])
+        .output()
+        .expect("run oomtrace rank");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent-oomtrace-proc"), "{err}");
     eprintln!("rank: {} processes listed in {rank_time:?}; test {:?}", all.len(), started.elapsed());
 }
 

@@ -41,3 +41,15 @@ new_cgroup() {
 memory_event() {
 	awk -v k="$2" '$1 == k { print $2 }' "/sys/fs/cgroup/$1/memory.events"
 }
+
+# run_vm_test NAME: run one test of oomtrace/tests/vm.rs (the compiled test
+# binary, $OOMTRACE_VM_TESTS, built on the host by `cargo xtask test`).
+run_vm_test() {
+	bin=${OOMTRACE_VM_TESTS:-}
+	if [ -z "$bin" ]; then
+		bin=$(ls -t "$OOMTRACE_REPO"/target/debug/deps/vm-* 2>/dev/null | grep -v '\.d$' | head -n 1)
+	fi
+	[ -x "$bin" ] || die "no VM test binary (OOMTRACE_VM_TESTS unset and none under target/debug/deps): run cargo xtask test"
+	cd "$SCRATCH" || die "no scratch dir"
+	RUST_BACKTRACE=1 "$bin" --ignored --exact "$1" --nocapture --test-threads=1
+}

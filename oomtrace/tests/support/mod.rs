@@ -41,25 +41,31 @@ pub struct Memcg {
     pub root: PathBuf,
     /// Path relative to the controller mount, as oomtrace reports it.
     pub rel: String,
-    children: Vec<Memcg>,
 }
 
 impl Memcg {
     pub fn create(rel: &str) -> Self {
         let root = memory_root();
-        let dir = root.join(rel.trim_start_matches('/'));
+        let rel = rel.trim_start_matches('/');
+        let dir = root.join(rel);
         if dir.exists() {
             cleanup_dir(&dir);
         }
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        if is_v2(&root) {
-            // Enable the memory controller for children.
-            let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory");
+        // On cgroup v2 every parent must delegate the memory controller; the
+        // leaf must not (a cgroup with controllers enabled holds no processes).
+        let mut at = root.clone();
+        for part in rel.split('/') {
+            if is_v2(&root) {
+                let _ = fs::write(at.join("cgroup.subtree_control"), "+memory");
+            }
+            at = at.join(part);
+            if !at.exists() {
+                fs::create_dir(&at).unwrap_or_else(|e| panic!("mkdir {}: {e}", at.display()));
+            }
         }
         Self {
             root,
-            rel: format!("/{}", rel.trim_start_matches('/')),
-            children: Vec::new(),
+            rel: format!("/{rel}"),
         }
     }
 
@@ -74,6 +80,12 @@ impl Memcg {
 
     pub fn child(&self, name: &str) -> Memcg {
         Memcg::create(&format!("{}/{name}", self.rel))
+    }
+
+    /// Writes a cgroup file (e.g. `memory.oom.group`).
+    pub fn write(&self, file: &str, value: &str) {
+        fs::write(self.dir().join(file), value)
+            .unwrap_or_else(|e| panic!("write {file} of {}: {e}", self.rel));
     }
 
     pub fn set_limit(&self, bytes: u64) {
@@ -279,4 +291,51 @@ pub fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 /// `v[a][b]...` as an integer.
 pub fn i(v: &Value, path: &[&str]) -> Option<i64> {
     path.iter().try_fold(v, |v, k| v.get(*k))?.as_i64()
+}
+
+/// Runs python3 in `cg` holding `mib` MiB (touched) until killed.
+pub fn spawn_holder(cg: &Memcg, adj: i32, mib: u64) -> Child {
+    let script = format!(
+        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec python3 -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep(3600)'",
+        procs = cg.dir().join("cgroup.procs").display()
+    );
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn holder")
+}
+
+/// Resident memory of a process in KiB (0 when gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `pid` holds at least `kib` KiB.
+pub fn wait_rss(pid: u32, kib: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rss_kib(pid) < kib {
+        assert!(Instant::now() < deadline, "pid {pid} never reached {kib} KiB");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sets a process's oom_score_adj (negative values need CAP_SYS_RESOURCE: VMs only).
+pub fn set_adj(pid: u32, adj: i32) {
+    fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+        .unwrap_or_else(|e| panic!("oom_score_adj of {pid}: {e}"));
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }

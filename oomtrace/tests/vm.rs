@@ -1,0 +1,330 @@
+//! VM scenarios: what the host cannot show (cgroup v2, the oom_kill_process
+//! hook, other kernels) and must never do (a node-level OOM).
+//!
+//! These tests run only inside the throwaway VM of `cargo xtask vm`: each one
+//! refuses to run anywhere else. `cargo xtask test` boots one VM per kernel of
+//! the matrix and runs them there (xtask/vm/scenarios/*.sh call this binary
+//! with `--exact`); the host stage skips them (`--skip vm_`).
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    fs,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{
+    Agent, Memcg, i, killed_by_sigkill, run_hog, s, set_adj, spawn_hog, spawn_holder, wait_rss,
+};
+
+/// Panics (fails the test) unless running inside the test VM.
+fn require_vm() {
+    let marker = Path::new("/run/oomtrace-in-vm").exists();
+    let env = std::env::var("OOMTRACE_IN_VM").is_ok_and(|v| v == "1");
+    assert!(
+        marker && env,
+        "refusing to run: this test causes node-level OOMs and runs only inside the VM of `cargo xtask vm` (marker /run/oomtrace-in-vm and OOMTRACE_IN_VM=1)"
+    );
+    // The harness must survive the OOMs it causes.
+    set_adj(std::process::id(), -1000);
+}
+
+fn protect(agent: &Agent) {
+    set_adj(agent.pid(), -1000);
+}
+
+fn uid() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("uuid")
+        .trim()
+        .to_string()
+}
+
+fn hex64() -> String {
+    let a = uid().replace('-', "");
+    let b = uid().replace('-', "");
+    format!("{a}{b}")
+}
+
+/// A pod in a systemd-driver kubepods hierarchy, with its log directory.
+struct Pod {
+    uid: String,
+    container_id: String,
+    pod: Memcg,
+    container: Memcg,
+}
+
+impl Pod {
+    fn new(qos: &str, ns: &str, name: &str, container: &str, logs: &Path) -> Self {
+        let uid = uid();
+        let uid_ = uid.replace('-', "_");
+        let container_id = hex64();
+        let slice = match qos {
+            "guaranteed" => format!("kubepods.slice/kubepods-pod{uid_}.slice"),
+            q => format!("kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{uid_}.slice"),
+        };
+        let pod = Memcg::create(&slice);
+        let container_cg = Memcg::create(&format!("{slice}/cri-containerd-{container_id}.scope"));
+        let dir = logs.join("pods").join(format!("{ns}_{name}_{uid}")).join(container);
+        fs::create_dir_all(&dir).expect("pod log dir");
+        fs::write(dir.join("0.log"), "").expect("log");
+        let containers = logs.join("containers");
+        fs::create_dir_all(&containers).expect("containers dir");
+        let _ = std::os::unix::fs::symlink(
+            dir.join("0.log"),
+            containers.join(format!("{name}_{ns}_{container}-{container_id}.log")),
+        );
+        Self {
+            uid,
+            container_id,
+            pod,
+            container: container_cg,
+        }
+    }
+}
+
+fn agent_with_logs(logs: &Path, extra: &[&str]) -> Agent {
+    let pods = logs.join("pods");
+    let containers = logs.join("containers");
+    fs::create_dir_all(&pods).expect("pods");
+    fs::create_dir_all(&containers).expect("containers");
+    let mut args = vec![
+        "--pod-logs".to_string(),
+        pods.display().to_string(),
+        "--container-logs".to_string(),
+        containers.display().to_string(),
+        "--wait-ms".to_string(),
+        "3000".to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&refs);
+    protect(&agent);
+    agent
+}
+
+fn for_pid(pid: u32) -> impl Fn(&Value) -> bool {
+    move |v| i(v, &["victim", "pid"]) == Some(i64::from(pid))
+}
+
+fn has_hook(log: &str, hook: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("ready:") && l.contains(hook))
+}
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_container_pod_and_allocatable_limits() {
+    require_vm();
+    let logs = tempfile::tempdir().expect("tmp");
+    let agent = agent_with_logs(logs.path(), &[]);
+    let pod = Pod::new("burstable", "shop", "cart-7d9f", "cart", logs.path());
+
+    // 1. The container's own limit.
+    pod.container.set_limit(32 << 20);
+    let (pid, st) = run_hog(&pod.container, 900, 128);
+    assert!(killed_by_sigkill(&st), "{st:?}");
+    let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
+    assert_eq!(e.len(), 1, "{}", agent.log());
+    let e = &e[0];
+    assert_eq!(s(e, &["oom_domain"]), Some("container"), "{e}");
+    assert_eq!(s(e, &["oom_cgroup"]), Some(pod.container.rel.as_str()), "{e}");
+    assert_eq!(s(e, &["k8s", "namespace"]), Some("shop"), "{e}");
+    assert_eq!(s(e, &["k8s", "pod"]), Some("cart-7d9f"), "{e}");
+    assert_eq!(s(e, &["k8s", "container"]), Some("cart"), "{e}");
+    assert_eq!(s(e, &["k8s", "pod_uid"]), Some(pod.uid.as_str()), "{e}");
+    assert_eq!(s(e, &["k8s", "container_id"]), Some(pod.container_id.as_str()), "{e}");
+    assert_eq!(s(e, &["k8s", "qos_class"]), Some("Burstable"), "{e}");
+    assert_eq!(s(e, &["k8s", "runtime"]), Some("containerd"), "{e}");
+    assert!(s(e, &["explanation"]).is_some_and(|x| x.contains("container")), "{e}");
+
+    // 2. The pod's limit (the container has none).
+    pod.container.write("memory.max", "max");
+    pod.pod.write("memory.max", &(40u64 << 20).to_string());
+    let (pid, st) = run_hog(&pod.container, 900, 128);
+    assert!(killed_by_sigkill(&st), "{st:?}");
+    let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
+    assert_eq!(e.len(), 1, "{}", agent.log());
+    assert_eq!(s(&e[0], &["oom_domain"]), Some("pod"), "{}", e[0]);
+    assert_eq!(s(&e[0], &["oom_cgroup"]), Some(pod.pod.rel.as_str()), "{}", e[0]);
+
+    // 3. The kubepods limit: the node's allocatable memory.
+    pod.pod.write("memory.max", "max");
+    let kubepods = Memcg::create("kubepods.slice");
+    kubepods.write("memory.max", &(48u64 << 20).to_string());
+    let (pid, st) = run_hog(&pod.container, 900, 128);
+    assert!(killed_by_sigkill(&st), "{st:?}");
+    let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
+    kubepods.write("memory.max", "max");
+    assert_eq!(e.len(), 1, "{}", agent.log());
+    let e = &e[0];
+    assert_eq!(s(e, &["oom_domain"]), Some("node_allocatable"), "{e}");
+    assert_eq!(s(e, &["oom_cgroup"]), Some("/kubepods.slice"), "{e}");
+    assert!(e["node_memory"]["top"].as_array().is_some_and(|t| !t.is_empty()), "{e}");
+    assert!(s(e, &["explanation"]).is_some_and(|x| x.contains("allocatable")), "{e}");
+    let _ = agent.stop();
+    drop(pod);
+    drop(kubepods);
+}
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
+    require_vm();
+    let logs = tempfile::tempdir().expect("tmp");
+    let agent = agent_with_logs(logs.path(), &[]);
+    let guaranteed = Pod::new("guaranteed", "payments", "ledger-0", "ledger", logs.path());
+    let burstable = Pod::new("burstable", "shop", "api-5c8d", "api", logs.path());
+    guaranteed.container.set_limit(256 << 20);
+    burstable.container.set_limit(256 << 20);
+    // The kubelet's values: Guaranteed -997; Burstable with a 256Mi request on a 16Gi node: 985.
+    let mut g = spawn_holder(&guaranteed.container, -997, 40);
+    let mut b = spawn_holder(&burstable.container, 985, 40);
+    wait_rss(g.id(), 30 << 10);
+    wait_rss(b.id(), 30 << 10);
+    let (gpid, bpid) = (g.id(), b.id());
+
+    // A hog outside every pod exhausts the node (no swap in the guest).
+    let hog_cg = Memcg::create("system.slice/batch-report.service");
+    // Below RAM (heuristic overcommit refuses more than RAM + swap at once), above what is free.
+    let mut hog = spawn_hog(&hog_cg, 0, 480);
+    let e = agent.events(1, Duration::from_secs(180), for_pid(bpid));
+    let _ = hog.kill();
+    let _ = hog.wait();
+    let guaranteed_alive = g.try_wait().ok().flatten().is_none();
+    let log = agent.log();
+    let _ = b.kill();
+    let _ = g.kill();
+    let _ = b.wait();
+    let _ = g.wait();
+    assert_eq!(e.len(), 1, "the Burstable pod was not reported as killed; stderr:\n{log}");
+    let e = &e[0];
+    assert_eq!(s(e, &["scope"]), Some("node"), "{e}");
+    assert_eq!(s(e, &["oom_domain"]), Some("node"), "{e}");
+    assert!(e["oom_cgroup"].is_null(), "{e}");
+    assert_eq!(s(e, &["k8s", "qos_class"]), Some("Burstable"), "{e}");
+    assert_eq!(s(e, &["k8s", "pod"]), Some("api-5c8d"), "{e}");
+    assert_eq!(i(e, &["victim", "oom_score_adj"]), Some(985), "{e}");
+    let usage = i(e, &["memcg", "victim_usage_bytes"]).expect("usage");
+    let limit = i(e, &["memcg", "victim_limit_bytes"]).expect("limit");
+    assert!(usage < limit / 2, "usage {usage} should be well below the limit {limit}: {e}");
+    let top = e["node_memory"]["top"].as_array().expect("node_memory.top");
+    assert!(
+        top.first()
+            .and_then(|t| t["cgroup"].as_str())
+            .is_some_and(|c| c.contains("batch-report")),
+        "the hog must lead the consumers: {e}"
+    );
+    let x = s(e, &["explanation"]).expect("explanation");
+    assert!(x.contains("node ran out of memory") && x.contains("Burstable"), "{x}");
+    let a = s(e, &["advice"]).expect("advice");
+    assert!(a.contains("Guaranteed"), "{a}");
+    if has_hook(&log, "oom_kill_process") {
+        assert_eq!(s(e, &["verdict_source"]), Some("oom_control"), "{e}");
+        assert_eq!(s(e, &["constraint"]), Some("none"), "{e}");
+        assert!(i(e, &["victim", "points"]).is_some_and(|p| p > 0), "{e}");
+    }
+    assert!(guaranteed_alive, "the Guaranteed pod (pid {gpid}) must survive");
+}
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_oom_group_kills_are_one_incident() {
+    require_vm();
+    let logs = tempfile::tempdir().expect("tmp");
+    let agent = agent_with_logs(logs.path(), &[]);
+    let pod = Pod::new("besteffort", "etl", "worker-1", "worker", logs.path());
+    pod.container.set_limit(96 << 20);
+    pod.container.write("memory.oom.group", "1");
+    let mut holders: Vec<_> = (0..3).map(|_| spawn_holder(&pod.container, 1000, 16)).collect();
+    for h in &holders {
+        wait_rss(h.id(), 12 << 10);
+    }
+    let before: u64 = pod.container.oom_kills();
+    let (_pid, st) = run_hog(&pod.container, 1000, 256);
+    assert!(killed_by_sigkill(&st), "{st:?}");
+    for h in &mut holders {
+        let st = h.wait().expect("wait");
+        assert!(killed_by_sigkill(&st), "group member survived: {st:?}");
+    }
+    let counted = (pod.container.oom_kills() - before) as usize;
+    let prefix = pod.container.rel.clone();
+    let e = agent.events(counted, Duration::from_secs(60), move |v| {
+        s(v, &["victim", "cgroup"]) == Some(prefix.as_str())
+    });
+    let log = agent.log();
+    assert!(counted >= 4, "kernel counted {counted} kills");
+    assert_eq!(e.len(), counted, "every killed task is reported: {log}");
+    let incidents: HashSet<&str> = e.iter().filter_map(|v| s(v, &["incident"])).collect();
+    assert_eq!(incidents.len(), 1, "one OOM decision, one incident: {incidents:?}");
+}
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_oom_control_hook_and_its_fallback() {
+    require_vm();
+    for (args, expect_decision) in [
+        (&[][..], true),
+        (&["--no-fentry"][..], true),
+        (&["--no-fentry", "--no-kprobe"][..], false),
+    ] {
+        let logs = tempfile::tempdir().expect("tmp");
+        let agent = agent_with_logs(logs.path(), args);
+        let cg = Memcg::create(&format!("oomtrace-vm-decision-{}", args.len()));
+        cg.set_limit(32 << 20);
+        let (pid, st) = run_hog(&cg, 400, 128);
+        assert!(killed_by_sigkill(&st), "{st:?}");
+        let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
+        let (_, log) = agent.stop();
+        assert_eq!(e.len(), 1, "args {args:?}: {log}");
+        let e = &e[0];
+        assert_eq!(s(e, &["oom_cgroup"]), Some(cg.rel.as_str()), "{e}");
+        assert_eq!(s(e, &["scope"]), Some("cgroup"), "{e}");
+        assert_eq!(s(e, &["constraint"]), Some("memcg"), "{e}");
+        if expect_decision {
+            let hook = if args.is_empty() { "fentry/oom_kill_process" } else { "kprobe/oom_kill_process" };
+            assert!(has_hook(&log, hook), "{hook} must be active with {args:?}: {log}");
+            assert_eq!(s(e, &["verdict_source"]), Some("oom_control"), "{e}");
+            assert!(i(e, &["victim", "points"]).is_some_and(|p| p > 0), "{e}");
+            assert_eq!(i(e, &["trigger", "pid"]), Some(i64::from(pid)), "{e}");
+            assert_eq!(s(e, &["trigger", "cgroup"]), Some(cg.rel.as_str()), "{e}");
+            assert_eq!(i(e, &["memcg", "total_bytes"]), Some(32 << 20), "{e}");
+        } else {
+            assert!(!has_hook(&log, "oom_kill_process"), "{log}");
+            assert!(
+                matches!(s(e, &["verdict_source"]), Some("kmsg" | "cgroup_usage")),
+                "{e}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_sysrq_forced_oom_is_reported_as_forced() {
+    require_vm();
+    let logs = tempfile::tempdir().expect("tmp");
+    let agent = agent_with_logs(logs.path(), &[]);
+    let cg = Memcg::create("system.slice/sacrifice.service");
+    let mut victim = spawn_holder(&cg, 1000, 8);
+    wait_rss(victim.id(), 6 << 10);
+    let pid = victim.id();
+    let _ = fs::write("/proc/sys/kernel/sysrq", "1");
+    let started = Instant::now();
+    fs::write("/proc/sysrq-trigger", "f").expect("sysrq");
+    let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
+    let st = victim.wait().expect("wait");
+    assert!(killed_by_sigkill(&st), "{st:?}");
+    let log = agent.log();
+    assert_eq!(e.len(), 1, "after {:?}: {log}", started.elapsed());
+    let e = &e[0];
+    assert_eq!(s(e, &["scope"]), Some("node"), "{e}");
+    assert_eq!(i(e, &["trigger", "order"]), Some(-1), "{e}");
+    let x = s(e, &["explanation"]).expect("explanation");
+    assert!(x.contains("sysrq"), "a forced OOM must say so: {x}");
+    thread::sleep(Duration::from_millis(100));
+}
