@@ -63,8 +63,11 @@ pub struct RankArgs {
     /// Show every process, including the unkillable ones at the end.
     #[arg(long)]
     pub all: bool,
-    /// Where the host's /proc is mounted (in a container: /host/proc).
-    #[arg(long, env = "OOMTRACE_PROC_ROOT", default_value = "/proc")]
+    /// Where the host's /proc is mounted (in a container: /host/proc); the
+    /// global --proc is used when this is not given.
+    // Its own id: sharing the global `proc_root` id would hide the global
+    // `--proc` inside `oomtrace rank`.
+    #[arg(long = "proc-root", id = "rank_proc_root", env = "OOMTRACE_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
 }
 

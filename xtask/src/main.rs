@@ -5,6 +5,7 @@
 //! - `test`: unit, privileged host and VM tests ([`test`]);
 //! - `vm`: run a command inside a throwaway VM ([`vm`]).
 
+mod deploy_check;
 mod run;
 mod setup;
 mod test;

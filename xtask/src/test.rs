@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::ValueEnum;
 
-use crate::{cmd, setup, util, vm};
+use crate::{deploy_check, cmd, setup, util, vm};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -39,6 +39,8 @@ pub struct TestArgs {
 pub enum Stage {
     /// Unit tests of every host crate.
     Unit,
+    /// Render and validate the Kubernetes manifests in deploy/.
+    Deploy,
     /// Privileged tests on this host (root).
     Host,
     /// Tests inside qemu VMs across kernels.
@@ -57,8 +59,8 @@ pub fn test(args: &TestArgs) -> anyhow::Result<i32> {
     setup::setup()?;
     let stages: Vec<Stage> = match args.only {
         Some(stage) => vec![stage],
-        None if args.no_vm => vec![Stage::Unit, Stage::Host],
-        None => vec![Stage::Unit, Stage::Host, Stage::Vm],
+        None if args.no_vm => vec![Stage::Unit, Stage::Deploy, Stage::Host],
+        None => vec![Stage::Unit, Stage::Deploy, Stage::Host, Stage::Vm],
     };
     let mut lines = Vec::new();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
@@ -102,6 +104,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<i32> {
 fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::Unit => "unit",
+        Stage::Deploy => "deploy",
         Stage::Host => "host",
         Stage::Vm => "vm",
     }
@@ -115,6 +118,7 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
             c.current_dir(&root);
             util::run(c)?;
         }
+        Stage::Deploy => deploy_check::check_manifests(&root)?,
         Stage::Host => {
             if !util::is_root() {
                 let why = "the privileged host tests load eBPF programs and cause OOM kills \
@@ -131,8 +135,13 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
                 "oomtrace",
                 "--",
                 "--ignored",
-                "--test-threads=1"
+                "--test-threads=1",
+                // The VM scenarios (tests/vm.rs) refuse to run outside a VM.
+                "--skip",
+                "vm_"
             );
+            // Tests that need a tool `cargo xtask setup` installs fail rather than skip.
+            c.env("OOMTRACE_REQUIRE_ALL", "1");
             c.current_dir(&root);
             util::run(c)?;
         }
@@ -146,6 +155,11 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
                 util::run(c)?;
                 opts.oomtrace_bin = Some(util::target_dir().join("debug/oomtrace"));
             }
+            // The scenarios run the compiled tests/vm.rs binary inside the guests
+            // (xtask/vm/lib.sh picks the newest one).
+            let mut c = cmd!("cargo", "test", "--package", "oomtrace", "--test", "vm", "--no-run");
+            c.current_dir(&root);
+            util::run(c)?;
             vm::run_vm_tests(&opts)?;
         }
     }

@@ -339,3 +339,20 @@ impl Agent {
         self.child.id()
     }
 }
+
+/// Runs python3 in `cg` allocating 16 MiB chunks until it is killed: a hog
+/// that never asks for more than the kernel's overcommit heuristic allows.
+pub fn spawn_grower(cg: &Memcg, adj: i32) -> Child {
+    let script = format!(
+        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec python3 -c 'import time\nl = []\nwhile True:\n    l.append(b\"x\" * (16 << 20))\n    time.sleep(0.01)'",
+        procs = cg.dir().join("cgroup.procs").display()
+    );
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn grower")
+}
