@@ -47,13 +47,17 @@ pub const MESSAGE_MAX: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum KubeError {
-    #[error("cannot read kubeconfig {path}: {source}: fix --kubeconfig or drop it to use the in-cluster config")]
+    #[error(
+        "cannot read kubeconfig {path}: {source}: fix --kubeconfig or drop it to use the in-cluster config"
+    )]
     Kubeconfig {
         path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("no Kubernetes API configuration (not in a pod with a service account, no KUBECONFIG): {0}; pass --kubeconfig or run without --kube")]
+    #[error(
+        "no Kubernetes API configuration (not in a pod with a service account, no KUBECONFIG): {0}; pass --kubeconfig or run without --kube"
+    )]
     Infer(#[source] kube::config::InferConfigError),
     #[error("cannot build the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
@@ -107,8 +111,11 @@ impl PodMeta {
         });
         for c in spec_containers {
             let res = c.resources.as_ref();
-            let mem = |m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
-                m.and_then(|m| m.get("memory")).and_then(|q| parse_quantity(&q.0))
+            let mem = |m: Option<
+                &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+            >| {
+                m.and_then(|m| m.get("memory"))
+                    .and_then(|q| parse_quantity(&q.0))
             };
             containers.push(ContainerMeta {
                 name: c.name.clone(),
@@ -155,9 +162,13 @@ impl PodMeta {
 
     /// The container a kill belongs to: by runtime ID, else by name.
     pub fn container(&self, id: Option<&str>, name: Option<&str>) -> Option<&ContainerMeta> {
-        id.and_then(|id| self.containers.iter().find(|c| c.ids.iter().any(|i| i == id)))
-            .or_else(|| name.and_then(|n| self.containers.iter().find(|c| c.name == n)))
-            .or_else(|| (self.containers.len() == 1).then(|| &self.containers[0]))
+        id.and_then(|id| {
+            self.containers
+                .iter()
+                .find(|c| c.ids.iter().any(|i| i == id))
+        })
+        .or_else(|| name.and_then(|n| self.containers.iter().find(|c| c.name == n)))
+        .or_else(|| (self.containers.len() == 1).then(|| &self.containers[0]))
     }
 
     /// Adds what the API knows to a kill's Kubernetes identity.
@@ -187,7 +198,9 @@ impl PodMeta {
 fn workload(kind: &str, name: &str, labels: &BTreeMap<String, String>) -> (String, String) {
     if kind == "ReplicaSet"
         && let Some(hash) = labels.get("pod-template-hash")
-        && let Some(deploy) = name.strip_suffix(hash.as_str()).and_then(|n| n.strip_suffix('-'))
+        && let Some(deploy) = name
+            .strip_suffix(hash.as_str())
+            .and_then(|n| n.strip_suffix('-'))
         && !deploy.is_empty()
     {
         return ("Deployment".to_string(), deploy.to_string());
@@ -269,7 +282,10 @@ pub fn event_for(kill: &Kill) -> Option<Event> {
     if message.is_empty() {
         message = format!(
             "process {} ({}) was OOM-killed",
-            kill.victim.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+            kill.victim
+                .pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into()),
             kill.victim.comm.as_deref().unwrap_or("?")
         );
     }
@@ -430,8 +446,9 @@ impl Kube {
         };
         if q.try_send(ev).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            self.problem
-                .report(&format!("event queue full ({QUEUE}): {n} Pod event(s) dropped"));
+            self.problem.report(&format!(
+                "event queue full ({QUEUE}): {n} Pod event(s) dropped"
+            ));
         }
     }
 
@@ -496,7 +513,10 @@ async fn watch_pods(client: Client, node: &str, cache: &Mutex<PodCache>, problem
                 c.relisted(&seen, now);
                 if !synced {
                     synced = true;
-                    info!("Kubernetes API: watching {} pod(s) of node {node}", seen.len());
+                    info!(
+                        "Kubernetes API: watching {} pod(s) of node {node}",
+                        seen.len()
+                    );
                 }
             }
         }
@@ -520,7 +540,10 @@ async fn post_events(
         let ns = ev.metadata.namespace.clone().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(c, &ns);
         match tokio::time::timeout(POST_TIMEOUT, api.create(&PostParams::default(), &ev)).await {
-            Ok(Ok(_)) => debug!("posted Pod event {}", ev.metadata.name.as_deref().unwrap_or("")),
+            Ok(Ok(_)) => debug!(
+                "posted Pod event {}",
+                ev.metadata.name.as_deref().unwrap_or("")
+            ),
             Ok(Err(e)) => problem.report(&format!("posting a Pod event in {ns}: {e}")),
             Err(_) => problem.report(&format!(
                 "posting a Pod event in {ns}: no answer within {}s",
@@ -605,10 +628,20 @@ mod tests {
         assert_eq!(ev.type_.as_deref(), Some("Warning"));
         assert_eq!(ev.involved_object.kind.as_deref(), Some("Pod"));
         assert_eq!(ev.involved_object.name.as_deref(), Some("api-1"));
-        assert_eq!(ev.involved_object.field_path.as_deref(), Some("spec.containers{api}"));
-        assert_eq!(ev.source.as_ref().and_then(|s| s.host.as_deref()), Some("node-1"));
+        assert_eq!(
+            ev.involved_object.field_path.as_deref(),
+            Some("spec.containers{api}")
+        );
+        assert_eq!(
+            ev.source.as_ref().and_then(|s| s.host.as_deref()),
+            Some("node-1")
+        );
         let msg = ev.message.expect("message");
-        assert!(msg.len() <= MESSAGE_MAX && msg.ends_with('…'), "{}", msg.len());
+        assert!(
+            msg.len() <= MESSAGE_MAX && msg.ends_with('…'),
+            "{}",
+            msg.len()
+        );
         assert!(event_for(&Kill::default()).is_none());
     }
 

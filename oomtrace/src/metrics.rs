@@ -44,16 +44,25 @@ use crate::{
 };
 
 /// Every hook of the capture chain, in fallback order.
-pub const HOOKS: [Hook; 5] = [Hook::Tracepoint, Hook::TpBtf, Hook::Fentry, Hook::Kprobe, Hook::Kmsg];
+pub const HOOKS: [Hook; 5] = [
+    Hook::Tracepoint,
+    Hook::TpBtf,
+    Hook::Fentry,
+    Hook::Kprobe,
+    Hook::Kmsg,
+];
 
 /// The OpenMetrics text content type (what `prometheus-client` encodes).
-pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The classic Prometheus text format, for scrapers that do not ask for OpenMetrics.
 pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, Error)]
 pub enum MetricsError {
-    #[error("cannot listen on --metrics-addr {addr}: {source}: pick a free address or leave --metrics-addr unset")]
+    #[error(
+        "cannot listen on --metrics-addr {addr}: {source}: pick a free address or leave --metrics-addr unset"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -80,7 +89,11 @@ impl KillLabels {
         };
         Self {
             scope: kill.scope.map(scope_str).unwrap_or_default().to_string(),
-            oom_domain: kill.oom_domain.map(domain_str).unwrap_or_default().to_string(),
+            oom_domain: kill
+                .oom_domain
+                .map(domain_str)
+                .unwrap_or_default()
+                .to_string(),
             namespace: get(|k| &k.namespace),
             pod: get(|k| &k.pod),
             container: get(|k| &k.container),
@@ -304,12 +317,20 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             if openmetrics {
                 (StatusCode::OK, CONTENT_TYPE_OPENMETRICS, metrics.encode())
             } else {
-                (StatusCode::OK, CONTENT_TYPE_PROMETHEUS, metrics.encode_prometheus())
+                (
+                    StatusCode::OK,
+                    CONTENT_TYPE_PROMETHEUS,
+                    metrics.encode_prometheus(),
+                )
             }
         }
         (&Method::GET | &Method::HEAD, "/healthz") => {
             if metrics.is_ready() {
-                (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_string())
+                (
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    "ok\n".to_string(),
+                )
             } else {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -331,8 +352,10 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -372,9 +395,18 @@ mod tests {
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
         let classic = m.encode_prometheus();
-        assert!(classic.contains("# TYPE oomtrace_kills_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP oomtrace_kills_total OOM kills"), "{classic}");
-        assert!(classic.contains("# TYPE oomtrace_ready gauge\n"), "{classic}");
+        assert!(
+            classic.contains("# TYPE oomtrace_kills_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP oomtrace_kills_total OOM kills"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE oomtrace_ready gauge\n"),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF"), "{classic}");
     }
 
@@ -395,21 +427,42 @@ mod tests {
         let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::clone(&m))
             .await
             .expect("serve");
-        assert!(get(addr, "/healthz", "*/*").await.starts_with("HTTP/1.0 503"));
+        assert!(
+            get(addr, "/healthz", "*/*")
+                .await
+                .starts_with("HTTP/1.0 503")
+        );
         m.set_ready(true);
         let ok = get(addr, "/healthz", "*/*").await;
-        assert!(ok.starts_with("HTTP/1.0 200") && ok.ends_with("\r\n\r\nok\n"), "{ok}");
-        let om = get(addr, "/metrics", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5").await;
-        assert!(om.contains(CONTENT_TYPE_OPENMETRICS) && om.ends_with("# EOF\n"), "{om}");
+        assert!(
+            ok.starts_with("HTTP/1.0 200") && ok.ends_with("\r\n\r\nok\n"),
+            "{ok}"
+        );
+        let om = get(
+            addr,
+            "/metrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .await;
+        assert!(
+            om.contains(CONTENT_TYPE_OPENMETRICS) && om.ends_with("# EOF\n"),
+            "{om}"
+        );
         let text = get(addr, "/metrics", "*/*").await;
-        assert!(text.contains(CONTENT_TYPE_PROMETHEUS) && !text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains(CONTENT_TYPE_PROMETHEUS) && !text.contains("# EOF"),
+            "{text}"
+        );
     }
 
     #[test]
     fn hooks_ready_and_lost_follow_the_agent() {
         let m = Metrics::new();
         let text = m.encode();
-        assert!(text.contains(r#"oomtrace_hook_active{hook="tp_btf/mark_victim"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"oomtrace_hook_active{hook="tp_btf/mark_victim"} 0"#),
+            "{text}"
+        );
         assert!(text.contains("oomtrace_ready 0"), "{text}");
         m.set_hooks(&[Hook::Tracepoint, Hook::TpBtf, Hook::Kmsg]);
         m.set_ready(true);
@@ -424,7 +477,10 @@ mod tests {
             ("kprobe/oom_kill_process", 0),
             ("/dev/kmsg", 1),
         ] {
-            assert!(text.contains(&format!("oomtrace_hook_active{{hook=\"{hook}\"}} {v}")), "{text}");
+            assert!(
+                text.contains(&format!("oomtrace_hook_active{{hook=\"{hook}\"}} {v}")),
+                "{text}"
+            );
         }
         assert!(text.contains("oomtrace_ready 1"), "{text}");
         assert!(text.contains("oomtrace_events_lost_total 5"), "{text}");

@@ -77,7 +77,10 @@ impl Running {
         });
         let r = Self { child, lines, log };
         if ready.recv_timeout(Duration::from_secs(90)).is_err() {
-            panic!("{what} did not print ready within 90 s; stderr:\n{}", r.log());
+            panic!(
+                "{what} did not print ready within 90 s; stderr:\n{}",
+                r.log()
+            );
         }
         r
     }
@@ -91,7 +94,8 @@ impl Running {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).ok()?;
-            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             if s(&v, &["victim", "cgroup"]) == Some(cgroup) {
                 return Some(v);
             }
@@ -117,7 +121,10 @@ impl Drop for Running {
 
 fn cap_eff(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -126,7 +133,10 @@ fn assert_reports_a_kill(agent: &Running, name: &str) -> Value {
     let cg = Memcg::unique(name);
     cg.set_limit(32 << 20);
     let (pid, status) = run_hog(&cg, 500, 128);
-    assert!(killed_by_sigkill(&status), "the hog was not OOM-killed: {status:?}");
+    assert!(
+        killed_by_sigkill(&status),
+        "the hog was not OOM-killed: {status:?}"
+    );
     let e = agent
         .event_in(&cg.rel, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("no event for {}; stderr:\n{}", cg.rel, agent.log()));
@@ -163,7 +173,11 @@ fn the_daemonset_capabilities_alone_capture_a_real_kill() {
     assert_eq!(eff, DAEMONSET_CAPS, "effective capabilities {eff:#x}");
     let e = assert_reports_a_kill(&agent, "setpriv");
     for src in ["tracepoint", "tp_btf", "kmsg"] {
-        assert!(sources(&e).contains(&src), "{src} missing with the DaemonSet's capabilities: {e}\n{}", agent.log());
+        assert!(
+            sources(&e).contains(&src),
+            "{src} missing with the DaemonSet's capabilities: {e}\n{}",
+            agent.log()
+        );
     }
 }
 
@@ -182,7 +196,14 @@ fn static_binary(root: &Path) -> PathBuf {
     let target = "x86_64-unknown-linux-musl";
     let status = Command::new(env!("CARGO"))
         .current_dir(root)
-        .args(["build", "--release", "--package", "oomtrace", "--target", target])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "oomtrace",
+            "--target",
+            target,
+        ])
         .status()
         .expect("cargo build");
     assert!(
@@ -197,11 +218,18 @@ fn static_binary(root: &Path) -> PathBuf {
 fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
     let require = std::env::var("OOMTRACE_REQUIRE_ALL").as_deref() == Ok("1");
     if podman().arg("--version").output().is_err() {
-        assert!(!require, "podman not found: `cargo xtask setup` installs podman, runc and uidmap");
-        eprintln!("SKIP: podman not found; the setpriv test proves the capability set without containers");
+        assert!(
+            !require,
+            "podman not found: `cargo xtask setup` installs podman, runc and uidmap"
+        );
+        eprintln!(
+            "SKIP: podman not found; the setpriv test proves the capability set without containers"
+        );
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
     let binary = static_binary(root);
     let elf = fs::read(&binary).expect("read binary");
     assert!(
@@ -216,7 +244,16 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
     fs::copy(&binary, ctx.path().join("oomtrace")).expect("copy binary");
     let tag = format!("localhost/oomtrace-test:{}", std::process::id());
     let out = podman()
-        .args(["build", "--network", "none", "--pull=never", "--build-arg", "BINARY=oomtrace", "-t", &tag])
+        .args([
+            "build",
+            "--network",
+            "none",
+            "--pull=never",
+            "--build-arg",
+            "BINARY=oomtrace",
+            "-t",
+            &tag,
+        ])
         .arg(ctx.path())
         .output()
         .expect("podman build");
@@ -239,22 +276,54 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
     // there is no API server here).
     let empty = tempfile::tempdir().expect("tempdir");
     let host_dir = |p: &str| -> String {
-        if Path::new(p).is_dir() { p.to_string() } else { empty.path().display().to_string() }
+        if Path::new(p).is_dir() {
+            p.to_string()
+        } else {
+            empty.path().display().to_string()
+        }
     };
     let name = format!("oomtrace-test-{}", std::process::id());
     let mut cmd = podman();
     cmd.args(["run", "--rm", "--name", &name, "--network", "none"])
-        .args(["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"])
+        .args([
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=4096:4096",
+        ])
         .args(["--cap-drop", "ALL", "--cap-add", "BPF,PERFMON,SYSLOG"])
-        .args(["--read-only", "--security-opt", "no-new-privileges", "--user", "0:0"])
+        .args([
+            "--read-only",
+            "--security-opt",
+            "no-new-privileges",
+            "--user",
+            "0:0",
+        ])
+        // podman's default seccomp profile (containers/common) denies bpf(2)
+        // to a container without CAP_SYS_ADMIN, unlike containerd's
+        // RuntimeDefault (>= 1.6.9) that the DaemonSet relies on, which allows
+        // it with CAP_BPF. This test is about capabilities, so seccomp is off;
+        // see deploy/daemonset.yaml and components/legacy-kernel.
+        .args(["--security-opt", "seccomp=unconfined"])
         .args(["--device", "/dev/kmsg"])
         .args(["-v", "/sys/kernel/tracing:/host/sys/kernel/tracing:ro"])
         .args(["-v", "/sys/kernel/btf:/host/sys/kernel/btf:ro"])
         .args(["-v", "/sys/fs/cgroup:/host/sys/fs/cgroup:ro,rslave"])
-        .args(["-v", &format!("{}:/var/log/pods:ro", host_dir("/var/log/pods"))])
-        .args(["-v", &format!("{}:/var/log/containers:ro", host_dir("/var/log/containers"))])
+        .args([
+            "-v",
+            &format!("{}:/var/log/pods:ro", host_dir("/var/log/pods")),
+        ])
+        .args([
+            "-v",
+            &format!("{}:/var/log/containers:ro", host_dir("/var/log/containers")),
+        ])
         .args(["-v", "/proc:/host/proc:ro"])
-        .args(["-e", "NODE_NAME=oomtrace-image-test", "-e", "OOMTRACE_LOG=info"])
+        .args([
+            "-e",
+            "NODE_NAME=oomtrace-image-test",
+            "-e",
+            "OOMTRACE_LOG=info",
+        ])
         .arg(&tag)
         .args([
             "--format=json",
@@ -272,8 +341,16 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
     let e = assert_reports_a_kill(&agent, "image");
     assert_eq!(s(&e, &["node"]), Some("oomtrace-image-test"), "{e}");
     let srcs = sources(&e);
-    assert!(srcs.contains(&"tracepoint") || srcs.contains(&"tp_btf"), "eBPF inside the container: {e}\n{}", agent.log());
-    assert!(srcs.contains(&"kmsg"), "/dev/kmsg inside the container: {e}\n{}", agent.log());
+    assert!(
+        srcs.contains(&"tracepoint") || srcs.contains(&"tp_btf"),
+        "eBPF inside the container: {e}\n{}",
+        agent.log()
+    );
+    assert!(
+        srcs.contains(&"kmsg"),
+        "/dev/kmsg inside the container: {e}\n{}",
+        agent.log()
+    );
     // The usage the agent read through the read-only cgroup mount.
     assert_eq!(e["memcg"]["oom_limit_bytes"], 32u64 << 20, "{e}");
     drop(agent);

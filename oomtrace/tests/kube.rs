@@ -39,7 +39,8 @@ impl FakeApi {
         fs::write(&pods_file, serde_json::to_vec(pods).expect("json")).expect("write pods");
         let events = dir.path().join("events.jsonl");
         let requests = dir.path().join("requests.log");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube/fake_apiserver.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube/fake_apiserver.py");
         let mut child = Command::new("python3")
             .arg(&script)
             .args([&pods_file, &events, &requests])
@@ -47,12 +48,20 @@ impl FakeApi {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("python3 {}: {e} (cargo xtask setup installs python3)", script.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "python3 {}: {e} (cargo xtask setup installs python3)",
+                    script.display()
+                )
+            });
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("port line");
-        let port = line.trim().parse().unwrap_or_else(|e| panic!("fake API server port {line:?}: {e}"));
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("fake API server port {line:?}: {e}"));
         Self {
             child,
             port,
@@ -143,8 +152,7 @@ fn ids(tag: u32) -> (String, String) {
 /// The real-shaped pod of tests/data/kube/pod.json, given this run's UID,
 /// container ID and node.
 fn pod(uid: &str, cid: &str) -> Value {
-    let mut p: Value =
-        serde_json::from_str(include_str!("data/kube/pod.json")).expect("pod.json");
+    let mut p: Value = serde_json::from_str(include_str!("data/kube/pod.json")).expect("pod.json");
     p["metadata"]["uid"] = json!(uid);
     p["spec"]["nodeName"] = json!(NODE);
     p["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{cid}"));
@@ -179,11 +187,16 @@ fn a_kill_in_a_pod_posts_one_pod_event_and_carries_the_watched_metadata() {
     ]);
     // The watch is opened after the list: the cache holds the pod by then.
     api.wait_for("the pod watch", Duration::from_secs(20), |a| {
-        a.requests().iter().any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+        a.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
     });
     let (_top, container) = kubelet_cgroup("event", &uid, &cid);
     let (pid, status) = run_hog(&container, 500, 128);
-    assert!(killed_by_sigkill(&status), "the hog was not OOM-killed: {status:?}");
+    assert!(
+        killed_by_sigkill(&status),
+        "the hog was not OOM-killed: {status:?}"
+    );
 
     let events = agent.events(1, Duration::from_secs(15), in_cgroup(&container.rel));
     assert_eq!(events.len(), 1, "no JSON event; stderr:\n{}", agent.log());
@@ -206,7 +219,9 @@ fn a_kill_in_a_pod_posts_one_pod_event_and_carries_the_watched_metadata() {
         "the API gave the pod name: {e}"
     );
 
-    api.wait_for("an Event POST", Duration::from_secs(15), |a| !a.events().is_empty());
+    api.wait_for("an Event POST", Duration::from_secs(15), |a| {
+        !a.events().is_empty()
+    });
     // Late duplicates, if any, would arrive now.
     thread::sleep(Duration::from_secs(2));
     let (_, log) = agent.stop();
@@ -215,13 +230,20 @@ fn a_kill_in_a_pod_posts_one_pod_event_and_carries_the_watched_metadata() {
         .into_iter()
         .filter(|p| p["body"]["involvedObject"]["uid"] == json!(uid))
         .collect();
-    assert_eq!(posted.len(), 1, "one Event per kill: {posted:?}\nstderr:\n{log}");
+    assert_eq!(
+        posted.len(),
+        1,
+        "one Event per kill: {posted:?}\nstderr:\n{log}"
+    );
     let (path, ev) = (&posted[0]["path"], &posted[0]["body"]);
     assert_eq!(path, "/api/v1/namespaces/prod/events", "{ev}");
     assert_eq!(ev["apiVersion"], "v1", "{ev}");
     assert_eq!(ev["kind"], "Event", "{ev}");
     assert_eq!(ev["metadata"]["namespace"], "prod", "{ev}");
-    assert!(s(ev, &["metadata", "name"]).is_some_and(|n| n.starts_with("api-7f9c6d5b8-x2x9q.")), "{ev}");
+    assert!(
+        s(ev, &["metadata", "name"]).is_some_and(|n| n.starts_with("api-7f9c6d5b8-x2x9q.")),
+        "{ev}"
+    );
     let io = &ev["involvedObject"];
     assert_eq!(io["apiVersion"], "v1", "{ev}");
     assert_eq!(io["kind"], "Pod", "{ev}");
@@ -235,17 +257,30 @@ fn a_kill_in_a_pod_posts_one_pod_event_and_carries_the_watched_metadata() {
     assert_eq!(ev["count"], 1, "{ev}");
     assert_eq!(ev["firstTimestamp"], ev["lastTimestamp"], "{ev}");
     let msg = s(ev, &["message"]).expect("message");
-    assert!(!msg.is_empty() && msg.len() <= 1024, "{} bytes: {msg}", msg.len());
-    assert!(msg.starts_with(s(e, &["explanation"]).map_or("", |x| &x[..x.len().min(40)])), "{msg}");
+    assert!(
+        !msg.is_empty() && msg.len() <= 1024,
+        "{} bytes: {msg}",
+        msg.len()
+    );
+    assert!(
+        msg.starts_with(s(e, &["explanation"]).map_or("", |x| &x[..x.len().min(40)])),
+        "{msg}"
+    );
 
     let reqs = api.requests();
-    let lists: Vec<&String> = reqs.iter().filter(|r| r.starts_with("GET /api/v1/pods?")).collect();
+    let lists: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?"))
+        .collect();
     assert!(
-        lists.iter().all(|r| r.contains(&format!("fieldSelector=spec.nodeName%3D{NODE}"))),
+        lists
+            .iter()
+            .all(|r| r.contains(&format!("fieldSelector=spec.nodeName%3D{NODE}"))),
         "every pod request is limited to this node: {lists:?}"
     );
     assert!(
-        reqs.iter().all(|r| r.starts_with("GET /api/v1/pods?") || r.split('?').next() == Some("POST /api/v1/namespaces/prod/events")),
+        reqs.iter().all(|r| r.starts_with("GET /api/v1/pods?")
+            || r.split('?').next() == Some("POST /api/v1/namespaces/prod/events")),
         "only the documented endpoints are used: {reqs:?}"
     );
     assert!(!log.contains("Kubernetes API unavailable"), "{log}");
@@ -278,16 +313,30 @@ fn an_unreachable_api_server_is_said_once_and_kills_are_still_reported() {
     }
     let events = agent.events(KILLS, Duration::from_secs(20), in_cgroup(&container.rel));
     // Give the watcher's retries and the event posts time to fail repeatedly.
-    thread::sleep(Duration::from_secs(5).saturating_sub(started.elapsed()).max(Duration::from_secs(3)));
+    thread::sleep(
+        Duration::from_secs(5)
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(3)),
+    );
     let (status, log) = agent.stop();
-    assert_eq!(events.len(), KILLS, "every kill is reported without the API; stderr:\n{log}");
+    assert_eq!(
+        events.len(),
+        KILLS,
+        "every kill is reported without the API; stderr:\n{log}"
+    );
     for e in &events {
         assert_eq!(s(e, &["k8s", "pod_uid"]), Some(uid.as_str()), "{e}");
         assert_eq!(s(e, &["oom_domain"]), Some("container"), "{e}");
         assert!(e["k8s"]["labels"].is_null(), "no invented metadata: {e}");
     }
     let said = log.matches("Kubernetes API unavailable").count();
-    assert_eq!(said, 1, "the API problem is said exactly once; stderr:\n{log}");
-    assert!(log.contains(&format!("127.0.0.1:{port}")) || log.contains("onnect"), "the message names the problem: {log}");
+    assert_eq!(
+        said, 1,
+        "the API problem is said exactly once; stderr:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")) || log.contains("onnect"),
+        "the message names the problem: {log}"
+    );
     assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{log}");
 }

@@ -54,7 +54,9 @@ fn tool(name: &str, why: &str) -> Option<String> {
             panic!("{name} not found ({why}): run `cargo xtask setup` (Debian package prometheus)")
         }
         None => {
-            eprintln!("SKIP: {name} not found ({why}); `cargo xtask setup` installs it (Debian package prometheus)");
+            eprintln!(
+                "SKIP: {name} not found ({why}); `cargo xtask setup` installs it (Debian package prometheus)"
+            );
             None
         }
     }
@@ -102,7 +104,10 @@ fn in_cgroup(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
 fn kill_n(agent: &Agent, cg: &Memcg, n: usize) -> Vec<Value> {
     for _ in 0..n {
         let (_, status) = run_hog(cg, 500, 128);
-        assert!(killed_by_sigkill(&status), "the hog was not OOM-killed: {status:?}");
+        assert!(
+            killed_by_sigkill(&status),
+            "the hog was not OOM-killed: {status:?}"
+        );
     }
     let mut all = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -151,7 +156,10 @@ fn the_kill_counter_matches_real_kills_and_promtool_accepts_the_exposition() {
     let expected = expected_counts(&events);
     assert_eq!(counted, expected, "exposition:\n{text}");
     let ours = labels_of(&events[events.iter().position(in_cgroup(&cg.rel)).expect("ours")]);
-    assert_eq!(ours, r#"scope="cgroup",oom_domain="cgroup",namespace="",pod="",container="",qos_class="""#);
+    assert_eq!(
+        ours,
+        r#"scope="cgroup",oom_domain="cgroup",namespace="",pod="",container="",qos_class="""#
+    );
     assert!(counted[&ours] >= KILLS as f64, "{text}");
 
     // Hooks and readiness as the agent printed them at start.
@@ -165,9 +173,13 @@ fn the_kill_counter_matches_real_kills_and_promtool_accepts_the_exposition() {
             .any(|l| l.contains("oomtrace: ready:") && l.contains(hook));
         assert_eq!(*v, f64::from(u8::from(active)), "{hook}: {text}\n{log}");
     }
-    assert_eq!(samples(&text, "oomtrace_ready").get(""), Some(&1.0), "{text}");
+    assert_eq!(
+        samples(&text, "oomtrace_ready").get(""),
+        Some(&1.0),
+        "{text}"
+    );
     let lost = samples(&text, "oomtrace_events_lost_total");
-    assert!(lost.get("").is_some(), "{text}");
+    assert!(lost.contains_key(""), "{text}");
 
     if let Some(promtool) = tool("promtool", "checks the exposition format") {
         let mut child = Command::new(&promtool)
@@ -254,7 +266,10 @@ scrape_configs:
     let _server = Guard(
         Command::new(&prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -268,11 +283,18 @@ scrape_configs:
     // Wait until Prometheus has scraped the ready agent once.
     let deadline = Instant::now() + Duration::from_secs(60);
     while query(prom_port, r#"oomtrace_ready{job="oomtrace"}"#) != Some(1.0) {
-        assert!(Instant::now() < deadline, "Prometheus never stored oomtrace_ready 1:\n{}", prom_log());
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never stored oomtrace_ready 1:\n{}",
+            prom_log()
+        );
         thread::sleep(Duration::from_millis(500));
     }
-    let before = query(prom_port, r#"sum(oomtrace_kills_total{scope="cgroup",oom_domain="cgroup",namespace=""})"#)
-        .unwrap_or(0.0);
+    let before = query(
+        prom_port,
+        r#"sum(oomtrace_kills_total{scope="cgroup",oom_domain="cgroup",namespace=""})"#,
+    )
+    .unwrap_or(0.0);
 
     let cg = Memcg::unique("prometheus");
     cg.set_limit(32 << 20);
@@ -281,7 +303,10 @@ scrape_configs:
     let exposed = samples(&text, "oomtrace_kills_total");
     let ours = labels_of(&events[events.iter().position(in_cgroup(&cg.rel)).expect("ours")]);
     let want = exposed[&ours];
-    assert!(want >= before + KILLS as f64, "{before} + {KILLS} <= {want}: {text}");
+    assert!(
+        want >= before + KILLS as f64,
+        "{before} + {KILLS} <= {want}: {text}"
+    );
 
     let q = r#"sum(oomtrace_kills_total{job="oomtrace",scope="cgroup",oom_domain="cgroup",namespace="",pod="",container="",qos_class=""})"#;
     let deadline = Instant::now() + Duration::from_secs(60);
