@@ -315,7 +315,10 @@ pub enum Record {
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: the length is checked above and every `T` used here is a
     // plain-old-data struct for which any bit pattern is valid.
@@ -438,9 +441,15 @@ mod tests {
         let bytes = as_bytes(&tp);
         assert_eq!(
             decode(&bytes[..100]),
-            Err(DecodeError::Short { len: 100, need: size_of::<TpVictim>() })
+            Err(DecodeError::Short {
+                len: 100,
+                need: size_of::<TpVictim>()
+            })
         );
-        assert!(matches!(decode(&bytes[..10]), Err(DecodeError::Short { .. })));
+        assert!(matches!(
+            decode(&bytes[..10]),
+            Err(DecodeError::Short { .. })
+        ));
         let mut v = bytes.to_vec();
         v[0] = 99;
         assert_eq!(decode(&v), Err(DecodeError::Version(99)));

@@ -1,9 +1,8 @@
 //! The tracing loop: start the sources, correlate, enrich, explain, write.
 
 use std::{
-    fs,
-    io,
-    path::PathBuf,
+    fs, io,
+    path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime},
 };
@@ -22,14 +21,14 @@ use crate::{
     cli::TraceArgs,
     correlate::{Correlated, Correlator, Input},
     explain, identity,
-    kmsg::{self, KmsgOom, KmsgStats},
+    kmsg::{self, KmsgOom, KmsgStats, OomLine},
     kube::Kube,
     metrics::{self, Metrics, MetricsError},
     node::{self, CgroupFs},
     podnames::PodNames,
     probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
     qos,
-    report::{Kill, OomDomain, Scope},
+    report::{Kill, NodeMemory, OomDomain, Scope},
     sink::Sink,
     tracefs::{MarkVictimFields, MarkVictimLayout},
     verdict,
@@ -64,6 +63,10 @@ struct Enricher {
     node: String,
     cgfs: Option<CgroupFs>,
     pod_names: PodNames,
+    /// Node memory when the latest kill was first seen.
+    node_snapshot: Option<(Instant, NodeMemory)>,
+    /// How old a snapshot may be to describe a kill being reported.
+    snapshot_max_age: Duration,
     proc_root: PathBuf,
     top: usize,
     mem_total: Option<u64>,
@@ -94,7 +97,9 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
         }
         None => None,
     };
-    let kube = args.kube.then(|| Kube::start(args.kubeconfig.clone(), node.clone()));
+    let kube = args
+        .kube
+        .then(|| Kube::start(args.kubeconfig.clone(), node.clone()));
 
     // eBPF.
     let mut probe = None;
@@ -127,7 +132,12 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
     let mut kmsg_error = String::from("disabled by --no-kmsg");
     let mut kmsg_on = false;
     if !args.no_kmsg {
-        match kmsg::spawn_reader(args.paths.kmsg.clone(), true, kmsg_tx, Arc::clone(&kmsg_stats)) {
+        match kmsg::spawn_reader(
+            args.paths.kmsg.clone(),
+            true,
+            kmsg_tx,
+            Arc::clone(&kmsg_stats),
+        ) {
             Ok(_) => kmsg_on = true,
             Err(e) => {
                 kmsg_error = e.to_string();
@@ -172,7 +182,9 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
         }
     }
     if probe.is_none() {
-        warn!("degraded mode: kernel log only ({bpf_error}); every kill is still reported, with fewer details");
+        warn!(
+            "degraded mode: kernel log only ({bpf_error}); every kill is still reported, with fewer details"
+        );
     }
     if let Some(m) = &metrics {
         m.set_hooks(&active);
@@ -180,16 +192,22 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
     }
     eprintln!(
         "oomtrace: ready: {} ({})",
-        active.iter().map(|h| h.name()).collect::<Vec<_>>().join(", "),
-        if probe.is_some() { "ebpf" } else { "degraded: kernel log only" }
+        active
+            .iter()
+            .map(|h| h.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if probe.is_some() {
+            "ebpf"
+        } else {
+            "degraded: kernel log only"
+        }
     );
 
-    let mut correlator = Correlator::new(
-        &active,
-        args.wait_ms,
-        page_size,
-        boot_id,
-    );
+    // Without the tp_btf walk, the victim's cgroup is read from /proc as it dies.
+    let walk_proc = !active.contains(&Hook::TpBtf);
+    let proc_root = args.paths.proc_root.clone();
+    let mut correlator = Correlator::new(&active, args.wait_ms, page_size, boot_id);
     let cgfs = match &args.paths.cgroup_root {
         Some(root) => CgroupFs::at(root.clone()),
         None => fs::read_to_string("/proc/self/mounts")
@@ -209,6 +227,8 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
         top: args.top,
         mem_total,
         realtime_offset_ns: realtime_offset_ns(),
+        node_snapshot: None,
+        snapshot_max_age: args.wait_ms + Duration::from_secs(2),
         metrics,
         kube,
     };
@@ -230,15 +250,27 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
                 let mut guard = guard.map_err(AgentError::Ring)?;
                 let ring = guard.get_inner_mut();
                 let now = Instant::now();
+                let mut any = false;
                 while let Some(item) = ring.next() {
-                    if let Some(input) = decode(&item, layout.as_ref()) {
+                    if let Some(input) = decode(&item, layout.as_ref(), walk_proc.then_some(proc_root.as_path())) {
+                        any = true;
                         ready.extend(correlator.push(input, now));
                     }
                 }
                 guard.clear_ready();
+                if any {
+                    enricher.snapshot_node(now);
+                }
             }
             Some(line) = kmsg_rx.recv(), if kmsg_on => {
-                ready.extend(correlator.push(Input::Kmsg { ts_usec: line.ts_usec, line: line.line }, line.received));
+                if matches!(line.line, OomLine::Header { .. } | OomLine::Killed { .. }) {
+                    enricher.snapshot_node(line.received);
+                }
+                let proc_cgroup = match &line.line {
+                    OomLine::Killed { pid: Some(pid), .. } if walk_proc => victim_cgroup(&proc_root, *pid),
+                    _ => None,
+                };
+                ready.extend(correlator.push(Input::Kmsg { ts_usec: line.ts_usec, line: line.line, proc_cgroup }, line.received));
             }
             _ = tick.tick() => {
                 ready.extend(correlator.tick(Instant::now()));
@@ -253,7 +285,14 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
             }
         }
         for c in ready {
-            write(&mut sink, &mut enricher, c, stats.as_ref(), &kmsg_stats, &mut summary)?;
+            write(
+                &mut sink,
+                &mut enricher,
+                c,
+                stats.as_ref(),
+                &kmsg_stats,
+                &mut summary,
+            )?;
             if done(&summary) {
                 break;
             }
@@ -264,7 +303,14 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
     }
     if !done(&summary) {
         for c in correlator.flush() {
-            write(&mut sink, &mut enricher, c, stats.as_ref(), &kmsg_stats, &mut summary)?;
+            write(
+                &mut sink,
+                &mut enricher,
+                c,
+                stats.as_ref(),
+                &kmsg_stats,
+                &mut summary,
+            )?;
         }
     }
     if let Some(k) = enricher.kube.take() {
@@ -293,16 +339,37 @@ fn lost_total(stats: Option<&Stats>, kmsg: &KmsgStats) -> u64 {
     stats.map(|s| s.snapshot().lost()).unwrap_or(0) + kmsg.lost_records.load(Ordering::Relaxed)
 }
 
-fn decode(bytes: &[u8], layout: Option<&MarkVictimLayout>) -> Option<Input> {
+/// The memory cgroup of a (dying) process, from `/proc/<pid>/cgroup`.
+/// Paths relative to a cgroup namespace (`/..`) are not the node's: ignored.
+fn victim_cgroup(proc_root: &Path, pid: u32) -> Option<String> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    crate::rank::parse_cgroup(&text).filter(|p| p.starts_with('/') && !p.contains("/.."))
+}
+
+/// Decodes a ring-buffer record; `proc_root` is given when the victim's
+/// cgroup must be read from /proc (no tp_btf walk).
+fn decode(
+    bytes: &[u8],
+    layout: Option<&MarkVictimLayout>,
+    proc_root: Option<&Path>,
+) -> Option<Input> {
     match oomtrace_common::decode(bytes) {
-        Ok(Record::TpVictim(ev)) => Some(Input::Tracepoint {
-            header: ev.header,
-            fields: tp_fields(&ev, layout),
-        }),
+        Ok(Record::TpVictim(ev)) => {
+            let fields = tp_fields(&ev, layout);
+            let proc_cgroup =
+                proc_root.and_then(|root| victim_cgroup(root, fields.pid.unwrap_or(ev.pid)));
+            Some(Input::Tracepoint {
+                header: ev.header,
+                fields,
+                proc_cgroup,
+            })
+        }
         Ok(Record::BtfVictim(ev)) => Some(Input::TpBtf(Box::new(ev))),
         Ok(Record::Decision(ev)) => Some(Input::Decision(Box::new(ev))),
         Err(e) => {
-            warn!("undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace");
+            warn!(
+                "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
+            );
             None
         }
     }
@@ -345,9 +412,7 @@ fn write<W: io::Write>(
 impl Enricher {
     fn enrich(&mut self, c: Correlated) -> Kill {
         let Correlated {
-            mut kill,
-            at_ns,
-            ..
+            mut kill, at_ns, ..
         } = c;
         kill.node = self.node.clone();
         kill.time = rfc3339(self.wall_time(at_ns));
@@ -410,16 +475,38 @@ impl Enricher {
             Some(OomDomain::Node | OomDomain::NodeAllocatable)
         ) && let Some(cgfs) = &self.cgfs
         {
-            let pod_names = &mut self.pod_names;
-            let names = std::cell::RefCell::new(pod_names);
-            kill.node_memory = Some(node::node_memory(cgfs, &self.proc_root, self.top, |path| {
-                consumer_name(path, &mut names.borrow_mut())
-            }));
+            // The snapshot taken when the kill was first seen: by now the
+            // victim's memory is freed and the OOM may have killed the hog too.
+            let fresh = self
+                .node_snapshot
+                .as_ref()
+                .is_some_and(|(t, _)| t.elapsed() < self.snapshot_max_age);
+            if !fresh {
+                let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
+                self.node_snapshot = Some((Instant::now(), snap));
+            }
+            kill.node_memory = self.node_snapshot.as_ref().map(|(_, m)| m.clone());
         }
         let (explanation, advice) = explain::explain(&kill, ident.as_ref());
         kill.explanation = Some(explanation);
         kill.advice = Some(advice);
         kill
+    }
+
+    /// Takes a node memory snapshot when a kill is first seen (at most once a second).
+    fn snapshot_node(&mut self, now: Instant) {
+        let Some(cgfs) = &self.cgfs else {
+            return;
+        };
+        if self
+            .node_snapshot
+            .as_ref()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
+        self.node_snapshot = Some((now, snap));
     }
 
     fn wall_time(&self, at_ns: Option<u64>) -> SystemTime {
@@ -432,6 +519,14 @@ impl Enricher {
             .map(|w| SystemTime::UNIX_EPOCH + Duration::from_nanos(w))
             .unwrap_or_else(SystemTime::now)
     }
+}
+
+/// Node memory and the largest consumers, now.
+fn node_now(cgfs: &CgroupFs, proc_root: &Path, top: usize, pod_names: &mut PodNames) -> NodeMemory {
+    let names = std::cell::RefCell::new(pod_names);
+    node::node_memory(cgfs, proc_root, top, |path| {
+        consumer_name(path, &mut names.borrow_mut())
+    })
 }
 
 /// A consumer's display name (`namespace/pod` for pods) and QoS class.

@@ -42,11 +42,21 @@ pub struct Paths {
     pub tracefs: Option<PathBuf>,
 
     /// The kernel's BTF.
-    #[arg(long, env = "OOMTRACE_BTF", default_value = "/sys/kernel/btf/vmlinux", global = true)]
+    #[arg(
+        long,
+        env = "OOMTRACE_BTF",
+        default_value = "/sys/kernel/btf/vmlinux",
+        global = true
+    )]
     pub btf: PathBuf,
 
     /// The kernel log device.
-    #[arg(long, env = "OOMTRACE_KMSG", default_value = "/dev/kmsg", global = true)]
+    #[arg(
+        long,
+        env = "OOMTRACE_KMSG",
+        default_value = "/dev/kmsg",
+        global = true
+    )]
     pub kmsg: PathBuf,
 
     /// Mount point of the memory cgroup controller (default: found in /proc/self/mounts).
@@ -54,7 +64,12 @@ pub struct Paths {
     pub cgroup_root: Option<PathBuf>,
 
     /// The kubelet's pod log directory (pod names without the API server).
-    #[arg(long, env = "OOMTRACE_POD_LOGS", default_value = "/var/log/pods", global = true)]
+    #[arg(
+        long,
+        env = "OOMTRACE_POD_LOGS",
+        default_value = "/var/log/pods",
+        global = true
+    )]
     pub pod_logs: PathBuf,
 
     /// The kubelet's container log symlinks.
@@ -67,7 +82,12 @@ pub struct Paths {
     pub container_logs: PathBuf,
 
     /// procfs of the node (in a container: the host's /proc mounted elsewhere).
-    #[arg(long = "proc", env = "OOMTRACE_PROC", default_value = "/proc", global = true)]
+    #[arg(
+        long = "proc",
+        env = "OOMTRACE_PROC",
+        default_value = "/proc",
+        global = true
+    )]
     pub proc_root: PathBuf,
 }
 

@@ -36,12 +36,17 @@ pub enum Input {
     Tracepoint {
         header: Header,
         fields: MarkVictimFields,
+        /// The victim's memory cgroup read from `/proc/<pid>/cgroup` on arrival
+        /// (when no `tp_btf` walk is available).
+        proc_cgroup: Option<String>,
     },
     TpBtf(Box<BtfVictim>),
     Decision(Box<Decision>),
     Kmsg {
         ts_usec: u64,
         line: OomLine,
+        /// As for `Tracepoint`, for kill lines.
+        proc_cgroup: Option<String>,
     },
 }
 
@@ -81,6 +86,8 @@ pub struct Pending {
     pub task_in: Option<(String, String)>,
     /// Inherited from the first victim of a memory.oom.group kill.
     pub group_of: Option<String>,
+    /// From `/proc/<pid>/cgroup`, read while the victim was dying.
+    pub proc_cgroup: Option<String>,
 }
 
 /// A victim ready for enrichment.
@@ -165,7 +172,11 @@ impl Correlator {
     pub fn push(&mut self, input: Input, now: Instant) -> Vec<Correlated> {
         let mut touched = None;
         match input {
-            Input::Tracepoint { header, fields } => {
+            Input::Tracepoint {
+                header,
+                fields,
+                proc_cgroup,
+            } => {
                 let pid = fields.pid.unwrap_or(0);
                 let decision = self.decision_for(&header);
                 if let Some(p) = self.entry(pid, now) {
@@ -175,6 +186,9 @@ impl Correlator {
                         p.decision = decision;
                     }
                     p.tp = Some(fields);
+                    if p.proc_cgroup.is_none() {
+                        p.proc_cgroup = proc_cgroup;
+                    }
                     touched = Some(pid);
                 }
             }
@@ -198,7 +212,18 @@ impl Correlator {
                 self.decisions.insert(info.trigger_tid, info);
                 return Vec::new();
             }
-            Input::Kmsg { ts_usec, line } => touched = self.push_kmsg(ts_usec, line, now),
+            Input::Kmsg {
+                ts_usec,
+                line,
+                proc_cgroup,
+            } => {
+                touched = self.push_kmsg(ts_usec, line, now);
+                if let Some(p) = touched.and_then(|pid| self.pending.get_mut(&pid))
+                    && p.proc_cgroup.is_none()
+                {
+                    p.proc_cgroup = proc_cgroup;
+                }
+            }
         }
         match touched {
             Some(pid) if self.complete(pid) => self.emit(pid).into_iter().collect(),
@@ -353,11 +378,21 @@ impl Correlator {
         let mut due: Vec<(u64, u32)> = self
             .pending
             .values()
-            .filter(|p| p.first_seen.is_some_and(|t| now.duration_since(t) >= self.wait))
-            .map(|p| (p.ktime_ns.unwrap_or(p.kmsg_ts_usec.unwrap_or(0) * 1000), p.pid))
+            .filter(|p| {
+                p.first_seen
+                    .is_some_and(|t| now.duration_since(t) >= self.wait)
+            })
+            .map(|p| {
+                (
+                    p.ktime_ns.unwrap_or(p.kmsg_ts_usec.unwrap_or(0) * 1000),
+                    p.pid,
+                )
+            })
             .collect();
         due.sort_unstable();
-        due.into_iter().filter_map(|(_, pid)| self.emit(pid)).collect()
+        due.into_iter()
+            .filter_map(|(_, pid)| self.emit(pid))
+            .collect()
     }
 
     /// Emits everything still pending (at shutdown).
@@ -401,9 +436,8 @@ impl Correlator {
             missing.push("tp_btf event with the victim's cgroup (lost or late)".to_string());
         }
         if self.expect_kmsg && p.killed.is_none() {
-            missing.push(
-                "kernel log kill line (kmsg reader behind or its ring wrapped)".to_string(),
-            );
+            missing
+                .push("kernel log kill line (kmsg reader behind or its ring wrapped)".to_string());
         }
 
         // Victim.
@@ -489,7 +523,13 @@ impl Correlator {
                 task_memcg,
                 pid,
                 ..
-            }) => Some((constraint.clone(), *global, oom_memcg.clone(), task_memcg.clone(), *pid)),
+            }) => Some((
+                constraint.clone(),
+                *global,
+                oom_memcg.clone(),
+                task_memcg.clone(),
+                *pid,
+            )),
             _ => None,
         };
         v.cgroup = victim_walk
@@ -501,9 +541,10 @@ impl Correlator {
                     .filter(|s| s.4 == Some(p.pid))
                     .and_then(|s| s.3.clone())
             })
-            .or_else(|| p.task_in.as_ref().map(|t| t.0.clone()));
+            .or_else(|| p.task_in.as_ref().map(|t| t.0.clone()))
+            .or_else(|| p.proc_cgroup.clone());
         if v.cgroup.is_none() {
-            missing.push("victim cgroup: no tp_btf walk and no kernel log summary for this pid".to_string());
+            missing.push("victim cgroup: no tp_btf walk, no kernel log summary for this pid, and /proc/<pid> was gone".to_string());
         }
 
         // Verdict: oom_control, then kmsg, then the walk.
@@ -560,7 +601,10 @@ impl Correlator {
                 }
             }
             if kmsg_scope.is_none() && self.expect_kmsg {
-                missing.push("kernel log lines for this kill: scope inferred from cgroup usage only".to_string());
+                missing.push(
+                    "kernel log lines for this kill: scope inferred from cgroup usage only"
+                        .to_string(),
+                );
             }
         } else if let Some(scope) = kmsg_scope {
             kill.verdict_source = Some(VerdictSource::Kmsg);
@@ -570,13 +614,18 @@ impl Correlator {
                 missing.push("oom_cgroup: the kernel's summary line was rate-limited (\"callbacks suppressed\") and no BPF walk is available".to_string());
             }
         } else {
-            missing.push("scope: no source said whether a cgroup limit or the node ran out".to_string());
+            missing.push(
+                "scope: no source said whether a cgroup limit or the node ran out".to_string(),
+            );
         }
         if let (Some(Scope::Cgroup), None) = (kill.scope, &kill.constraint) {
             kill.constraint = Some(Constraint::Memcg);
         }
         if kill.scope == Some(Scope::Node) && kill.constraint.is_none() {
-            missing.push("constraint: needs the oom_kill_process hook or the kernel's summary line".to_string());
+            missing.push(
+                "constraint: needs the oom_kill_process hook or the kernel's summary line"
+                    .to_string(),
+            );
         }
 
         // Usage and limits from the walk.
@@ -591,7 +640,10 @@ impl Correlator {
             }
             memcg.hierarchy = walk.usages();
             if walk.truncated {
-                missing.push("cgroup path: deeper than the captured levels, paths start with .../".to_string());
+                missing.push(
+                    "cgroup path: deeper than the captured levels, paths start with .../"
+                        .to_string(),
+                );
             }
         }
         kill.memcg = memcg;
@@ -650,7 +702,6 @@ impl Correlator {
             at_ns: (at_ns > 0).then_some(at_ns),
         }
     }
-
 }
 
 fn trigger_of(h: &Header) -> (u32, u32, String) {
@@ -697,10 +748,7 @@ impl Incidents {
                 return id.clone();
             }
         }
-        let id = format!(
-            "{boot_id}-{:x}",
-            key.decision_ktime.unwrap_or(at_ns)
-        );
+        let id = format!("{boot_id}-{:x}", key.decision_ktime.unwrap_or(at_ns));
         self.last = Some((key.clone(), at_ns, id.clone()));
         id
     }
@@ -724,6 +772,7 @@ mod tests {
                 parse_oom_line(&r.message).map(|line| Input::Kmsg {
                     ts_usec: r.ts_usec,
                     line,
+                    proc_cgroup: None,
                 })
             })
             .collect()
@@ -733,7 +782,13 @@ mod tests {
         // Up to and including the first kill line.
         let mut out = Vec::new();
         for i in inputs {
-            let last = matches!(&i, Input::Kmsg { line: OomLine::Killed { .. }, .. });
+            let last = matches!(
+                &i,
+                Input::Kmsg {
+                    line: OomLine::Killed { .. },
+                    ..
+                }
+            );
             out.push(i);
             if last {
                 break;
@@ -806,6 +861,7 @@ mod tests {
                 uid: Some(0),
                 ..MarkVictimFields::default()
             },
+            proc_cgroup: None,
         }
     }
 
@@ -840,7 +896,10 @@ mod tests {
         let pid = kmsg
             .iter()
             .find_map(|i| match i {
-                Input::Kmsg { line: OomLine::Killed { pid, .. }, .. } => *pid,
+                Input::Kmsg {
+                    line: OomLine::Killed { pid, .. },
+                    ..
+                } => *pid,
                 _ => None,
             })
             .expect("kill line");
@@ -873,14 +932,21 @@ mod tests {
         ]);
         assert!(c.push(tp_victim(42, 1_000), now).is_empty());
         assert!(c.push(btf_victim(42, 1_001, w), now).is_empty());
-        assert!(c.tick(now + Duration::from_millis(100)).is_empty(), "not before the wait");
+        assert!(
+            c.tick(now + Duration::from_millis(100)).is_empty(),
+            "not before the wait"
+        );
         let out = c.tick(now + Duration::from_millis(600));
         assert_eq!(out.len(), 1);
         let k = &out[0].kill;
         assert_eq!(k.verdict_source, Some(VerdictSource::CgroupUsage));
         assert_eq!(k.oom_cgroup.as_deref(), Some("/parent"));
         assert_eq!(k.victim.cgroup.as_deref(), Some("/parent/child"));
-        assert!(k.missing.iter().any(|m| m.contains("kernel log kill line")), "{:?}", k.missing);
+        assert!(
+            k.missing.iter().any(|m| m.contains("kernel log kill line")),
+            "{:?}",
+            k.missing
+        );
         assert_eq!(c.pending_count(), 0);
     }
 
@@ -890,7 +956,11 @@ mod tests {
         let mut c = Correlator::new(&active, Duration::from_millis(500), 4096, "b".into());
         let now = Instant::now();
         let domain = walk(&[("grp", 12_800, 12_800), ("", 90_000, UNLIMITED)]);
-        let member = walk(&[("w1", 6_000, UNLIMITED), ("grp", 12_800, 12_800), ("", 90_000, UNLIMITED)]);
+        let member = walk(&[
+            ("w1", 6_000, UNLIMITED),
+            ("grp", 12_800, 12_800),
+            ("", 90_000, UNLIMITED),
+        ]);
         let mut d = Decision {
             header: header(500, 7),
             flags: DECISION_HAS_MEMCG | DECISION_HAS_CHOSEN,
@@ -934,7 +1004,10 @@ mod tests {
             assert_eq!(k.kill.trigger.pid, Some(7));
         }
         assert_eq!(kills[0].kill.victim.points, Some(7_000));
-        assert_eq!(kills[1].kill.victim.points, None, "group members are not scored");
+        assert_eq!(
+            kills[1].kill.victim.points, None,
+            "group members are not scored"
+        );
         assert_eq!(kills[0].kill.memcg.total_bytes, Some(12_800 * 4096));
     }
 

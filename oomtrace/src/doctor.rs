@@ -246,7 +246,10 @@ mod tests {
         let caps = effective_caps(root).expect("caps");
         assert!(caps.contains(&"CAP_BPF") && caps.contains(&"CAP_SYSLOG"));
         // The DaemonSet's set: BPF, PERFMON, SYSLOG only.
-        let ds = format!("CapEff:\t{:016x}\n", (1u64 << 39) | (1u64 << 38) | (1u64 << 34));
+        let ds = format!(
+            "CapEff:\t{:016x}\n",
+            (1u64 << 39) | (1u64 << 38) | (1u64 << 34)
+        );
         assert_eq!(
             effective_caps(&ds).expect("caps"),
             vec!["CAP_SYSLOG", "CAP_PERFMON", "CAP_BPF"]

@@ -163,7 +163,9 @@ fn domain_consumers(kill: &Kill) -> Vec<&Consumer> {
             scope.is_none_or(|p| {
                 c.cgroup.is_empty()
                     || c.cgroup == p
-                    || c.cgroup.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
+                    || c.cgroup
+                        .strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
             })
         })
         .collect()
@@ -494,8 +496,14 @@ mod tests {
         });
         let (e, a) = explain(&k, None);
         assert!(e.contains("Largest consumers: batch/hog 3.0 GiB."), "{e}");
-        assert!(!e.contains("mysqld") && !e.contains("kubepods-other") && !e.contains("tiny"), "{e}");
-        assert!(a.contains("find out why batch/hog uses 3.0 GiB") && !a.contains("mysqld"), "{a}");
+        assert!(
+            !e.contains("mysqld") && !e.contains("kubepods-other") && !e.contains("tiny"),
+            "{e}"
+        );
+        assert!(
+            a.contains("find out why batch/hog uses 3.0 GiB") && !a.contains("mysqld"),
+            "{a}"
+        );
         // A node-level OOM counts every consumer.
         k.oom_domain = Some(OomDomain::Node);
         let (e, _) = explain(&k, None);

@@ -48,7 +48,9 @@ pub enum KmsgError {
     Open { path: PathBuf, source: io::Error },
     #[error("cannot seek to the end of {}: {source}: is it /dev/kmsg? pass --no-kmsg to run without kernel log lines", path.display())]
     Seek { path: PathBuf, source: io::Error },
-    #[error("reading the kernel log failed: {source}: kernel OOM lines are no longer reported; restart oomtrace or pass --no-kmsg")]
+    #[error(
+        "reading the kernel log failed: {source}: kernel OOM lines are no longer reported; restart oomtrace or pass --no-kmsg"
+    )]
     Read { source: io::Error },
     #[error("cannot start the kmsg reader thread: {0}: the process may be at its thread limit")]
     Spawn(io::Error),
@@ -104,7 +106,9 @@ fn unescape(text: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < text.len() {
         if text[i] == b'\\' && text.get(i + 1) == Some(&b'x') {
-            let hex = text.get(i + 2..i + 4).and_then(|h| std::str::from_utf8(h).ok());
+            let hex = text
+                .get(i + 2..i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok());
             if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(byte);
                 i += 4;
@@ -207,7 +211,10 @@ pub fn parse_oom_line(msg: &str) -> Option<OomLine> {
         return Some(parse_summary(rest));
     }
     if let Some(at) = msg.find(" invoked oom-killer: ") {
-        return Some(parse_header(&msg[..at], &msg[at + " invoked oom-killer: ".len()..]));
+        return Some(parse_header(
+            &msg[..at],
+            &msg[at + " invoked oom-killer: ".len()..],
+        ));
     }
     if let Some(cgroup) = msg
         .strip_prefix("Tasks in ")
@@ -243,11 +250,17 @@ pub fn parse_oom_line(msg: &str) -> Option<OomLine> {
         return parse_kill_chosen(memcg, global, r);
     }
     let (function, rest) = msg.split_once(": ")?;
-    let count = rest.strip_suffix(" callbacks suppressed")?.trim().parse().ok()?;
-    OOM_RATELIMITED.contains(&function).then(|| OomLine::Suppressed {
-        function: function.to_owned(),
-        count,
-    })
+    let count = rest
+        .strip_suffix(" callbacks suppressed")?
+        .trim()
+        .parse()
+        .ok()?;
+    OOM_RATELIMITED
+        .contains(&function)
+        .then(|| OomLine::Suppressed {
+            function: function.to_owned(),
+            count,
+        })
 }
 
 fn num<T: std::str::FromStr>(s: &str) -> Option<T> {
@@ -297,22 +310,32 @@ fn key_pos(s: &str, key: &str) -> Option<usize> {
 /// contain `,pid=`: the pid is taken from the last `,pid=`.
 fn parse_summary(rest: &str) -> OomLine {
     let rest = rest.trim();
-    let (head, tail) = match rest.find(",task=").or(rest.starts_with("task=").then_some(0)) {
+    let (head, tail) = match rest
+        .find(",task=")
+        .or(rest.starts_with("task=").then_some(0))
+    {
         Some(i) => (&rest[..i], Some(rest[i..].trim_start_matches(','))),
         None => (rest, None),
     };
-    let keys = ["constraint", "nodemask", "cpuset", "mems_allowed", "oom_memcg", "task_memcg"];
+    let keys = [
+        "constraint",
+        "nodemask",
+        "cpuset",
+        "mems_allowed",
+        "oom_memcg",
+        "task_memcg",
+    ];
     let mut starts: Vec<(usize, &str)> = keys
         .iter()
         .filter_map(|k| key_pos(head, k).map(|p| (p, *k)))
         .collect();
-    let global_at = head
-        .match_indices("global_oom")
-        .map(|(i, _)| i)
-        .find(|&i| {
-            (i == 0 || head.as_bytes()[i - 1] == b',')
-                && matches!(head.as_bytes().get(i + "global_oom".len()), None | Some(b','))
-        });
+    let global_at = head.match_indices("global_oom").map(|(i, _)| i).find(|&i| {
+        (i == 0 || head.as_bytes()[i - 1] == b',')
+            && matches!(
+                head.as_bytes().get(i + "global_oom".len()),
+                None | Some(b',')
+            )
+    });
     if let Some(i) = global_at {
         starts.push((i, "global_oom"));
     }
@@ -320,7 +343,9 @@ fn parse_summary(rest: &str) -> OomLine {
     let value = |key: &str| -> Option<String> {
         let idx = starts.iter().position(|(_, k)| *k == key)?;
         let from = starts[idx].0 + key.len() + 1;
-        let to = starts.get(idx + 1).map_or(head.len(), |(p, _)| p.saturating_sub(1));
+        let to = starts
+            .get(idx + 1)
+            .map_or(head.len(), |(p, _)| p.saturating_sub(1));
         head.get(from..to.max(from)).map(str::to_owned)
     };
     let (mut task, mut pid, mut uid) = (None, None, None);
@@ -521,7 +546,10 @@ pub fn read_records<R: Read>(
         let lost = lost_between(prev_seq, record.seq);
         if lost > 0 {
             stats.lost_records.fetch_add(lost, Ordering::Relaxed);
-            tracing::warn!(lost, "kernel log records were overwritten before they were read");
+            tracing::warn!(
+                lost,
+                "kernel log records were overwritten before they were read"
+            );
         }
         prev_seq = Some(record.seq);
         if !on_record(record) {
@@ -572,10 +600,11 @@ fn open(path: &Path, from_end: bool) -> Result<File, KmsgError> {
         source,
     })?;
     if from_end {
-        file.seek(SeekFrom::End(0)).map_err(|source| KmsgError::Seek {
-            path: path.to_owned(),
-            source,
-        })?;
+        file.seek(SeekFrom::End(0))
+            .map_err(|source| KmsgError::Seek {
+                path: path.to_owned(),
+                source,
+            })?;
     }
     Ok(file)
 }
@@ -588,21 +617,66 @@ mod tests {
     /// Every sample file: (name, contents). Lines are dmesg/syslog output or,
     /// for `*.kmsg.txt`, raw /dev/kmsg records.
     const SAMPLES: &[(&str, &str)] = &[
-        ("host-6.18-memcg", include_str!("../tests/data/kmsg/host-6.18-memcg.txt")),
-        ("host-6.18-memcg.kmsg", include_str!("../tests/data/kmsg/host-6.18-memcg.kmsg.txt")),
-        ("host-6.18-memcg-storm.kmsg", include_str!("../tests/data/kmsg/host-6.18-memcg-storm.kmsg.txt")),
-        ("centos7-3.10-k8s-56891", include_str!("../tests/data/kmsg/centos7-3.10-k8s-56891.txt")),
-        ("rhel7-3.10-ltp-1080", include_str!("../tests/data/kmsg/rhel7-3.10-ltp-1080.txt")),
-        ("kata-4.14-1310", include_str!("../tests/data/kmsg/kata-4.14-1310.txt")),
-        ("istio-42734-pre4.19", include_str!("../tests/data/kmsg/istio-42734-pre4.19.txt")),
-        ("ecs-4508-4.14", include_str!("../tests/data/kmsg/ecs-4508-4.14.txt")),
-        ("moby-38352-4.19", include_str!("../tests/data/kmsg/moby-38352-4.19.txt")),
-        ("lkml-group-kill-d342a0b38674", include_str!("../tests/data/kmsg/lkml-group-kill-d342a0b38674.txt")),
-        ("relate-1383-6.16-global", include_str!("../tests/data/kmsg/relate-1383-6.16-global.txt")),
-        ("systemd-40208-6.17", include_str!("../tests/data/kmsg/systemd-40208-6.17.txt")),
-        ("db1000n-555-5.4", include_str!("../tests/data/kmsg/db1000n-555-5.4.txt")),
-        ("gpud-70-lxc", include_str!("../tests/data/kmsg/gpud-70-lxc.txt")),
-        ("lkml-sysrq-order-minus-1", include_str!("../tests/data/kmsg/lkml-sysrq-order-minus-1.txt")),
+        (
+            "host-6.18-memcg",
+            include_str!("../tests/data/kmsg/host-6.18-memcg.txt"),
+        ),
+        (
+            "host-6.18-memcg.kmsg",
+            include_str!("../tests/data/kmsg/host-6.18-memcg.kmsg.txt"),
+        ),
+        (
+            "host-6.18-memcg-storm.kmsg",
+            include_str!("../tests/data/kmsg/host-6.18-memcg-storm.kmsg.txt"),
+        ),
+        (
+            "centos7-3.10-k8s-56891",
+            include_str!("../tests/data/kmsg/centos7-3.10-k8s-56891.txt"),
+        ),
+        (
+            "rhel7-3.10-ltp-1080",
+            include_str!("../tests/data/kmsg/rhel7-3.10-ltp-1080.txt"),
+        ),
+        (
+            "kata-4.14-1310",
+            include_str!("../tests/data/kmsg/kata-4.14-1310.txt"),
+        ),
+        (
+            "istio-42734-pre4.19",
+            include_str!("../tests/data/kmsg/istio-42734-pre4.19.txt"),
+        ),
+        (
+            "ecs-4508-4.14",
+            include_str!("../tests/data/kmsg/ecs-4508-4.14.txt"),
+        ),
+        (
+            "moby-38352-4.19",
+            include_str!("../tests/data/kmsg/moby-38352-4.19.txt"),
+        ),
+        (
+            "lkml-group-kill-d342a0b38674",
+            include_str!("../tests/data/kmsg/lkml-group-kill-d342a0b38674.txt"),
+        ),
+        (
+            "relate-1383-6.16-global",
+            include_str!("../tests/data/kmsg/relate-1383-6.16-global.txt"),
+        ),
+        (
+            "systemd-40208-6.17",
+            include_str!("../tests/data/kmsg/systemd-40208-6.17.txt"),
+        ),
+        (
+            "db1000n-555-5.4",
+            include_str!("../tests/data/kmsg/db1000n-555-5.4.txt"),
+        ),
+        (
+            "gpud-70-lxc",
+            include_str!("../tests/data/kmsg/gpud-70-lxc.txt"),
+        ),
+        (
+            "lkml-sysrq-order-minus-1",
+            include_str!("../tests/data/kmsg/lkml-sysrq-order-minus-1.txt"),
+        ),
     ];
 
     fn sample(name: &str) -> &'static str {
@@ -612,7 +686,10 @@ mod tests {
     /// The message of a dmesg or syslog line: drops `... kernel: `, the
     /// `[timestamp]` and a `[ T123]` caller id.
     fn message(line: &str) -> String {
-        let mut s = line.split_once("kernel: ").map_or(line, |(_, m)| m).trim_start();
+        let mut s = line
+            .split_once("kernel: ")
+            .map_or(line, |(_, m)| m)
+            .trim_start();
         for _ in 0..2 {
             if s.starts_with('[') {
                 s = s.split_once("] ").map_or(s, |(_, m)| m);
@@ -624,7 +701,10 @@ mod tests {
     fn lines(name: &str) -> Vec<String> {
         let text = sample(name);
         let first = text.lines().next().unwrap();
-        assert!(first.starts_with("# source: "), "{name} lacks its source line");
+        assert!(
+            first.starts_with("# source: "),
+            "{name} lacks its source line"
+        );
         text.lines()
             .skip(1)
             .filter(|l| !l.trim().is_empty())
@@ -639,14 +719,22 @@ mod tests {
     }
 
     fn parsed(name: &str) -> Vec<OomLine> {
-        lines(name).iter().filter_map(|l| parse_oom_line(l)).collect()
+        lines(name)
+            .iter()
+            .filter_map(|l| parse_oom_line(l))
+            .collect()
     }
 
     #[test]
     fn kmsg_record_fields_and_dictionary() {
-        let r = parse_record(b"6,422,331781022,-;oom-kill:constraint=CONSTRAINT_MEMCG\n SUBSYSTEM=mem\n DEVICE=+x\n")
-            .unwrap();
-        assert_eq!((r.facility_prio, r.seq, r.ts_usec, r.continuation), (6, 422, 331781022, false));
+        let r = parse_record(
+            b"6,422,331781022,-;oom-kill:constraint=CONSTRAINT_MEMCG\n SUBSYSTEM=mem\n DEVICE=+x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.facility_prio, r.seq, r.ts_usec, r.continuation),
+            (6, 422, 331781022, false)
+        );
         assert_eq!(r.message, "oom-kill:constraint=CONSTRAINT_MEMCG");
         let c = parse_record(b"4,7,9,c,caller=T12;frag").unwrap();
         assert!(c.continuation);
@@ -672,7 +760,10 @@ mod tests {
             })
             .collect();
         // The kernel escaped the backslash as \x5c, the tab as \x09 and the UTF-8 bytes.
-        assert_eq!(comms, ["python3", "a b) c,pid=1", "w\\xc3\\xa9 (x)", "wé (x)\t"]);
+        assert_eq!(
+            comms,
+            ["python3", "a b) c,pid=1", "w\\xc3\\xa9 (x)", "wé (x)\t"]
+        );
     }
 
     #[test]
@@ -719,11 +810,15 @@ mod tests {
         );
         // comm "a b) c,pid=1": the summary's task runs to the LAST ,pid=.
         assert!(matches!(&got[3], OomLine::Header { comm, .. } if comm == "a b) c,pid=1"));
-        assert!(matches!(&got[4], OomLine::Summary { task: Some(t), pid: Some(9603), .. } if t == "a b) c,pid=1"));
+        assert!(
+            matches!(&got[4], OomLine::Summary { task: Some(t), pid: Some(9603), .. } if t == "a b) c,pid=1")
+        );
         assert!(
             matches!(&got[5], OomLine::Killed { comm, pid: Some(9603), total_vm_kb: Some(278712), .. } if comm == "a b) c,pid=1")
         );
-        assert!(matches!(&got[8], OomLine::Killed { comm, pid: Some(9647), .. } if comm == "w\\xc3\\xa9 (x)"));
+        assert!(
+            matches!(&got[8], OomLine::Killed { comm, pid: Some(9647), .. } if comm == "w\\xc3\\xa9 (x)")
+        );
     }
 
     #[test]
@@ -731,7 +826,10 @@ mod tests {
         let got = parsed("host-6.18-memcg-storm.kmsg");
         let count = |f: fn(&OomLine) -> bool| got.iter().filter(|l| f(l)).count();
         // 40 kills in the storm + 1 later: every kill line arrived, most headers did not.
-        assert_eq!(count(|l| matches!(l, OomLine::Killed { memcg: true, .. })), 41);
+        assert_eq!(
+            count(|l| matches!(l, OomLine::Killed { memcg: true, .. })),
+            41
+        );
         assert_eq!(count(|l| matches!(l, OomLine::Header { .. })), 11);
         assert_eq!(count(|l| matches!(l, OomLine::Summary { .. })), 11);
         assert!(got.contains(&OomLine::Suppressed {
@@ -755,8 +853,17 @@ mod tests {
         );
         assert!(matches!(
             &got[1],
-            OomLine::Killed { memcg: false, global: false, pid: Some(28438), total_vm_kb: Some(20255636),
-                anon_rss_kb: Some(466160), file_rss_kb: Some(13684), shmem_rss_kb: None, uid: None, .. }
+            OomLine::Killed {
+                memcg: false,
+                global: false,
+                pid: Some(28438),
+                total_vm_kb: Some(20255636),
+                anon_rss_kb: Some(466160),
+                file_rss_kb: Some(13684),
+                shmem_rss_kb: None,
+                uid: None,
+                ..
+            }
         ));
         assert_eq!(
             got[2],
@@ -778,7 +885,14 @@ mod tests {
             OomLine::Killed { pid: Some(42452), comm, uid: Some(0), total_vm_kb: Some(7296), shmem_rss_kb: Some(0), .. }
                 if comm == "memcg_test_1"
         ));
-        assert!(matches!(&got[1], OomLine::KillChosen { memcg: true, score: Some(0), .. }));
+        assert!(matches!(
+            &got[1],
+            OomLine::KillChosen {
+                memcg: true,
+                score: Some(0),
+                ..
+            }
+        ));
         assert_eq!(
             got[3],
             OomLine::TaskInMemcg {
@@ -788,37 +902,72 @@ mod tests {
         );
         for name in ["istio-42734-pre4.19", "ecs-4508-4.14"] {
             let got = parsed(name);
-            let OomLine::TaskInMemcg { task_cgroup, limit_cgroup } = &got[0] else {
+            let OomLine::TaskInMemcg {
+                task_cgroup,
+                limit_cgroup,
+            } = &got[0]
+            else {
                 panic!("{name}: {got:?}")
             };
-            assert!(task_cgroup.starts_with('/') && task_cgroup == limit_cgroup, "{name}");
+            assert!(
+                task_cgroup.starts_with('/') && task_cgroup == limit_cgroup,
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn kmsg_headers_of_every_generation() {
-        let header = |name: &str| parsed(name).into_iter().find(|l| matches!(l, OomLine::Header { .. })).unwrap();
+        let header = |name: &str| {
+            parsed(name)
+                .into_iter()
+                .find(|l| matches!(l, OomLine::Header { .. }))
+                .unwrap()
+        };
         let h = |comm: &str, gfp: &str, order, adj| OomLine::Header {
             comm: comm.into(),
             gfp_mask: Some(gfp.into()),
             order: Some(order),
             oom_score_adj: Some(adj),
         };
-        assert_eq!(header("kata-4.14-1310"), h("mem", "0x14200ca(GFP_HIGHUSER_MOVABLE)", 0, 0));
-        assert_eq!(header("moby-38352-4.19"), h("thrash", "0x6000c0(GFP_KERNEL)", 0, 0));
-        assert_eq!(header("db1000n-555-5.4"), h("app", "0x100cca(GFP_HIGHUSER_MOVABLE)", 0, 0));
+        assert_eq!(
+            header("kata-4.14-1310"),
+            h("mem", "0x14200ca(GFP_HIGHUSER_MOVABLE)", 0, 0)
+        );
+        assert_eq!(
+            header("moby-38352-4.19"),
+            h("thrash", "0x6000c0(GFP_KERNEL)", 0, 0)
+        );
+        assert_eq!(
+            header("db1000n-555-5.4"),
+            h("app", "0x100cca(GFP_HIGHUSER_MOVABLE)", 0, 0)
+        );
         assert_eq!(
             header("relate-1383-6.16-global"),
-            h("postgres", "0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO|__GFP_COMP)", 0, 0)
+            h(
+                "postgres",
+                "0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_ZERO|__GFP_COMP)",
+                0,
+                0
+            )
         );
-        assert_eq!(header("systemd-40208-6.17"), h("systemd", "0xcc0(GFP_KERNEL)", 0, 100));
+        assert_eq!(
+            header("systemd-40208-6.17"),
+            h("systemd", "0xcc0(GFP_KERNEL)", 0, 100)
+        );
         let sysrq: Vec<OomLine> = parsed("lkml-sysrq-order-minus-1")
             .into_iter()
             .filter(|l| matches!(l, OomLine::Header { .. }))
             .collect();
         assert_eq!(sysrq.len(), 3);
         assert_eq!(sysrq[0], h("kworker/2:0", "0xd0", -1, 0));
-        assert!(sysrq.iter().all(|l| matches!(l, OomLine::Header { order: Some(-1), .. })));
+        assert!(sysrq.iter().all(|l| matches!(
+            l,
+            OomLine::Header {
+                order: Some(-1),
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -844,9 +993,16 @@ mod tests {
     #[test]
     fn kmsg_group_kill_and_reaper() {
         let got = parsed("lkml-group-kill-d342a0b38674");
-        assert!(matches!(&got[0], OomLine::Summary { constraint: Some(c), global: false, oom_memcg: Some(m), pid: Some(9188), .. }
-            if c == "CONSTRAINT_NONE" && m == "/test1"));
-        assert_eq!(got[2], OomLine::GroupKill { cgroup: "/test1".into() });
+        assert!(
+            matches!(&got[0], OomLine::Summary { constraint: Some(c), global: false, oom_memcg: Some(m), pid: Some(9188), .. }
+            if c == "CONSTRAINT_NONE" && m == "/test1")
+        );
+        assert_eq!(
+            got[2],
+            OomLine::GroupKill {
+                cgroup: "/test1".into()
+            }
+        );
         assert_eq!(
             got[3],
             OomLine::Reaped {
@@ -857,18 +1013,37 @@ mod tests {
                 shmem_rss_kb: Some(0)
             }
         );
-        assert!(matches!(&got[4], OomLine::Killed { memcg: true, pid: Some(1), comm, .. } if comm == "systemd"));
+        assert!(
+            matches!(&got[4], OomLine::Killed { memcg: true, pid: Some(1), comm, .. } if comm == "systemd")
+        );
     }
 
     #[test]
     fn kmsg_summary_lxc_paths() {
-        let OomLine::Summary { oom_memcg, task_memcg, cpuset, task, pid, uid, .. } = &parsed("gpud-70-lxc")[0] else {
+        let OomLine::Summary {
+            oom_memcg,
+            task_memcg,
+            cpuset,
+            task,
+            pid,
+            uid,
+            ..
+        } = &parsed("gpud-70-lxc")[0]
+        else {
             panic!()
         };
-        assert!(oom_memcg.as_deref().unwrap().ends_with("podeded8c65_6e8e_4c6e_a889_3e427565c740.slice"));
+        assert!(
+            oom_memcg
+                .as_deref()
+                .unwrap()
+                .ends_with("podeded8c65_6e8e_4c6e_a889_3e427565c740.slice")
+        );
         assert!(task_memcg.as_deref().unwrap().ends_with(".scope"));
         assert!(cpuset.as_deref().unwrap().starts_with("cri-containerd-"));
-        assert_eq!((task.as_deref(), *pid, *uid), (Some("pt_main_thread"), Some(461754), Some(0)));
+        assert_eq!(
+            (task.as_deref(), *pid, *uid),
+            (Some("pt_main_thread"), Some(461754), Some(0))
+        );
     }
 
     #[test]
@@ -893,10 +1068,20 @@ mod tests {
             }
         );
         let g = parse_oom_line("oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),global_oom,task_memcg=/,task=bash,pid=9,uid=1000").unwrap();
-        assert!(matches!(g, OomLine::Summary { global: true, oom_memcg: None, cpuset: None, task_memcg: Some(ref t), .. } if t == "/"));
+        assert!(
+            matches!(g, OomLine::Summary { global: true, oom_memcg: None, cpuset: None, task_memcg: Some(ref t), .. } if t == "/")
+        );
         // A fragment (the kernel split a pr_cont line): fields that are there.
         let f = parse_oom_line("oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null)").unwrap();
-        assert!(matches!(f, OomLine::Summary { constraint: Some(_), task: None, pid: None, .. }));
+        assert!(matches!(
+            f,
+            OomLine::Summary {
+                constraint: Some(_),
+                task: None,
+                pid: None,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -918,7 +1103,11 @@ mod tests {
     #[test]
     fn kmsg_fuzz_no_panic() {
         let mut all: Vec<String> = SAMPLES.iter().flat_map(|(n, _)| lines(n)).collect();
-        all.extend(SAMPLES.iter().flat_map(|(_, t)| t.lines().map(str::to_owned)));
+        all.extend(
+            SAMPLES
+                .iter()
+                .flat_map(|(_, t)| t.lines().map(str::to_owned)),
+        );
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         let mut next = || {
             rng ^= rng << 13;
@@ -1013,7 +1202,11 @@ mod tests {
         let script = Script([rec(1), rec(2)].into());
         read_records(script, &stats, |_| false).unwrap();
         assert_eq!(stats.records.load(Ordering::Relaxed), 1, "stops when asked");
-        let err = read_records(Script([Err(io::Error::from_raw_os_error(libc::EIO))].into()), &stats, |_| true);
+        let err = read_records(
+            Script([Err(io::Error::from_raw_os_error(libc::EIO))].into()),
+            &stats,
+            |_| true,
+        );
         assert!(matches!(err, Err(KmsgError::Read { .. })));
     }
 
@@ -1023,7 +1216,10 @@ mod tests {
         let err = spawn_reader("/nonexistent/kmsg".into(), true, tx, Arc::default()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("cannot open /nonexistent/kmsg: "), "{msg}");
-        assert!(msg.ends_with("run as root or grant CAP_SYSLOG, or pass --no-kmsg"), "{msg}");
+        assert!(
+            msg.ends_with("run as root or grant CAP_SYSLOG, or pass --no-kmsg"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1039,7 +1235,10 @@ mod tests {
                 .as_nanos()
         );
         let reader = open(Path::new("/dev/kmsg"), true).unwrap();
-        let mut writer = std::fs::OpenOptions::new().write(true).open("/dev/kmsg").unwrap();
+        let mut writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .unwrap();
         writer.write_all(format!("{token}\n").as_bytes()).unwrap();
         let stats = KmsgStats::default();
         let mut found = None;

@@ -34,6 +34,16 @@ use tracing::{debug, info, warn};
 
 use crate::report::{K8s, Kill, OomDomain};
 
+/// Silences kube-client's per-request error log (one line per retry while
+/// the API server is down); [`Kube`] says so once instead.
+pub fn log_directive() -> tracing_subscriber::filter::Directive {
+    use tracing_subscriber::filter::{Directive, LevelFilter};
+    // A static, valid directive; the fallback is the agent's default level.
+    "kube_client=off"
+        .parse()
+        .unwrap_or_else(|_| Directive::from(LevelFilter::INFO))
+}
+
 /// How long a deleted pod's metadata is kept (a kill is often reported after
 /// the pod is gone: the kill makes the kubelet restart or delete it).
 pub const KEEP_DELETED: Duration = Duration::from_secs(600);

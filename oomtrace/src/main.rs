@@ -16,7 +16,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            EnvFilter::try_from_env("OOMTRACE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // kube-client logs every failed request at ERROR; oomtrace::kube
+            // reports an unreachable API server once instead.
+            EnvFilter::try_from_env("OOMTRACE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+                .add_directive(oomtrace::kube::log_directive()),
         )
         .init();
     match cli.command {

@@ -77,7 +77,10 @@ impl CgroupFs {
         if let Some((target, _, _)) = mounts.iter().find(|(_, fstype, options)| {
             *fstype == "cgroup" && options.split(',').any(|o| o == "memory")
         }) {
-            return Some(CgroupFs { root: target.clone(), version: CgroupVersion::V1 });
+            return Some(CgroupFs {
+                root: target.clone(),
+                version: CgroupVersion::V1,
+            });
         }
         mounts
             .iter()
@@ -86,7 +89,10 @@ impl CgroupFs {
                 controllers_of(target)
                     .is_some_and(|c| c.split_whitespace().any(|name| name == "memory"))
             })
-            .map(|(target, _, _)| CgroupFs { root: target.clone(), version: CgroupVersion::V2 })
+            .map(|(target, _, _)| CgroupFs {
+                root: target.clone(),
+                version: CgroupVersion::V2,
+            })
     }
 
     /// The memory controller mounted at `root` (a `--cgroup-root` setting):
@@ -94,19 +100,29 @@ impl CgroupFs {
     /// lists `memory`; `None` otherwise.
     pub fn at(root: PathBuf) -> Option<CgroupFs> {
         if root.join("memory.usage_in_bytes").exists() {
-            return Some(CgroupFs { root, version: CgroupVersion::V1 });
+            return Some(CgroupFs {
+                root,
+                version: CgroupVersion::V1,
+            });
         }
         let controllers = fs::read_to_string(root.join("cgroup.controllers")).ok()?;
         controllers
             .split_whitespace()
             .any(|c| c == "memory")
-            .then_some(CgroupFs { root, version: CgroupVersion::V2 })
+            .then_some(CgroupFs {
+                root,
+                version: CgroupVersion::V2,
+            })
     }
 
     /// The directory of a cgroup path (`/kubepods/burstable/pod…`).
     pub fn dir(&self, path: &str) -> PathBuf {
         let rel = path.trim_start_matches('/');
-        if rel.is_empty() { self.root.clone() } else { self.root.join(rel) }
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
     }
 
     fn read(&self, path: &str, file: &str) -> Option<String> {
@@ -153,7 +169,9 @@ impl CgroupFs {
 
     /// The processes directly in the cgroup (`cgroup.procs`); empty when unreadable.
     pub fn procs(&self, path: &str) -> Vec<u32> {
-        self.read(path, "cgroup.procs").map(|t| parse_procs(&t)).unwrap_or_default()
+        self.read(path, "cgroup.procs")
+            .map(|t| parse_procs(&t))
+            .unwrap_or_default()
     }
 }
 
@@ -163,7 +181,12 @@ fn unescape_mount_path(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -198,7 +221,11 @@ pub fn parse_limit_v2(text: &str) -> Option<u64> {
 pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
-        if k == key { v.trim().parse().ok() } else { None }
+        if k == key {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
     })
 }
 
@@ -220,9 +247,13 @@ pub struct MemInfo {
 pub fn meminfo(text: &str) -> MemInfo {
     let mut m = MemInfo::default();
     for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else { continue };
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
         let mut words = rest.split_whitespace();
-        let Some(value) = words.next().and_then(|v| v.parse::<u64>().ok()) else { continue };
+        let Some(value) = words.next().and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
         let bytes = match words.next() {
             Some("kB") => value.saturating_mul(1024),
             _ => value,
@@ -259,7 +290,9 @@ pub fn psi(text: &str) -> Option<Psi> {
             Some("full") => &mut p.full_avg10,
             _ => continue,
         };
-        *slot = words.find_map(|w| w.strip_prefix("avg10=")).and_then(|v| v.parse().ok());
+        *slot = words
+            .find_map(|w| w.strip_prefix("avg10="))
+            .and_then(|v| v.parse().ok());
         seen |= slot.is_some();
     }
     seen.then_some(p)
@@ -277,8 +310,12 @@ pub fn node_memory(
     top_n: usize,
     name_of: impl Fn(&str) -> (String, Option<String>),
 ) -> NodeMemory {
-    let mem = fs::read_to_string(proc_root.join("meminfo")).map(|t| meminfo(&t)).unwrap_or_default();
-    let pressure = fs::read_to_string(proc_root.join("pressure/memory")).ok().and_then(|t| psi(&t));
+    let mem = fs::read_to_string(proc_root.join("meminfo"))
+        .map(|t| meminfo(&t))
+        .unwrap_or_default();
+    let pressure = fs::read_to_string(proc_root.join("pressure/memory"))
+        .ok()
+        .and_then(|t| psi(&t));
     NodeMemory {
         total_bytes: mem.total_bytes,
         available_bytes: mem.available_bytes,
@@ -309,9 +346,15 @@ pub fn top_consumers(
     for child in subdirs(&cgfs.dir("/")) {
         let path = format!("/{child}");
         if child == "system.slice" {
-            let split: Vec<String> =
-                subdirs(&cgfs.dir(&path)).into_iter().map(|c| format!("{path}/{c}")).collect();
-            if split.is_empty() { groups.push(path) } else { groups.extend(split) }
+            let split: Vec<String> = subdirs(&cgfs.dir(&path))
+                .into_iter()
+                .map(|c| format!("{path}/{c}"))
+                .collect();
+            if split.is_empty() {
+                groups.push(path)
+            } else {
+                groups.extend(split)
+            }
         } else {
             groups.push(path);
         }
@@ -340,7 +383,12 @@ pub fn top_consumers(
         .into_iter()
         .map(|(cgroup, usage_bytes)| {
             let (name, qos_class) = name_of(&cgroup);
-            Consumer { name, cgroup, usage_bytes, qos_class }
+            Consumer {
+                name,
+                cgroup,
+                usage_bytes,
+                qos_class,
+            }
         })
         .collect()
 }
@@ -372,7 +420,9 @@ fn find_pods(
 }
 
 fn subdirs(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -402,7 +452,11 @@ fn pod_uid_of_dir(name: &str) -> Option<String> {
     let uid = raw.replace('_', "-");
     let uuid = uid.len() == 36
         && uid.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() }
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
         });
     // Static pods (kube-apiserver, etcd, ...) have the kubelet's 32-hex hash
     // of their manifest as UID: `pod8b1e9057c80f383869339e73f7286d7b`.
@@ -412,7 +466,9 @@ fn pod_uid_of_dir(name: &str) -> Option<String> {
 
 /// The pod part of a cgroup path: (index of the pod component, pod UID).
 pub(crate) fn pod_component(path: &str) -> Option<(usize, String)> {
-    path.split('/').enumerate().find_map(|(i, c)| pod_uid_of_dir(c).map(|uid| (i, uid)))
+    path.split('/')
+        .enumerate()
+        .find_map(|(i, c)| pod_uid_of_dir(c).map(|uid| (i, uid)))
 }
 
 /// The QoS class a kubelet cgroup path implies: a pod under a `burstable` or
@@ -445,7 +501,9 @@ mod tests {
     use super::*;
 
     fn data(name: &str) -> String {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/node").join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/node")
+            .join(name);
         fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
@@ -454,38 +512,82 @@ mod tests {
         let mounts = data("host-6.18.proc-mounts.txt");
         let unified = data("host-6.18.v2-unified.cgroup.controllers");
         let fs = CgroupFs::detect_with(&mounts, |_| Some(unified.clone())).expect("detected");
-        assert_eq!(fs, CgroupFs { root: "/sys/fs/cgroup/memory".into(), version: CgroupVersion::V1 });
+        assert_eq!(
+            fs,
+            CgroupFs {
+                root: "/sys/fs/cgroup/memory".into(),
+                version: CgroupVersion::V1
+            }
+        );
     }
 
     #[test]
     fn detect_v2_needs_memory_in_controllers() {
         // The host's cgroup2 mount, without its v1 mounts: no memory controller there.
         let mounts = data("host-6.18.proc-mounts.txt");
-        let v2_only: String = mounts.lines().filter(|l| !l.starts_with("cgroup ")).map(|l| format!("{l}\n")).collect();
+        let v2_only: String = mounts
+            .lines()
+            .filter(|l| !l.starts_with("cgroup "))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let unified = data("host-6.18.v2-unified.cgroup.controllers");
-        assert_eq!(CgroupFs::detect_with(&v2_only, |_| Some(unified.clone())), None);
+        assert_eq!(
+            CgroupFs::detect_with(&v2_only, |_| Some(unified.clone())),
+            None
+        );
         // A systemd v2 host: cgroup2 at /sys/fs/cgroup with memory enabled.
         let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0\n";
         let got = CgroupFs::detect_with(v2, |p| {
-            (p == Path::new("/sys/fs/cgroup")).then(|| "cpuset cpu io memory hugetlb pids rdma misc\n".into())
+            (p == Path::new("/sys/fs/cgroup"))
+                .then(|| "cpuset cpu io memory hugetlb pids rdma misc\n".into())
         });
-        assert_eq!(got, Some(CgroupFs { root: "/sys/fs/cgroup".into(), version: CgroupVersion::V2 }));
+        assert_eq!(
+            got,
+            Some(CgroupFs {
+                root: "/sys/fs/cgroup".into(),
+                version: CgroupVersion::V2
+            })
+        );
     }
 
     #[test]
     fn mount_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path(r"/mnt/my\040cg"), PathBuf::from("/mnt/my cg"));
+        assert_eq!(
+            unescape_mount_path(r"/mnt/my\040cg"),
+            PathBuf::from("/mnt/my cg")
+        );
     }
 
     #[test]
     fn v1_files_from_this_host() {
-        assert_eq!(parse_u64(&data("host-6.18.v1-root.memory.usage_in_bytes")), Some(2_683_392_000));
-        assert_eq!(parse_limit_v1(&data("host-6.18.v1-root.memory.limit_in_bytes")), None);
-        assert_eq!(parse_limit_v1(&data("host-6.18.v1-limited.memory.limit_in_bytes")), Some(50 << 20));
-        assert_eq!(parse_keyed(&data("host-6.18.v1-limited.memory.oom_control"), "oom_kill"), Some(0));
-        assert_eq!(parse_keyed(&data("host-6.18.v1-after-kill.memory.oom_control"), "oom_kill"), Some(1));
+        assert_eq!(
+            parse_u64(&data("host-6.18.v1-root.memory.usage_in_bytes")),
+            Some(2_683_392_000)
+        );
+        assert_eq!(
+            parse_limit_v1(&data("host-6.18.v1-root.memory.limit_in_bytes")),
+            None
+        );
+        assert_eq!(
+            parse_limit_v1(&data("host-6.18.v1-limited.memory.limit_in_bytes")),
+            Some(50 << 20)
+        );
+        assert_eq!(
+            parse_keyed(&data("host-6.18.v1-limited.memory.oom_control"), "oom_kill"),
+            Some(0)
+        );
+        assert_eq!(
+            parse_keyed(
+                &data("host-6.18.v1-after-kill.memory.oom_control"),
+                "oom_kill"
+            ),
+            Some(1)
+        );
         // `oom` must not match `oom_kill` or `oom_kill_disable`.
-        assert_eq!(parse_keyed(&data("host-6.18.v1-after-kill.memory.oom_control"), "oom"), None);
+        assert_eq!(
+            parse_keyed(&data("host-6.18.v1-after-kill.memory.oom_control"), "oom"),
+            None
+        );
         let procs = parse_procs(&data("host-6.18.v1-limited.cgroup.procs"));
         assert_eq!(procs, vec![15239]);
     }
@@ -496,9 +598,15 @@ mod tests {
         assert_eq!(parse_keyed(&events, "oom_kill"), Some(1));
         assert_eq!(parse_keyed(&events, "oom"), Some(1));
         assert_eq!(parse_keyed(&events, "max"), Some(35));
-        assert_eq!(parse_limit_v2(&data("v2-limited.memory.max")), Some(536_870_912));
+        assert_eq!(
+            parse_limit_v2(&data("v2-limited.memory.max")),
+            Some(536_870_912)
+        );
         assert_eq!(parse_limit_v2(&data("v2-unlimited.memory.max")), None);
-        assert_eq!(parse_u64(&data("v2-after-kill.memory.current")), Some(278_528));
+        assert_eq!(
+            parse_u64(&data("v2-after-kill.memory.current")),
+            Some(278_528)
+        );
     }
 
     #[test]
@@ -514,28 +622,43 @@ mod tests {
     #[test]
     fn psi_from_this_host_and_absent() {
         let p = psi(&data("host-6.18.pressure-memory.txt")).expect("psi");
-        assert_eq!(p, Psi { some_avg10: Some(0.08), full_avg10: Some(0.02) });
+        assert_eq!(
+            p,
+            Psi {
+                some_avg10: Some(0.08),
+                full_avg10: Some(0.02)
+            }
+        );
         assert_eq!(psi(""), None);
     }
 
     #[test]
     fn pod_dirs_and_qos_from_paths() {
         assert!(is_pod_dir("pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"));
-        assert!(is_pod_dir("kubepods-burstable-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"));
+        assert!(is_pod_dir(
+            "kubepods-burstable-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"
+        ));
         assert!(!is_pod_dir("kubepods-burstable.slice"));
         assert!(!is_pod_dir("podman.service"));
         // Static pods: the 32-hex manifest hash (fluent/fluent-operator#855's kube-apiserver).
         assert!(is_pod_dir("pod8b1e9057c80f383869339e73f7286d7b"));
-        assert!(is_pod_dir("kubepods-burstable-pod8b1e9057c80f383869339e73f7286d7b.slice"));
+        assert!(is_pod_dir(
+            "kubepods-burstable-pod8b1e9057c80f383869339e73f7286d7b.slice"
+        ));
         assert_eq!(
             qos_of_path("/kubepods/burstable/pod8b1e9057c80f383869339e73f7286d7b"),
             Some("Burstable")
         );
         let p = "/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/0123";
         assert_eq!(qos_of_path(p), Some("Burstable"));
-        assert_eq!(qos_of_path("/x/kubepods/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"), Some("Guaranteed"));
         assert_eq!(
-            qos_of_path("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"),
+            qos_of_path("/x/kubepods/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"),
+            Some("Guaranteed")
+        );
+        assert_eq!(
+            qos_of_path(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"
+            ),
             Some("BestEffort")
         );
         assert_eq!(qos_of_path("/system.slice/containerd.service"), None);
@@ -561,19 +684,39 @@ mod tests {
             let pod = pod.join(format!("pod{uid}"));
             write(&pod, "memory.usage_in_bytes", &format!("{}\n", i * mib));
             for c in 0..2u64 {
-                write(&pod.join(format!("{:064x}", i * 2 + c)), "memory.usage_in_bytes", &format!("{}\n", i * mib / 2));
+                write(
+                    &pod.join(format!("{:064x}", i * 2 + c)),
+                    "memory.usage_in_bytes",
+                    &format!("{}\n", i * mib / 2),
+                );
             }
             kube_total += i * mib;
         }
         for q in ["burstable", "besteffort"] {
-            write(&root.join("kubepods").join(q), "memory.usage_in_bytes", "0\n");
+            write(
+                &root.join("kubepods").join(q),
+                "memory.usage_in_bytes",
+                "0\n",
+            );
         }
-        write(&root.join("kubepods"), "memory.usage_in_bytes", &format!("{kube_total}\n"));
+        write(
+            &root.join("kubepods"),
+            "memory.usage_in_bytes",
+            &format!("{kube_total}\n"),
+        );
         for s in 0..30u64 {
-            write(&root.join(format!("system.slice/svc{s}.service")), "memory.usage_in_bytes", &format!("{}\n", s * mib));
+            write(
+                &root.join(format!("system.slice/svc{s}.service")),
+                "memory.usage_in_bytes",
+                &format!("{}\n", s * mib),
+            );
         }
         write(&root.join("system.slice"), "memory.usage_in_bytes", "1\n");
-        write(&root.join("user.slice"), "memory.usage_in_bytes", &format!("{}\n", 198 * mib + 1));
+        write(
+            &root.join("user.slice"),
+            "memory.usage_in_bytes",
+            &format!("{}\n", 198 * mib + 1),
+        );
         write(root, "memory.usage_in_bytes", "1\n");
     }
 
@@ -581,28 +724,64 @@ mod tests {
     fn top_consumers_of_a_200_pod_tree() {
         let tmp = tempfile::tempdir().expect("tempdir");
         synthetic_tree(tmp.path());
-        let cgfs = CgroupFs { root: tmp.path().to_owned(), version: CgroupVersion::V1 };
+        let cgfs = CgroupFs {
+            root: tmp.path().to_owned(),
+            version: CgroupVersion::V1,
+        };
         let start = Instant::now();
         let top = top_consumers(&cgfs, 5, path_name);
-        eprintln!("top_consumers on 200 pods (600+ cgroups): {:?}", start.elapsed());
-        let got: Vec<(&str, u64, Option<&str>)> =
-            top.iter().map(|c| (c.cgroup.as_str(), c.usage_bytes >> 20, c.qos_class.as_deref())).collect();
+        eprintln!(
+            "top_consumers on 200 pods (600+ cgroups): {:?}",
+            start.elapsed()
+        );
+        let got: Vec<(&str, u64, Option<&str>)> = top
+            .iter()
+            .map(|c| {
+                (
+                    c.cgroup.as_str(),
+                    c.usage_bytes >> 20,
+                    c.qos_class.as_deref(),
+                )
+            })
+            .collect();
         assert_eq!(
             got,
             vec![
-                ("/kubepods/besteffort/pod000000c7-0000-4000-8000-0000000000c7", 199, Some("BestEffort")),
+                (
+                    "/kubepods/besteffort/pod000000c7-0000-4000-8000-0000000000c7",
+                    199,
+                    Some("BestEffort")
+                ),
                 ("/user.slice", 198, None),
-                ("/kubepods/burstable/pod000000c6-0000-4000-8000-0000000000c6", 198, Some("Burstable")),
-                ("/kubepods/pod000000c5-0000-4000-8000-0000000000c5", 197, Some("Guaranteed")),
-                ("/kubepods/besteffort/pod000000c4-0000-4000-8000-0000000000c4", 196, Some("BestEffort")),
+                (
+                    "/kubepods/burstable/pod000000c6-0000-4000-8000-0000000000c6",
+                    198,
+                    Some("Burstable")
+                ),
+                (
+                    "/kubepods/pod000000c5-0000-4000-8000-0000000000c5",
+                    197,
+                    Some("Guaranteed")
+                ),
+                (
+                    "/kubepods/besteffort/pod000000c4-0000-4000-8000-0000000000c4",
+                    196,
+                    Some("BestEffort")
+                ),
             ]
         );
         // kubepods is listed only with what its pods do not account for.
         let all = top_consumers(&cgfs, usize::MAX, path_name);
         assert_eq!(all.len(), 200 - 1 /* pod 0 uses nothing */ + 1 + 29 + 1);
-        let kube = all.iter().find(|c| c.cgroup == "/kubepods").expect("kubepods remainder");
+        let kube = all
+            .iter()
+            .find(|c| c.cgroup == "/kubepods")
+            .expect("kubepods remainder");
         assert_eq!(kube.usage_bytes, 5 << 20);
-        assert!(all.iter().any(|c| c.cgroup == "/system.slice/svc29.service"));
+        assert!(
+            all.iter()
+                .any(|c| c.cgroup == "/system.slice/svc29.service")
+        );
     }
 
     #[test]
@@ -612,7 +791,10 @@ mod tests {
         synthetic_tree(&cg);
         let proc_root = tmp.path().join("proc");
         write(&proc_root, "meminfo", &data("host-6.18.meminfo.txt"));
-        let cgfs = CgroupFs { root: cg, version: CgroupVersion::V1 };
+        let cgfs = CgroupFs {
+            root: cg,
+            version: CgroupVersion::V1,
+        };
         let start = Instant::now();
         let nm = node_memory(&cgfs, &proc_root, 5, |p| (format!("name of {p}"), None));
         eprintln!("node_memory on 200 pods: {:?}", start.elapsed());
@@ -626,11 +808,18 @@ mod tests {
     fn v2_readers_on_a_temp_tree() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("kubepods.slice");
-        write(&dir, "memory.current", &data("v2-after-kill.memory.current"));
+        write(
+            &dir,
+            "memory.current",
+            &data("v2-after-kill.memory.current"),
+        );
         write(&dir, "memory.max", &data("v2-limited.memory.max"));
         write(&dir, "memory.events", &data("v2-after-kill.memory.events"));
         write(&dir, "cgroup.procs", "");
-        let cgfs = CgroupFs { root: tmp.path().to_owned(), version: CgroupVersion::V2 };
+        let cgfs = CgroupFs {
+            root: tmp.path().to_owned(),
+            version: CgroupVersion::V2,
+        };
         assert_eq!(cgfs.usage("/kubepods.slice"), Some(278_528));
         assert_eq!(cgfs.limit("/kubepods.slice"), Some(536_870_912));
         assert_eq!(cgfs.oom_kill_count("/kubepods.slice"), Some(1));

@@ -25,11 +25,11 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use oomtrace_common::{
-    DEFAULT_RINGBUF_BYTES, EVENTS_MAP, OFFSETS_GLOBAL, PROG_BTF_MARK_VICTIM,
-    PROG_FENTRY_OOM_KILL, PROG_KPROBE_OOM_KILL, PROG_TP_MARK_VICTIM, STAT_COUNT,
-    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM,
-    STAT_LOST_DECISION, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STATS_MAP, TP_LAYOUT_GLOBAL,
-    TP_RECORD_MAX, TracepointLayout,
+    DEFAULT_RINGBUF_BYTES, EVENTS_MAP, OFFSETS_GLOBAL, PROG_BTF_MARK_VICTIM, PROG_FENTRY_OOM_KILL,
+    PROG_KPROBE_OOM_KILL, PROG_TP_MARK_VICTIM, STAT_COUNT, STAT_FIRED_BTF_VICTIM,
+    STAT_FIRED_DECISION, STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION,
+    STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STATS_MAP, TP_LAYOUT_GLOBAL, TP_RECORD_MAX,
+    TracepointLayout,
 };
 use thiserror::Error;
 
@@ -114,7 +114,9 @@ pub enum ProbeError {
         "this oomtrace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`, or run with --no-bpf"
     )]
     NoObject,
-    #[error("cannot load the eBPF object: {0}: run as root (or with CAP_BPF and CAP_PERFMON), or run with --no-bpf")]
+    #[error(
+        "cannot load the eBPF object: {0}: run as root (or with CAP_BPF and CAP_PERFMON), or run with --no-bpf"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("no eBPF hook could be attached ({0}); run `oomtrace doctor`, or run with --no-bpf")]
     NothingAttached(String),
@@ -172,9 +174,7 @@ impl KernelSupport {
             },
             Err(e) => Err(e.clone()),
         };
-        let oom_kill_process_func = btf
-            .as_ref()
-            .is_ok_and(|b| b.has_func("oom_kill_process"));
+        let oom_kill_process_func = btf.as_ref().is_ok_and(|b| b.has_func("oom_kill_process"));
         let oom_kill_process_kallsyms = fs::read_to_string("/proc/kallsyms").is_ok_and(|text| {
             text.lines()
                 .any(|l| l.split_whitespace().nth(2) == Some("oom_kill_process"))
@@ -310,7 +310,8 @@ impl Probe {
         } else if !oom_kill_process_kallsyms {
             inactive.push((
                 Hook::Kprobe,
-                "oom_kill_process is not in /proc/kallsyms (inlined, or kallsyms hidden)".to_string(),
+                "oom_kill_process is not in /proc/kallsyms (inlined, or kallsyms hidden)"
+                    .to_string(),
             ));
         } else {
             match attach_kprobe(&mut ebpf) {
@@ -337,7 +338,10 @@ impl Probe {
 
     /// Takes the ring buffer for the reader task.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(ProbeError::NoRingBuf)?;
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::NoRingBuf)?;
         RingBuf::try_from(map).map_err(|_| ProbeError::NoRingBuf)
     }
 

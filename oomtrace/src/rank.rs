@@ -29,9 +29,13 @@ pub const DEFAULT_LIMIT: usize = 30;
 /// Errors of `oomtrace rank`.
 #[derive(Debug, thiserror::Error)]
 pub enum RankError {
-    #[error("cannot list processes in {path}: {source}; mount the host's /proc there or pass --proc-root")]
+    #[error(
+        "cannot list processes in {path}: {source}; mount the host's /proc there or pass --proc-root"
+    )]
     ListProc { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}; oomtrace rank needs the host's /proc (pass --proc-root)")]
+    #[error(
+        "cannot read {path}: {source}; oomtrace rank needs the host's /proc (pass --proc-root)"
+    )]
     MemInfo { path: PathBuf, source: io::Error },
     #[error("{path} has no MemTotal line: pass the host's /proc with --proc-root")]
     NoMemTotal { path: PathBuf },
@@ -67,7 +71,12 @@ pub struct RankArgs {
     /// global --proc is used when this is not given.
     // Its own id: sharing the global `proc_root` id would hide the global
     // `--proc` inside `oomtrace rank`.
-    #[arg(long = "proc-root", id = "rank_proc_root", env = "OOMTRACE_PROC_ROOT", default_value = "/proc")]
+    #[arg(
+        long = "proc-root",
+        id = "rank_proc_root",
+        env = "OOMTRACE_PROC_ROOT",
+        default_value = "/proc"
+    )]
     pub proc_root: PathBuf,
 }
 
@@ -133,7 +142,9 @@ pub struct WithPodNames {
 
 impl WithPodNames {
     pub fn new(names: PodNames) -> Self {
-        Self { names: std::cell::RefCell::new(names) }
+        Self {
+            names: std::cell::RefCell::new(names),
+        }
     }
 }
 
@@ -144,7 +155,11 @@ impl Resolve for WithPodNames {
             .pod_uid
             .as_deref()
             .filter(|_| id.is_pod())
-            .and_then(|uid| self.names.borrow_mut().lookup(uid, id.container_id.as_deref()));
+            .and_then(|uid| {
+                self.names
+                    .borrow_mut()
+                    .lookup(uid, id.container_id.as_deref())
+            });
         id.to_k8s(name.as_ref())
     }
 }
@@ -165,7 +180,12 @@ pub fn parse_stat(text: &str) -> Option<(String, u64)> {
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_owned();
     // After ") ": state ppid pgrp session tty_nr tpgid flags
-    let flags = text.get(close + 1..)?.split_whitespace().nth(6)?.parse().ok()?;
+    let flags = text
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(6)?
+        .parse()
+        .ok()?;
     Some((comm, flags))
 }
 
@@ -178,8 +198,14 @@ pub fn is_kthread(flags: u64) -> bool {
 pub fn parse_status(text: &str) -> StatusMem {
     let mut m = StatusMem::default();
     for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else { continue };
-        let kb = || rest.split_whitespace().next().and_then(|v| v.parse::<u64>().ok());
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let kb = || {
+            rest.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
         match key {
             "VmRSS" => m.rss_kb = kb(),
             "VmSwap" => m.swap_kb = kb().unwrap_or(0),
@@ -213,11 +239,22 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
 /// entries, plus page-table pages, plus `adj * (totalpages / 1000)`; `None`
 /// for -1000 (never).
 /// `totalpages` is RAM + swap in pages for a node-level OOM.
-pub fn badness(rss_pages: u64, swap_pages: u64, pgtables_pages: u64, adj: i32, totalpages: u64) -> Option<i64> {
+pub fn badness(
+    rss_pages: u64,
+    swap_pages: u64,
+    pgtables_pages: u64,
+    adj: i32,
+    totalpages: u64,
+) -> Option<i64> {
     if adj <= OOM_SCORE_ADJ_MIN {
         return None;
     }
-    let points = i64::try_from(rss_pages.saturating_add(swap_pages).saturating_add(pgtables_pages)).unwrap_or(i64::MAX);
+    let points = i64::try_from(
+        rss_pages
+            .saturating_add(swap_pages)
+            .saturating_add(pgtables_pages),
+    )
+    .unwrap_or(i64::MAX);
     let per_mille = i64::try_from(totalpages / 1000).unwrap_or(i64::MAX);
     Some(points.saturating_add(i64::from(adj).saturating_mul(per_mille)))
 }
@@ -225,7 +262,9 @@ pub fn badness(rss_pages: u64, swap_pages: u64, pgtables_pages: u64, adj: i32, t
 /// What `/proc/<pid>/oom_score` shows for a badness (fs/proc/base.c,
 /// `proc_oom_score`, kernels since 5.9): `(1000 + badness * 1000 / totalpages) * 2 / 3`, 0 for never.
 pub fn oom_score_of(badness: Option<i64>, totalpages: u64) -> u32 {
-    let (Some(b), Ok(tp)) = (badness, i64::try_from(totalpages.max(1))) else { return 0 };
+    let (Some(b), Ok(tp)) = (badness, i64::try_from(totalpages.max(1))) else {
+        return 0;
+    };
     let points = (1000 + b.saturating_mul(1000) / tp) * 2 / 3;
     u32::try_from(points.max(0)).unwrap_or(u32::MAX)
 }
@@ -243,21 +282,35 @@ fn page_size() -> u64 {
 /// memory cgroup once.
 pub fn collect(proc_root: &Path, resolve: &dyn Resolve) -> Result<Vec<RankEntry>, RankError> {
     let meminfo_path = proc_root.join("meminfo");
-    let text = fs::read_to_string(&meminfo_path)
-        .map_err(|source| RankError::MemInfo { path: meminfo_path.clone(), source })?;
+    let text = fs::read_to_string(&meminfo_path).map_err(|source| RankError::MemInfo {
+        path: meminfo_path.clone(),
+        source,
+    })?;
     let mem = node::meminfo(&text);
     let page = page_size();
-    let total_bytes = mem.total_bytes.ok_or(RankError::NoMemTotal { path: meminfo_path })?;
+    let total_bytes = mem
+        .total_bytes
+        .ok_or(RankError::NoMemTotal { path: meminfo_path })?;
     let totalpages = (total_bytes + mem.swap_total_bytes.unwrap_or(0)) / page;
 
-    let dir = fs::read_dir(proc_root).map_err(|source| RankError::ListProc { path: proc_root.to_owned(), source })?;
+    let dir = fs::read_dir(proc_root).map_err(|source| RankError::ListProc {
+        path: proc_root.to_owned(),
+        source,
+    })?;
     let mut names: HashMap<String, Option<K8s>> = HashMap::new();
     let mut entries = Vec::new();
     for ent in dir.filter_map(Result::ok) {
-        let Some(pid) = ent.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Some(mut e) = read_process(&ent.path(), pid, page, totalpages) else { continue };
+        let Some(pid) = ent.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some(mut e) = read_process(&ent.path(), pid, page, totalpages) else {
+            continue;
+        };
         let k8s = match &e.cgroup {
-            Some(cg) => names.entry(cg.clone()).or_insert_with(|| resolve.k8s(cg)).clone(),
+            Some(cg) => names
+                .entry(cg.clone())
+                .or_insert_with(|| resolve.k8s(cg))
+                .clone(),
             None => None,
         };
         e.group = group_name(k8s.as_ref(), e.cgroup.as_deref());
@@ -275,11 +328,27 @@ fn read_process(dir: &Path, pid: u32, page: u64, totalpages: u64) -> Option<Rank
     }
     let mem = parse_status(&fs::read_to_string(dir.join("status")).ok()?);
     let rss_kb = mem.rss_kb?; // no mm: never chosen
-    let oom_score_adj: i32 = fs::read_to_string(dir.join("oom_score_adj")).ok()?.trim().parse().ok()?;
-    let oom_score: u32 = fs::read_to_string(dir.join("oom_score")).ok()?.trim().parse().ok()?;
-    let cgroup = fs::read_to_string(dir.join("cgroup")).ok().and_then(|t| parse_cgroup(&t));
+    let oom_score_adj: i32 = fs::read_to_string(dir.join("oom_score_adj"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let oom_score: u32 = fs::read_to_string(dir.join("oom_score"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cgroup = fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|t| parse_cgroup(&t));
     let kb_pages = |kb: u64| kb * 1024 / page;
-    let badness_pages = badness(kb_pages(rss_kb), kb_pages(mem.swap_kb), kb_pages(mem.pgtables_kb), oom_score_adj, totalpages);
+    let badness_pages = badness(
+        kb_pages(rss_kb),
+        kb_pages(mem.swap_kb),
+        kb_pages(mem.pgtables_kb),
+        oom_score_adj,
+        totalpages,
+    );
     Some(RankEntry {
         rank: None,
         oom_score,
@@ -300,8 +369,14 @@ fn read_process(dir: &Path, pid: u32, page: u64, totalpages: u64) -> Option<Rank
 /// `namespace/pod`, or `pod/<uid>` without names; the cgroup path otherwise.
 fn group_name(k8s: Option<&K8s>, cgroup: Option<&str>) -> String {
     match k8s {
-        Some(K8s { namespace: Some(ns), pod: Some(pod), .. }) => format!("{ns}/{pod}"),
-        Some(K8s { pod_uid: Some(uid), .. }) => format!("pod/{uid}"),
+        Some(K8s {
+            namespace: Some(ns),
+            pod: Some(pod),
+            ..
+        }) => format!("{ns}/{pod}"),
+        Some(K8s {
+            pod_uid: Some(uid), ..
+        }) => format!("pod/{uid}"),
         _ => cgroup.unwrap_or("?").to_owned(),
     }
 }
@@ -329,7 +404,13 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b}B") } else if v < 10.0 { format!("{v:.1}{}", UNITS[u]) } else { format!("{v:.0}{}", UNITS[u]) }
+    if u == 0 {
+        format!("{b}B")
+    } else if v < 10.0 {
+        format!("{v:.1}{}", UNITS[u])
+    } else {
+        format!("{v:.0}{}", UNITS[u])
+    }
 }
 
 /// Cuts `s` to `width` characters, marking a cut with `…`.
@@ -355,7 +436,13 @@ pub fn render_text(entries: &[RankEntry], limit: Option<usize>) -> String {
         let k = e.k8s.as_ref();
         let qos = k.and_then(|k| k.qos_class.as_deref()).unwrap_or("-");
         let container = k
-            .and_then(|k| k.container.clone().or_else(|| k.container_id.as_ref().map(|id| id.chars().take(12).collect())))
+            .and_then(|k| {
+                k.container.clone().or_else(|| {
+                    k.container_id
+                        .as_ref()
+                        .map(|id| id.chars().take(12).collect())
+                })
+            })
             .unwrap_or_else(|| "-".to_owned());
         out.push_str(&format!(
             "{:>5} {:>5} {:>5} {:>7} {:<10} {:<25} {:<13} {:>7} {}\n",
@@ -390,7 +477,11 @@ pub fn run(args: &RankArgs) -> Result<(), RankError> {
 /// Runs `oomtrace rank`, naming cgroups with `resolve`, and prints to stdout.
 pub fn run_with(args: &RankArgs, resolve: &dyn Resolve) -> Result<(), RankError> {
     let entries = collect(&args.proc_root, resolve)?;
-    let limit = if args.all { None } else { Some(args.limit.unwrap_or(DEFAULT_LIMIT)) };
+    let limit = if args.all {
+        None
+    } else {
+        Some(args.limit.unwrap_or(DEFAULT_LIMIT))
+    };
     let text = match args.format {
         RankFormat::Text => render_text(&entries, limit),
         RankFormat::Json => {
@@ -411,13 +502,18 @@ mod tests {
     use super::*;
 
     fn data(name: &str) -> String {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/node").join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/node")
+            .join(name);
         fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 
     /// totalpages of this host when the samples were taken (no swap, 4 KiB pages).
     fn host_totalpages() -> u64 {
-        node::meminfo(&data("host-6.18.meminfo.txt")).total_bytes.expect("MemTotal") / 4096
+        node::meminfo(&data("host-6.18.meminfo.txt"))
+            .total_bytes
+            .expect("MemTotal")
+            / 4096
     }
 
     #[test]
@@ -434,13 +530,26 @@ mod tests {
     #[test]
     fn status_memory() {
         let m = parse_status(&data("host-6.18.proc-sleep.status"));
-        assert_eq!(m, StatusMem { rss_kb: Some(1788), swap_kb: 0, pgtables_kb: 48 });
-        assert_eq!(parse_status(&data("host-6.18.proc-kthreadd.status")).rss_kb, None);
+        assert_eq!(
+            m,
+            StatusMem {
+                rss_kb: Some(1788),
+                swap_kb: 0,
+                pgtables_kb: 48
+            }
+        );
+        assert_eq!(
+            parse_status(&data("host-6.18.proc-kthreadd.status")).rss_kb,
+            None
+        );
     }
 
     #[test]
     fn memory_cgroup_v1_and_v2() {
-        assert_eq!(parse_cgroup(&data("host-6.18.proc-pid-cgroup.v1.txt")).as_deref(), Some("/oomtrace-capture-13480"));
+        assert_eq!(
+            parse_cgroup(&data("host-6.18.proc-pid-cgroup.v1.txt")).as_deref(),
+            Some("/oomtrace-capture-13480")
+        );
         let v2 = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice/cri-containerd-0123.scope\n";
         assert_eq!(parse_cgroup(v2).as_deref(), Some(&v2[3..v2.len() - 1]));
         assert_eq!(parse_cgroup(""), None);
@@ -451,16 +560,42 @@ mod tests {
         let tp = host_totalpages();
         // sleep, adj 0: VmRSS 1788 kB, VmPTE 48 kB -> oom_score 666.
         let m = parse_status(&data("host-6.18.proc-sleep.status"));
-        let adj: i32 = data("host-6.18.proc-sleep.oom_score_adj").trim().parse().expect("adj");
-        let b = badness(m.rss_kb.expect("rss") / 4, m.swap_kb / 4, m.pgtables_kb / 4, adj, tp);
-        assert_eq!(oom_score_of(b, tp).to_string(), data("host-6.18.proc-sleep.oom_score").trim());
+        let adj: i32 = data("host-6.18.proc-sleep.oom_score_adj")
+            .trim()
+            .parse()
+            .expect("adj");
+        let b = badness(
+            m.rss_kb.expect("rss") / 4,
+            m.swap_kb / 4,
+            m.pgtables_kb / 4,
+            adj,
+            tp,
+        );
+        assert_eq!(
+            oom_score_of(b, tp).to_string(),
+            data("host-6.18.proc-sleep.oom_score").trim()
+        );
         // adj 985: statm resident 436 pages (VmPTE not captured; 12 pages would not change the score).
-        let rss: u64 = data("host-6.18.proc-paren-comm.statm").split_whitespace().nth(1).expect("resident").parse().expect("n");
-        let adj: i32 = data("host-6.18.proc-paren-comm.oom_score_adj").trim().parse().expect("adj");
-        assert_eq!(oom_score_of(badness(rss, 0, 0, adj, tp), tp).to_string(), data("host-6.18.proc-paren-comm.oom_score").trim());
+        let rss: u64 = data("host-6.18.proc-paren-comm.statm")
+            .split_whitespace()
+            .nth(1)
+            .expect("resident")
+            .parse()
+            .expect("n");
+        let adj: i32 = data("host-6.18.proc-paren-comm.oom_score_adj")
+            .trim()
+            .parse()
+            .expect("adj");
+        assert_eq!(
+            oom_score_of(badness(rss, 0, 0, adj, tp), tp).to_string(),
+            data("host-6.18.proc-paren-comm.oom_score").trim()
+        );
         // -1000: never, shown as 0 like kthreadd.
         assert_eq!(badness(1 << 20, 0, 0, -1000, tp), None);
-        assert_eq!(oom_score_of(None, tp).to_string(), data("host-6.18.proc-kthreadd.oom_score").trim());
+        assert_eq!(
+            oom_score_of(None, tp).to_string(),
+            data("host-6.18.proc-kthreadd.oom_score").trim()
+        );
         // KERNEL-FACTS §4: adj 985 adds 98.5% of node memory.
         assert_eq!(badness(0, 0, 0, 985, 4_000_000), Some(3_940_000));
     }
@@ -493,12 +628,18 @@ mod tests {
         ];
         sort_and_rank(&mut v);
         let order: Vec<(u32, Option<usize>)> = v.iter().map(|e| (e.pid, e.rank)).collect();
-        assert_eq!(order, vec![(3, Some(1)), (4, Some(2)), (2, Some(3)), (1, None)]);
+        assert_eq!(
+            order,
+            vec![(3, Some(1)), (4, Some(2)), (2, Some(3)), (1, None)]
+        );
     }
 
     #[test]
     fn text_fits_100_columns_and_marks_unkillable() {
-        let mut v = vec![entry(1, 0, -1000, None), entry(4_194_304, 1333, 1000, Some(1))];
+        let mut v = vec![
+            entry(1, 0, -1000, None),
+            entry(4_194_304, 1333, 1000, Some(1)),
+        ];
         v[1].comm = "a-very-long-command-name".into();
         v[1].group = "some-namespace/a-pod-with-a-rather-long-generated-name-7d9f8".into();
         v[1].k8s = Some(K8s {
@@ -509,11 +650,19 @@ mod tests {
         sort_and_rank(&mut v);
         let text = render_text(&v, None);
         for line in text.lines().take(3) {
-            assert!(line.chars().count() <= 100, "{} columns: {line}", line.chars().count());
+            assert!(
+                line.chars().count() <= 100,
+                "{} columns: {line}",
+                line.chars().count()
+            );
         }
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("    1  1333  1000"), "{}", lines[1]);
-        assert!(lines[1].contains("BestEffort") && lines[1].contains("aaaaaaaaaaaa "), "{}", lines[1]);
+        assert!(
+            lines[1].contains("BestEffort") && lines[1].contains("aaaaaaaaaaaa "),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].starts_with("never     0 -1000"), "{}", lines[2]);
         assert!(render_text(&v, Some(1)).contains("showing 1, --all"));
     }
@@ -522,7 +671,8 @@ mod tests {
     fn json_is_one_document_with_the_group() {
         let mut v = vec![entry(7, 666, 0, Some(3))];
         sort_and_rank(&mut v);
-        let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&v).expect("json")).expect("parse");
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&v).expect("json")).expect("parse");
         assert_eq!(json[0]["rank"], 1);
         assert_eq!(json[0]["group"], "/system.slice/foo.service");
         assert_eq!(json[0]["k8s"], serde_json::Value::Null);

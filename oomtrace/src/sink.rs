@@ -64,7 +64,10 @@ pub fn text_line(k: &Kill) -> String {
             k.oom_cgroup.as_deref().unwrap_or("?")
         ),
         (Some(Scope::Cgroup), None) => {
-            format!("cgroup limit hit ({})", k.oom_cgroup.as_deref().unwrap_or("?"))
+            format!(
+                "cgroup limit hit ({})",
+                k.oom_cgroup.as_deref().unwrap_or("?")
+            )
         }
         (None, _) => "scope unknown".to_string(),
     };

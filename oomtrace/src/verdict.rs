@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(walk.levels[0].limit_bytes, Some(16_384 * 4096));
         assert_eq!(walk.levels[1].limit_bytes, None);
         // 16000 pages used of 16384: 1.5 MiB short of the limit, within the margin.
-        assert_eq!(walk.at_limit().map(|l| l.path.as_str()), Some(walk.levels[0].path.as_str()));
+        assert_eq!(
+            walk.at_limit().map(|l| l.path.as_str()),
+            Some(walk.levels[0].path.as_str())
+        );
     }
 
     #[test]
@@ -202,7 +205,10 @@ mod tests {
         assert_eq!(walk.at_limit().map(|l| l.path.as_str()), Some("/parent"));
 
         let none = raw(
-            &[level("child", 10_000, 1_000_000), level("", 50_000, UNLIMITED)],
+            &[
+                level("child", 10_000, 1_000_000),
+                level("", 50_000, UNLIMITED),
+            ],
             0,
         );
         assert_eq!(Walk::decode(&none, 4096).expect("walk").at_limit(), None);
@@ -211,12 +217,18 @@ mod tests {
     #[test]
     fn absent_and_truncated_walks() {
         assert_eq!(Walk::decode(&raw(&[], WALK_ABSENT), 4096), None);
-        let t = raw(&[level("c", 1, UNLIMITED), level("b", 1, UNLIMITED)], WALK_TRUNCATED);
+        let t = raw(
+            &[level("c", 1, UNLIMITED), level("b", 1, UNLIMITED)],
+            WALK_TRUNCATED,
+        );
         let walk = Walk::decode(&t, 4096).expect("walk");
         assert!(walk.truncated);
         assert_eq!(walk.levels[0].path, ".../b/c");
         // A failed max read (u64::MAX) is not a limit.
         let f = raw(&[level("c", 1, u64::MAX), level("", 1, UNLIMITED)], 0);
-        assert_eq!(Walk::decode(&f, 4096).expect("walk").levels[0].limit_bytes, None);
+        assert_eq!(
+            Walk::decode(&f, 4096).expect("walk").levels[0].limit_bytes,
+            None
+        );
     }
 }

@@ -171,12 +171,54 @@ impl Node {
             "these tests build a cgroup v1 hierarchy (the host's memory controller)"
         );
         let p = root.rel.clone();
-        let web = Pod::new(&p, Driver::Cgroupfs, QosClass::Burstable, "shop", "web-7d9f8b6c5-x2kqp", "nginx");
-        let cache = Pod::new(&p, Driver::Cgroupfs, QosClass::Burstable, "shop", "redis-6b8f7d4c9-mn2ls", "redis");
-        let batch = Pod::new(&p, Driver::Cgroupfs, QosClass::BestEffort, "batch", "report-28391040-w7d5j", "report");
-        let db = Pod::new(&p, Driver::Cgroupfs, QosClass::Guaranteed, "data", "postgres-0", "postgres");
-        let api = Pod::new(&p, Driver::Systemd, QosClass::Burstable, "prod", "api-5c7d9b8f6-qwz8r", "api");
-        let gone = Pod::new(&p, Driver::Cgroupfs, QosClass::Burstable, "ci", "runner-4k2xq", "build");
+        let web = Pod::new(
+            &p,
+            Driver::Cgroupfs,
+            QosClass::Burstable,
+            "shop",
+            "web-7d9f8b6c5-x2kqp",
+            "nginx",
+        );
+        let cache = Pod::new(
+            &p,
+            Driver::Cgroupfs,
+            QosClass::Burstable,
+            "shop",
+            "redis-6b8f7d4c9-mn2ls",
+            "redis",
+        );
+        let batch = Pod::new(
+            &p,
+            Driver::Cgroupfs,
+            QosClass::BestEffort,
+            "batch",
+            "report-28391040-w7d5j",
+            "report",
+        );
+        let db = Pod::new(
+            &p,
+            Driver::Cgroupfs,
+            QosClass::Guaranteed,
+            "data",
+            "postgres-0",
+            "postgres",
+        );
+        let api = Pod::new(
+            &p,
+            Driver::Systemd,
+            QosClass::Burstable,
+            "prod",
+            "api-5c7d9b8f6-qwz8r",
+            "api",
+        );
+        let gone = Pod::new(
+            &p,
+            Driver::Cgroupfs,
+            QosClass::Burstable,
+            "ci",
+            "runner-4k2xq",
+            "build",
+        );
 
         let logs = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(logs.path().join("pods")).expect("mkdir pods");
@@ -204,10 +246,17 @@ impl Node {
     }
 
     fn pods(&self) -> Vec<Pod> {
-        [&self.web, &self.cache, &self.batch, &self.db, &self.api, &self.gone]
-            .into_iter()
-            .cloned()
-            .collect()
+        [
+            &self.web,
+            &self.cache,
+            &self.batch,
+            &self.db,
+            &self.api,
+            &self.gone,
+        ]
+        .into_iter()
+        .cloned()
+        .collect()
     }
 
     /// Creates every level of `rel` below the root that does not exist yet
@@ -309,7 +358,9 @@ fn wait_for_comm(pid: u32, comm: &str) {
 
 fn mem_total_bytes() -> u64 {
     let text = fs::read_to_string("/proc/meminfo").expect("meminfo");
-    oomtrace::node::meminfo(&text).total_bytes.expect("MemTotal")
+    oomtrace::node::meminfo(&text)
+        .total_bytes
+        .expect("MemTotal")
 }
 
 /// Kills a `dd` hog in `cg` (adj, MiB) and returns its event.
@@ -347,9 +398,17 @@ fn assert_named(e: &Value, pod: &Pod) {
 
 /// What the cgroup path alone says: UID, container ID, QoS, runtime.
 fn assert_path_identity(e: &Value, pod: &Pod) {
-    assert_eq!(s(e, &["victim", "cgroup"]), Some(pod.ctr_rel.as_str()), "{e:#}");
+    assert_eq!(
+        s(e, &["victim", "cgroup"]),
+        Some(pod.ctr_rel.as_str()),
+        "{e:#}"
+    );
     assert_eq!(s(e, &["k8s", "pod_uid"]), Some(pod.uid.as_str()), "{e:#}");
-    assert_eq!(s(e, &["k8s", "container_id"]), Some(pod.container_id.as_str()), "{e:#}");
+    assert_eq!(
+        s(e, &["k8s", "container_id"]),
+        Some(pod.container_id.as_str()),
+        "{e:#}"
+    );
     assert_eq!(s(e, &["k8s", "qos_class"]), Some(pod.qos.as_str()), "{e:#}");
     assert_eq!(s(e, &["k8s", "runtime"]), pod.runtime(), "{e:#}");
 }
@@ -364,8 +423,14 @@ fn assert_burstable_estimate(e: &Value, adj: i32) {
         .as_u64()
         .unwrap_or_else(|| panic!("no request estimate: {e:#}"));
     let (min, max) = qos::estimate_request(adj, cap).expect("a range for a Burstable adj");
-    assert!((min..=max).contains(&est), "estimate {est} outside {min}..={max}: {e:#}");
-    assert_eq!(qos::kubelet_oom_score_adj(QosClass::Burstable, est, cap), adj);
+    assert!(
+        (min..=max).contains(&est),
+        "estimate {est} outside {min}..={max}: {e:#}"
+    );
+    assert_eq!(
+        qos::kubelet_oom_score_adj(QosClass::Burstable, est, cap),
+        adj
+    );
     assert_eq!(
         qos::check(Some(QosClass::Burstable), adj, Some(cap)).estimated_request_bytes,
         Some(est)
@@ -392,26 +457,51 @@ fn container_limit_kills_name_the_container_in_both_driver_layouts() {
     web.set_limit(32 * MIB);
     let e = kill_and_wait(&agent, web, 985, 128);
     assert_eq!(s(&e, &["scope"]), Some("cgroup"), "{e:#}");
-    assert_eq!(s(&e, &["oom_cgroup"]), Some(node.web.ctr_rel.as_str()), "{e:#}");
+    assert_eq!(
+        s(&e, &["oom_cgroup"]),
+        Some(node.web.ctr_rel.as_str()),
+        "{e:#}"
+    );
     assert_eq!(s(&e, &["oom_domain"]), Some("container"), "{e:#}");
     assert_named(&e, &node.web);
     assert_burstable_estimate(&e, 985);
     let text = explanation(&e);
-    assert!(text.contains("shop/web-7d9f8b6c5-x2kqp") && text.contains("container nginx"), "{text}");
-    assert!(text.contains("hit its own container memory limit") && text.contains("of its 32 MiB limit"), "{text}");
-    assert!(advice(&e).contains("Raise the container's memory limit"), "{}", advice(&e));
-    assert!(e["node_memory"].is_null(), "no node context for a container limit: {e:#}");
+    assert!(
+        text.contains("shop/web-7d9f8b6c5-x2kqp") && text.contains("container nginx"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hit its own container memory limit") && text.contains("of its 32 MiB limit"),
+        "{text}"
+    );
+    assert!(
+        advice(&e).contains("Raise the container's memory limit"),
+        "{}",
+        advice(&e)
+    );
+    assert!(
+        e["node_memory"].is_null(),
+        "no node context for a container limit: {e:#}"
+    );
 
     // systemd driver, containerd scope, Burstable.
     let api = node.cg(&node.api.ctr_rel);
     api.set_limit(32 * MIB);
     let e = kill_and_wait(&agent, api, 700, 128);
-    assert_eq!(s(&e, &["oom_cgroup"]), Some(node.api.ctr_rel.as_str()), "{e:#}");
+    assert_eq!(
+        s(&e, &["oom_cgroup"]),
+        Some(node.api.ctr_rel.as_str()),
+        "{e:#}"
+    );
     assert_eq!(s(&e, &["oom_domain"]), Some("container"), "{e:#}");
     assert_named(&e, &node.api);
     assert_burstable_estimate(&e, 700);
     let text = explanation(&e);
-    assert!(text.contains("prod/api-5c7d9b8f6-qwz8r") && text.contains("hit its own container memory limit"), "{text}");
+    assert!(
+        text.contains("prod/api-5c7d9b8f6-qwz8r")
+            && text.contains("hit its own container memory limit"),
+        "{text}"
+    );
 
     let (_, log) = agent.stop();
     assert!(log.contains("ready"), "{log}");
@@ -430,11 +520,22 @@ fn a_pod_limit_kill_is_the_pod_domain_and_flags_a_guaranteed_adj() {
     // CAP_SYS_RESOURCE); a positive adj must be flagged as not fitting.
     node.cg(&node.db.pod_rel).set_limit(48 * MIB);
     let e = kill_and_wait(&agent, node.cg(&node.db.ctr_rel), 500, 128);
-    assert_eq!(s(&e, &["oom_cgroup"]), Some(node.db.pod_rel.as_str()), "{e:#}");
+    assert_eq!(
+        s(&e, &["oom_cgroup"]),
+        Some(node.db.pod_rel.as_str()),
+        "{e:#}"
+    );
     assert_eq!(s(&e, &["oom_domain"]), Some("pod"), "{e:#}");
     assert_named(&e, &node.db);
-    assert!(e["memcg"]["victim_limit_bytes"].is_null(), "container unlimited: {e:#}");
-    assert_eq!(i(&e, &["memcg", "oom_limit_bytes"]), Some((48 * MIB) as i64), "{e:#}");
+    assert!(
+        e["memcg"]["victim_limit_bytes"].is_null(),
+        "container unlimited: {e:#}"
+    );
+    assert_eq!(
+        i(&e, &["memcg", "oom_limit_bytes"]),
+        Some((48 * MIB) as i64),
+        "{e:#}"
+    );
     assert_eq!(e["qos_check"]["fits"], Value::Bool(false), "{e:#}");
     assert_eq!(s(&e, &["qos_check", "expected"]), Some("-997"), "{e:#}");
     assert!(
@@ -442,18 +543,32 @@ fn a_pod_limit_kill_is_the_pod_domain_and_flags_a_guaranteed_adj() {
         "{e:#}"
     );
     let text = explanation(&e);
-    assert!(text.contains("exceeded the pod's memory limit") && text.contains("of 48 MiB"), "{text}");
+    assert!(
+        text.contains("exceeded the pod's memory limit") && text.contains("of 48 MiB"),
+        "{text}"
+    );
     assert!(text.contains("data/postgres-0"), "{text}");
-    assert!(advice(&e).contains("Raise the pod's memory limits"), "{}", advice(&e));
+    assert!(
+        advice(&e).contains("Raise the pod's memory limits"),
+        "{}",
+        advice(&e)
+    );
 
     // The same on the systemd layout: a Burstable pod slice.
     node.cg(&node.api.pod_rel).set_limit(48 * MIB);
     let e = kill_and_wait(&agent, node.cg(&node.api.ctr_rel), 985, 128);
-    assert_eq!(s(&e, &["oom_cgroup"]), Some(node.api.pod_rel.as_str()), "{e:#}");
+    assert_eq!(
+        s(&e, &["oom_cgroup"]),
+        Some(node.api.pod_rel.as_str()),
+        "{e:#}"
+    );
     assert_eq!(s(&e, &["oom_domain"]), Some("pod"), "{e:#}");
     assert_named(&e, &node.api);
     assert_burstable_estimate(&e, 985);
-    assert!(explanation(&e).contains("exceeded the pod's memory limit"), "{e:#}");
+    assert!(
+        explanation(&e).contains("exceeded the pod's memory limit"),
+        "{e:#}"
+    );
 
     agent.stop();
     eprintln!("pod_limit: {:?}", started.elapsed());
@@ -471,14 +586,25 @@ fn a_kubepods_limit_kill_is_node_allocatable_with_node_memory() {
     node.kubepods().set_limit(160 * MIB);
     // A steady consumer in another (Burstable) pod: 40 MiB of touched memory.
     let cache_ctr = node.cache.ctr_rel.clone();
-    let holder = node.start_in(&cache_ctr, 300, r#"perl -e '$x = "a" x (40 << 20); sleep 300'"#);
+    let holder = node.start_in(
+        &cache_ctr,
+        300,
+        r#"perl -e '$x = "a" x (40 << 20); sleep 300'"#,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_to_string(node.cg(&node.cache.pod_rel).dir().join("memory.usage_in_bytes"))
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .is_none_or(|u| u < 40 * MIB)
+    while fs::read_to_string(
+        node.cg(&node.cache.pod_rel)
+            .dir()
+            .join("memory.usage_in_bytes"),
+    )
+    .ok()
+    .and_then(|t| t.trim().parse::<u64>().ok())
+    .is_none_or(|u| u < 40 * MIB)
     {
-        assert!(Instant::now() < deadline, "the holder (pid {holder}) did not reach 40 MiB");
+        assert!(
+            Instant::now() < deadline,
+            "the holder (pid {holder}) did not reach 40 MiB"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 
@@ -494,34 +620,73 @@ fn a_kubepods_limit_kill_is_node_allocatable_with_node_memory() {
 
     let nm = &e["node_memory"];
     assert!(nm.is_object(), "node_memory missing: {e:#}");
-    assert!(nm["total_bytes"].as_u64().is_some_and(|t| t == mem_total_bytes()), "{nm:#}");
-    assert!(nm["available_bytes"].as_u64().is_some_and(|a| a > 0), "{nm:#}");
+    assert!(
+        nm["total_bytes"]
+            .as_u64()
+            .is_some_and(|t| t == mem_total_bytes()),
+        "{nm:#}"
+    );
+    assert!(
+        nm["available_bytes"].as_u64().is_some_and(|a| a > 0),
+        "{nm:#}"
+    );
     let top = nm["top"].as_array().expect("top");
     assert!(!top.is_empty(), "{nm:#}");
-    let usages: Vec<u64> = top.iter().filter_map(|c| c["usage_bytes"].as_u64()).collect();
-    assert!(usages.windows(2).all(|w| w[0] >= w[1]), "top is largest first: {nm:#}");
+    let usages: Vec<u64> = top
+        .iter()
+        .filter_map(|c| c["usage_bytes"].as_u64())
+        .collect();
+    assert!(
+        usages.windows(2).all(|w| w[0] >= w[1]),
+        "top is largest first: {nm:#}"
+    );
     let cache = top
         .iter()
         .find(|c| s(c, &["cgroup"]) == Some(node.cache.pod_rel.as_str()))
         .unwrap_or_else(|| panic!("the 40 MiB pod is not among the top consumers: {nm:#}"));
-    assert_eq!(s(cache, &["name"]), Some("shop/redis-6b8f7d4c9-mn2ls"), "{cache}");
+    assert_eq!(
+        s(cache, &["name"]),
+        Some("shop/redis-6b8f7d4c9-mn2ls"),
+        "{cache}"
+    );
     assert_eq!(s(cache, &["qos_class"]), Some("Burstable"), "{cache}");
-    assert!(cache["usage_bytes"].as_u64().is_some_and(|u| u >= 40 * MIB), "{cache}");
+    assert!(
+        cache["usage_bytes"].as_u64().is_some_and(|u| u >= 40 * MIB),
+        "{cache}"
+    );
 
     let text = explanation(&e);
-    assert!(text.contains("allocatable memory") && text.contains(&kubepods), "{text}");
-    assert!(text.contains("batch/report-28391040-w7d5j") && text.contains("BestEffort"), "{text}");
-    assert!(text.contains("shop/redis-6b8f7d4c9-mn2ls"), "largest consumers named: {text}");
+    assert!(
+        text.contains("allocatable memory") && text.contains(&kubepods),
+        "{text}"
+    );
+    assert!(
+        text.contains("batch/report-28391040-w7d5j") && text.contains("BestEffort"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shop/redis-6b8f7d4c9-mn2ls"),
+        "largest consumers named: {text}"
+    );
     let adv = advice(&e);
-    assert!(adv.contains("kube-reserved") && adv.contains("requests"), "{adv}");
+    assert!(
+        adv.contains("kube-reserved") && adv.contains("requests"),
+        "{adv}"
+    );
     // Only what is below the kubepods limit exhausted allocatable: host
     // services outside it are not named as the consumers to look at.
     for c in top {
         let cg = s(c, &["cgroup"]).expect("cgroup");
         let name = s(c, &["name"]).expect("name");
         if !cg.starts_with(&format!("{kubepods}/")) {
-            assert!(!text.contains(&format!("{name} ")), "{name} ({cg}) is outside {kubepods}: {text}");
-            assert!(!adv.contains(&format!("why {name} ")), "{name} is outside {kubepods}: {adv}");
+            assert!(
+                !text.contains(&format!("{name} ")),
+                "{name} ({cg}) is outside {kubepods}: {text}"
+            );
+            assert!(
+                !adv.contains(&format!("why {name} ")),
+                "{name} is outside {kubepods}: {adv}"
+            );
         }
     }
 
@@ -555,20 +720,34 @@ fn a_deleted_pods_kill_keeps_its_identity() {
     for field in ["namespace", "pod", "container"] {
         assert!(e["k8s"][field].is_null(), "{field} unknown: {e:#}");
     }
-    let missing: Vec<&str> = e["missing"].as_array().expect("missing").iter().filter_map(Value::as_str).collect();
+    let missing: Vec<&str> = e["missing"]
+        .as_array()
+        .expect("missing")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert!(
-        missing.iter().any(|m| m.contains("pod name") && m.contains(&node.gone.uid) && m.contains("not found")),
+        missing.iter().any(|m| m.contains("pod name")
+            && m.contains(&node.gone.uid)
+            && m.contains("not found")),
         "{missing:?}"
     );
     assert_eq!(s(&e, &["oom_domain"]), Some("container"), "{e:#}");
-    assert!(explanation(&e).contains(&format!("pod {}", node.gone.uid)), "{e:#}");
+    assert!(
+        explanation(&e).contains(&format!("pod {}", node.gone.uid)),
+        "{e:#}"
+    );
 
     // The second kill in `web` still has its names, from the cache.
     thread::sleep(Duration::from_millis(1100)); // past the rescan interval
     let e = kill_and_wait(&agent, web, 985, 128);
     assert_named(&e, &node.web);
     assert!(
-        !e["missing"].as_array().expect("missing").iter().any(|m| m.as_str().is_some_and(|m| m.contains("pod name"))),
+        !e["missing"]
+            .as_array()
+            .expect("missing")
+            .iter()
+            .any(|m| m.as_str().is_some_and(|m| m.contains("pod name"))),
         "{e:#}"
     );
 
@@ -611,7 +790,11 @@ fn rank_cli_lists_the_pods_processes_in_the_kernels_order() {
         .output()
         .expect("run oomtrace rank");
     let rank_time = t.elapsed();
-    assert!(out.status.success(), "oomtrace rank failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "oomtrace rank failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("one JSON document");
 
     let kernel_score = |p: u32| -> u32 {
@@ -623,15 +806,35 @@ fn rank_cli_lists_the_pods_processes_in_the_kernels_order() {
     };
     let ours: Vec<&Value> = all
         .iter()
-        .filter(|e| e["pid"].as_u64().is_some_and(|p| pids.contains(&(p as u32))))
+        .filter(|e| {
+            e["pid"]
+                .as_u64()
+                .is_some_and(|p| pids.contains(&(p as u32)))
+        })
         .collect();
-    assert_eq!(ours.len(), plan.len(), "every test process is listed: {ours:#?}");
+    assert_eq!(
+        ours.len(),
+        plan.len(),
+        "every test process is listed: {ours:#?}"
+    );
     let mut by_kernel = pids.clone();
     by_kernel.sort_by_key(|&p| std::cmp::Reverse(kernel_score(p)));
-    let listed: Vec<u32> = ours.iter().map(|e| e["pid"].as_u64().expect("pid") as u32).collect();
-    assert_eq!(listed, by_kernel, "kill order differs from /proc/<pid>/oom_score");
-    assert_eq!(listed, pids, "the planned order (adj descending) is the kernel's");
-    let ranks: Vec<u64> = ours.iter().map(|e| e["rank"].as_u64().expect("killable")).collect();
+    let listed: Vec<u32> = ours
+        .iter()
+        .map(|e| e["pid"].as_u64().expect("pid") as u32)
+        .collect();
+    assert_eq!(
+        listed, by_kernel,
+        "kill order differs from /proc/<pid>/oom_score"
+    );
+    assert_eq!(
+        listed, pids,
+        "the planned order (adj descending) is the kernel's"
+    );
+    let ranks: Vec<u64> = ours
+        .iter()
+        .map(|e| e["rank"].as_u64().expect("killable"))
+        .collect();
     assert!(ranks.windows(2).all(|w| w[0] < w[1]), "{ranks:?}");
 
     let unique_groups: HashSet<&str> = ours.iter().filter_map(|e| s(e, &["group"])).collect();
@@ -639,23 +842,42 @@ fn rank_cli_lists_the_pods_processes_in_the_kernels_order() {
     for e in ours {
         let pid = e["pid"].as_u64().expect("pid") as u32;
         let (pod, adj) = &plan[pids.iter().position(|&p| p == pid).expect("ours")];
-        assert_eq!(e["oom_score"].as_u64(), Some(u64::from(kernel_score(pid))), "{e:#}");
+        assert_eq!(
+            e["oom_score"].as_u64(),
+            Some(u64::from(kernel_score(pid))),
+            "{e:#}"
+        );
         assert_eq!(e["oom_score_adj"].as_i64(), Some(i64::from(*adj)), "{e:#}");
         assert_eq!(s(e, &["comm"]), Some("sleep"), "{e:#}");
         assert_eq!(s(e, &["cgroup"]), Some(pod.ctr_rel.as_str()), "{e:#}");
         assert_eq!(s(e, &["k8s", "pod_uid"]), Some(pod.uid.as_str()), "{e:#}");
-        assert_eq!(s(e, &["k8s", "container_id"]), Some(pod.container_id.as_str()), "{e:#}");
+        assert_eq!(
+            s(e, &["k8s", "container_id"]),
+            Some(pod.container_id.as_str()),
+            "{e:#}"
+        );
         assert_eq!(s(e, &["k8s", "qos_class"]), Some(pod.qos.as_str()), "{e:#}");
         assert_eq!(s(e, &["k8s", "runtime"]), pod.runtime(), "{e:#}");
         if pod.uid == node.gone.uid {
             // Deleted: no names, grouped by UID.
-            assert!(e["k8s"]["namespace"].is_null() && e["k8s"]["pod"].is_null(), "{e:#}");
-            assert_eq!(s(e, &["group"]), Some(format!("pod/{}", pod.uid).as_str()), "{e:#}");
+            assert!(
+                e["k8s"]["namespace"].is_null() && e["k8s"]["pod"].is_null(),
+                "{e:#}"
+            );
+            assert_eq!(
+                s(e, &["group"]),
+                Some(format!("pod/{}", pod.uid).as_str()),
+                "{e:#}"
+            );
         } else {
             assert_eq!(s(e, &["k8s", "namespace"]), Some(pod.namespace), "{e:#}");
             assert_eq!(s(e, &["k8s", "pod"]), Some(pod.name), "{e:#}");
             assert_eq!(s(e, &["k8s", "container"]), Some(pod.container), "{e:#}");
-            assert_eq!(s(e, &["group"]), Some(format!("{}/{}", pod.namespace, pod.name).as_str()), "{e:#}");
+            assert_eq!(
+                s(e, &["group"]),
+                Some(format!("{}/{}", pod.namespace, pod.name).as_str()),
+                "{e:#}"
+            );
         }
     }
 
@@ -672,7 +894,12 @@ fn rank_cli_lists_the_pods_processes_in_the_kernels_order() {
         .lines()
         .find(|l| l.contains(&format!(" {} sleep", pids[0])))
         .unwrap_or_else(|| panic!("no row for pid {}:\n{text}", pids[0]));
-    assert!(row.contains("BestEffort") && row.contains("batch/report-28391040") && row.contains("report"), "{row}");
+    assert!(
+        row.contains("BestEffort")
+            && row.contains("batch/report-28391040")
+            && row.contains("report"),
+        "{row}"
+    );
     // The global --proc (the host's /proc for the agent) reaches rank too.
     let out = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
         .args(["rank", "--proc", "/nonexistent-oomtrace-proc"])
@@ -681,7 +908,11 @@ fn rank_cli_lists_the_pods_processes_in_the_kernels_order() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent-oomtrace-proc"), "{err}");
-    eprintln!("rank: {} processes listed in {rank_time:?}; test {:?}", all.len(), started.elapsed());
+    eprintln!(
+        "rank: {} processes listed in {rank_time:?}; test {:?}",
+        all.len(),
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -723,7 +954,9 @@ fn text_format_shows_pod_domain_and_explanation_on_one_line() {
         }
     });
     let _guard = Kill(child);
-    ready.recv_timeout(Duration::from_secs(60)).expect("agent ready");
+    ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("agent ready");
 
     let web = node.cg(&node.web.ctr_rel);
     web.set_limit(32 * MIB);
@@ -737,11 +970,23 @@ fn text_format_shows_pod_domain_and_explanation_on_one_line() {
             break l;
         }
     };
-    assert!(!line.trim_start().starts_with('{'), "text, not JSON: {line}");
+    assert!(
+        !line.trim_start().starts_with('{'),
+        "text, not JSON: {line}"
+    );
     assert!(line.contains("OOM-KILL") && line.contains("(dd)"), "{line}");
-    assert!(line.contains("shop/web-7d9f8b6c5-x2kqp container nginx (Burstable)"), "pod: {line}");
-    assert!(line.contains(&format!("container limit hit ({})", node.web.ctr_rel)), "domain: {line}");
-    assert!(line.contains("hit its own container memory limit"), "explanation: {line}");
+    assert!(
+        line.contains("shop/web-7d9f8b6c5-x2kqp container nginx (Burstable)"),
+        "pod: {line}"
+    );
+    assert!(
+        line.contains(&format!("container limit hit ({})", node.web.ctr_rel)),
+        "domain: {line}"
+    );
+    assert!(
+        line.contains("hit its own container memory limit"),
+        "explanation: {line}"
+    );
     eprintln!("{line}");
     eprintln!("text: {:?}", started.elapsed());
 }

@@ -329,6 +329,10 @@ fn an_unreachable_api_server_is_said_once_and_kills_are_still_reported() {
         assert_eq!(s(e, &["oom_domain"]), Some("container"), "{e}");
         assert!(e["k8s"]["labels"].is_null(), "no invented metadata: {e}");
     }
+    assert!(
+        !log.contains("kube_client"),
+        "kube-client's per-retry errors are not repeated on stderr:\n{log}"
+    );
     let said = log.matches("Kubernetes API unavailable").count();
     assert_eq!(
         said, 1,

@@ -23,11 +23,19 @@ fn a_kill_at_a_cgroup_limit_names_the_victim_and_the_cgroup() {
     let cg = Memcg::unique("limit");
     cg.set_limit(32 << 20);
     let (pid, status) = run_hog(&cg, 500, 128);
-    assert!(killed_by_sigkill(&status), "the hog was not OOM-killed: {status:?}");
+    assert!(
+        killed_by_sigkill(&status),
+        "the hog was not OOM-killed: {status:?}"
+    );
 
     let events = agent.events(1, Duration::from_secs(15), in_cgroup(&cg.rel));
     let (_, log) = agent.stop();
-    assert_eq!(events.len(), 1, "expected one event for {}; stderr:\n{log}", cg.rel);
+    assert_eq!(
+        events.len(),
+        1,
+        "expected one event for {}; stderr:\n{log}",
+        cg.rel
+    );
     let e = &events[0];
     assert_eq!(i(e, &["victim", "pid"]), Some(i64::from(pid)), "{e}");
     assert_eq!(s(e, &["victim", "comm"]), Some("dd"), "{e}");
@@ -42,8 +50,15 @@ fn a_kill_at_a_cgroup_limit_names_the_victim_and_the_cgroup() {
     );
     // The dd buffer was 128 MiB, the limit 32 MiB: the kernel saw about 32 MiB resident.
     let anon = i(e, &["victim", "anon_rss_kb"]).expect("anon_rss_kb");
-    assert!((16 * 1024..=40 * 1024).contains(&anon), "anon_rss_kb {anon}: {e}");
-    assert_eq!(i(e, &["memcg", "victim_limit_bytes"]), Some(32 << 20), "{e}");
+    assert!(
+        (16 * 1024..=40 * 1024).contains(&anon),
+        "anon_rss_kb {anon}: {e}"
+    );
+    assert_eq!(
+        i(e, &["memcg", "victim_limit_bytes"]),
+        Some(32 << 20),
+        "{e}"
+    );
     assert_eq!(i(e, &["memcg", "oom_limit_bytes"]), Some(32 << 20), "{e}");
     let usage = i(e, &["memcg", "oom_usage_bytes"]).expect("oom usage");
     assert!(usage > 28 << 20, "usage at kill time {usage}: {e}");
@@ -119,7 +134,11 @@ fn a_burst_of_kills_is_reported_exactly_once_each() {
     let extra = agent.events(1, Duration::from_secs(3), in_cgroup(&cg.rel));
     let (_, log) = agent.stop();
     eprintln!("{counted} kills in {elapsed:?}; {} events", events.len());
-    assert!(extra.is_empty(), "duplicate event after the burst: {:?}", extra[0]);
+    assert!(
+        extra.is_empty(),
+        "duplicate event after the burst: {:?}",
+        extra[0]
+    );
     let reported: Vec<i64> = events
         .iter()
         .filter_map(|e| i(e, &["victim", "pid"]))
@@ -135,9 +154,15 @@ fn a_burst_of_kills_is_reported_exactly_once_each() {
         events.len()
     );
     for pid in &unique {
-        assert!(pids.contains(&(*pid as u32)), "reported pid {pid} is not one of the hogs");
+        assert!(
+            pids.contains(&(*pid as u32)),
+            "reported pid {pid} is not one of the hogs"
+        );
     }
-    assert!(log.contains("kernel events lost"), "the exit summary states losses: {log}");
+    assert!(
+        log.contains("kernel events lost"),
+        "the exit summary states losses: {log}"
+    );
 }
 
 #[test]
@@ -155,7 +180,10 @@ fn without_bpf_the_kernel_log_alone_reports_the_kill() {
                 || s(v, &["oom_cgroup"]).is_some_and(|c| c.starts_with(&cg.rel)))
     });
     let (_, log) = agent.stop();
-    assert!(log.contains("degraded"), "degraded mode must be stated: {log}");
+    assert!(
+        log.contains("degraded"),
+        "degraded mode must be stated: {log}"
+    );
     assert_eq!(events.len(), 1, "stderr:\n{log}");
     let e = &events[0];
     assert_eq!(i(e, &["victim", "pid"]), Some(i64::from(pid)), "{e}");

@@ -69,7 +69,10 @@ impl Pod {
         };
         let pod = Memcg::create(&slice);
         let container_cg = Memcg::create(&format!("{slice}/cri-containerd-{container_id}.scope"));
-        let dir = logs.join("pods").join(format!("{ns}_{name}_{uid}")).join(container);
+        let dir = logs
+            .join("pods")
+            .join(format!("{ns}_{name}_{uid}"))
+            .join(container);
         fs::create_dir_all(&dir).expect("pod log dir");
         fs::write(dir.join("0.log"), "").expect("log");
         let containers = logs.join("containers");
@@ -132,15 +135,26 @@ fn vm_container_pod_and_allocatable_limits() {
     assert_eq!(e.len(), 1, "{}", agent.log());
     let e = &e[0];
     assert_eq!(s(e, &["oom_domain"]), Some("container"), "{e}");
-    assert_eq!(s(e, &["oom_cgroup"]), Some(pod.container.rel.as_str()), "{e}");
+    assert_eq!(
+        s(e, &["oom_cgroup"]),
+        Some(pod.container.rel.as_str()),
+        "{e}"
+    );
     assert_eq!(s(e, &["k8s", "namespace"]), Some("shop"), "{e}");
     assert_eq!(s(e, &["k8s", "pod"]), Some("cart-7d9f"), "{e}");
     assert_eq!(s(e, &["k8s", "container"]), Some("cart"), "{e}");
     assert_eq!(s(e, &["k8s", "pod_uid"]), Some(pod.uid.as_str()), "{e}");
-    assert_eq!(s(e, &["k8s", "container_id"]), Some(pod.container_id.as_str()), "{e}");
+    assert_eq!(
+        s(e, &["k8s", "container_id"]),
+        Some(pod.container_id.as_str()),
+        "{e}"
+    );
     assert_eq!(s(e, &["k8s", "qos_class"]), Some("Burstable"), "{e}");
     assert_eq!(s(e, &["k8s", "runtime"]), Some("containerd"), "{e}");
-    assert!(s(e, &["explanation"]).is_some_and(|x| x.contains("container")), "{e}");
+    assert!(
+        s(e, &["explanation"]).is_some_and(|x| x.contains("container")),
+        "{e}"
+    );
 
     // 2. The pod's limit (the container has none).
     pod.container.write("memory.max", "max");
@@ -150,7 +164,12 @@ fn vm_container_pod_and_allocatable_limits() {
     let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
     assert_eq!(e.len(), 1, "{}", agent.log());
     assert_eq!(s(&e[0], &["oom_domain"]), Some("pod"), "{}", e[0]);
-    assert_eq!(s(&e[0], &["oom_cgroup"]), Some(pod.pod.rel.as_str()), "{}", e[0]);
+    assert_eq!(
+        s(&e[0], &["oom_cgroup"]),
+        Some(pod.pod.rel.as_str()),
+        "{}",
+        e[0]
+    );
 
     // 3. The kubepods limit: the node's allocatable memory.
     pod.pod.write("memory.max", "max");
@@ -164,8 +183,16 @@ fn vm_container_pod_and_allocatable_limits() {
     let e = &e[0];
     assert_eq!(s(e, &["oom_domain"]), Some("node_allocatable"), "{e}");
     assert_eq!(s(e, &["oom_cgroup"]), Some("/kubepods.slice"), "{e}");
-    assert!(e["node_memory"]["top"].as_array().is_some_and(|t| !t.is_empty()), "{e}");
-    assert!(s(e, &["explanation"]).is_some_and(|x| x.contains("allocatable")), "{e}");
+    assert!(
+        e["node_memory"]["top"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{e}"
+    );
+    assert!(
+        s(e, &["explanation"]).is_some_and(|x| x.contains("allocatable")),
+        "{e}"
+    );
     let _ = agent.stop();
     drop(pod);
     let _ = fs::remove_dir("/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice");
@@ -201,7 +228,11 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
     let _ = g.kill();
     let _ = b.wait();
     let _ = g.wait();
-    assert_eq!(e.len(), 1, "the Burstable pod was not reported as killed; stderr:\n{log}");
+    assert_eq!(
+        e.len(),
+        1,
+        "the Burstable pod was not reported as killed; stderr:\n{log}"
+    );
     let e = &e[0];
     assert_eq!(s(e, &["scope"]), Some("node"), "{e}");
     assert_eq!(s(e, &["oom_domain"]), Some("node"), "{e}");
@@ -211,7 +242,10 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
     assert_eq!(i(e, &["victim", "oom_score_adj"]), Some(985), "{e}");
     let usage = i(e, &["memcg", "victim_usage_bytes"]).expect("usage");
     let limit = i(e, &["memcg", "victim_limit_bytes"]).expect("limit");
-    assert!(usage < limit / 2, "usage {usage} should be well below the limit {limit}: {e}");
+    assert!(
+        usage < limit / 2,
+        "usage {usage} should be well below the limit {limit}: {e}"
+    );
     let top = e["node_memory"]["top"].as_array().expect("node_memory.top");
     assert!(
         top.first()
@@ -220,7 +254,10 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
         "the hog must lead the consumers: {e}"
     );
     let x = s(e, &["explanation"]).expect("explanation");
-    assert!(x.contains("node ran out of memory") && x.contains("Burstable"), "{x}");
+    assert!(
+        x.contains("node ran out of memory") && x.contains("Burstable"),
+        "{x}"
+    );
     let a = s(e, &["advice"]).expect("advice");
     assert!(a.contains("Guaranteed"), "{a}");
     if has_hook(&log, "oom_kill_process") {
@@ -228,7 +265,10 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
         assert_eq!(s(e, &["constraint"]), Some("none"), "{e}");
         assert!(i(e, &["victim", "points"]).is_some_and(|p| p > 0), "{e}");
     }
-    assert!(guaranteed_alive, "the Guaranteed pod (pid {gpid}) must survive");
+    assert!(
+        guaranteed_alive,
+        "the Guaranteed pod (pid {gpid}) must survive"
+    );
 }
 
 #[test]
@@ -240,7 +280,9 @@ fn vm_oom_group_kills_are_one_incident() {
     let pod = Pod::new("besteffort", "etl", "worker-1", "worker", logs.path());
     pod.container.set_limit(96 << 20);
     pod.container.write("memory.oom.group", "1");
-    let mut holders: Vec<_> = (0..3).map(|_| spawn_holder(&pod.container, 1000, 16)).collect();
+    let mut holders: Vec<_> = (0..3)
+        .map(|_| spawn_holder(&pod.container, 1000, 16))
+        .collect();
     for h in &holders {
         wait_rss(h.id(), 12 << 10);
     }
@@ -264,12 +306,25 @@ fn vm_oom_group_kills_are_one_incident() {
     let log = agent.log();
     assert_eq!(counted, killed.len() as u64 + 1, "kernel oom_kill counter");
     let reported: Vec<i64> = e.iter().filter_map(|v| i(v, &["victim", "pid"])).collect();
-    assert_eq!(reported.len(), killed.len(), "each killed task once: {reported:?}; {log}");
-    assert_eq!(reported.iter().copied().collect::<HashSet<_>>(), killed, "{log}");
+    assert_eq!(
+        reported.len(),
+        killed.len(),
+        "each killed task once: {reported:?}; {log}"
+    );
+    assert_eq!(
+        reported.iter().copied().collect::<HashSet<_>>(),
+        killed,
+        "{log}"
+    );
     let incidents: HashSet<&str> = e.iter().filter_map(|v| s(v, &["incident"])).collect();
-    assert_eq!(incidents.len(), 1, "one OOM decision, one incident: {incidents:?}");
+    assert_eq!(
+        incidents.len(),
+        1,
+        "one OOM decision, one incident: {incidents:?}"
+    );
     assert!(
-        e.iter().all(|v| s(v, &["oom_cgroup"]) == Some(pod.container.rel.as_str())),
+        e.iter()
+            .all(|v| s(v, &["oom_cgroup"]) == Some(pod.container.rel.as_str())),
         "{e:?}"
     );
 }
@@ -297,8 +352,15 @@ fn vm_oom_control_hook_and_its_fallback() {
         assert_eq!(s(e, &["scope"]), Some("cgroup"), "{e}");
         assert_eq!(s(e, &["constraint"]), Some("memcg"), "{e}");
         if expect_decision {
-            let hook = if args.is_empty() { "fentry/oom_kill_process" } else { "kprobe/oom_kill_process" };
-            assert!(has_hook(&log, hook), "{hook} must be active with {args:?}: {log}");
+            let hook = if args.is_empty() {
+                "fentry/oom_kill_process"
+            } else {
+                "kprobe/oom_kill_process"
+            };
+            assert!(
+                has_hook(&log, hook),
+                "{hook} must be active with {args:?}: {log}"
+            );
             assert_eq!(s(e, &["verdict_source"]), Some("oom_control"), "{e}");
             assert!(i(e, &["victim", "points"]).is_some_and(|p| p > 0), "{e}");
             assert_eq!(i(e, &["trigger", "pid"]), Some(i64::from(pid)), "{e}");

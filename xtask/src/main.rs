@@ -81,7 +81,10 @@ mod tests {
             &["xtask", "run", "--", "--format", "text", "--count", "1"][..],
             &["xtask", "run", "--format", "text", "--count", "1"][..],
         ] {
-            let Ok(Cli { task: Task::Run { args } }) = Cli::try_parse_from(argv) else {
+            let Ok(Cli {
+                task: Task::Run { args },
+            }) = Cli::try_parse_from(argv)
+            else {
                 panic!("{argv:?} did not parse as `run`");
             };
             assert_eq!(args, ["--format", "text", "--count", "1"]);

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::ValueEnum;
 
-use crate::{deploy_check, cmd, setup, util, vm};
+use crate::{cmd, deploy_check, setup, util, vm};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -157,7 +157,15 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
             }
             // The scenarios run the compiled tests/vm.rs binary inside the guests
             // (xtask/vm/lib.sh picks the newest one).
-            let mut c = cmd!("cargo", "test", "--package", "oomtrace", "--test", "vm", "--no-run");
+            let mut c = cmd!(
+                "cargo",
+                "test",
+                "--package",
+                "oomtrace",
+                "--test",
+                "vm",
+                "--no-run"
+            );
             c.current_dir(&root);
             util::run(c)?;
             vm::run_vm_tests(&opts)?;

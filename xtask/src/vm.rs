@@ -76,7 +76,12 @@ pub struct VmArgs {
     #[arg(long)]
     pub show_boot: bool,
     /// The command to run as root in the guest, after `--`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 
@@ -133,7 +138,9 @@ fn parse_mib(s: &str) -> Result<u64, String> {
         Some((i, 'M' | 'm')) => (&t[..i], 1),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size in MiB (e.g. 512, 512M, 1G)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size in MiB (e.g. 512, 512M, 1G)"))?;
     if n * mul < 128 {
         return Err(format!("{s}: a guest needs at least 128 MiB"));
     }
@@ -161,11 +168,18 @@ pub fn vm_command(args: VmArgs) -> Result<i32> {
     };
     let mut env = guest_env(&kernel, None)?;
     for kv in &args.env {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
         env.push((k.to_owned(), v.to_owned()));
     }
     write_guest_command(&scratch, &env, &args.command)?;
-    eprintln!("vm: booting {} [{}] with {} MiB ...", kernel.describe(), kernel.boot_notes(), args.memory);
+    eprintln!(
+        "vm: booting {} [{}] with {} MiB ...",
+        kernel.describe(),
+        kernel.boot_notes(),
+        args.memory
+    );
     let log = scratch.join("console.log");
     let outcome = qemu::run(&qemu::VmSpec {
         kernel: &kernel,
@@ -175,17 +189,30 @@ pub fn vm_command(args: VmArgs) -> Result<i32> {
         timeout: Duration::from_secs(args.timeout),
         scratch: &scratch,
         append: args.append.as_deref(),
-        console: qemu::Console::Stream { all: args.show_boot },
+        console: qemu::Console::Stream {
+            all: args.show_boot,
+        },
         log: log.clone(),
     })?;
-    let boot = outcome.boot.map(|b| format!("{:.1} s to the command, ", b.as_secs_f64())).unwrap_or_default();
+    let boot = outcome
+        .boot
+        .map(|b| format!("{:.1} s to the command, ", b.as_secs_f64()))
+        .unwrap_or_default();
     let code = match &outcome.exit {
         qemu::Exit::Code(c) => {
-            eprintln!("vm: exit status {c} ({boot}{:.1} s in all, {})", outcome.total.as_secs_f64(), outcome.accel);
+            eprintln!(
+                "vm: exit status {c} ({boot}{:.1} s in all, {})",
+                outcome.total.as_secs_f64(),
+                outcome.accel
+            );
             *c
         }
         qemu::Exit::Timeout => {
-            print_tail(&outcome.tail, &format!("timed out after {} s (raise --timeout)", args.timeout), &log);
+            print_tail(
+                &outcome.tail,
+                &format!("timed out after {} s (raise --timeout)", args.timeout),
+                &log,
+            );
             EXIT_TIMEOUT
         }
         qemu::Exit::Failed(why) => {
@@ -210,7 +237,10 @@ fn print_tail(tail: &[String], why: &str, log: &Path) {
 /// The environment every guest command gets.
 fn guest_env(kernel: &Kernel, oomtrace_bin: Option<&str>) -> Result<Vec<(String, String)>> {
     let mut env = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("HOME".into(), "/tmp".into()),
         ("TERM".into(), "dumb".into()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -233,14 +263,17 @@ fn guest_env(kernel: &Kernel, oomtrace_bin: Option<&str>) -> Result<Vec<(String,
 
 /// Write `cmd.sh`, which the guest init runs chrooted into the host root.
 fn write_guest_command(scratch: &Path, env: &[(String, String)], command: &[String]) -> Result<()> {
-    let mut s = String::from("# Written by cargo xtask vm; run by xtask/vm/init inside the guest.\n");
+    let mut s =
+        String::from("# Written by cargo xtask vm; run by xtask/vm/init inside the guest.\n");
     for (k, v) in env {
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bail!("bad environment variable name `{k}`");
         }
         s.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
-    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| "/".into());
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "/".into());
     s.push_str(&format!("cd {} 2>/dev/null || cd /\n", sh_quote(&cwd)));
     let argv: Vec<String> = command.iter().map(|a| sh_quote(a)).collect();
     s.push_str(&format!("exec {}\n", argv.join(" ")));
@@ -249,7 +282,10 @@ fn write_guest_command(scratch: &Path, env: &[(String, String)], command: &[Stri
 }
 
 fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c))
+    {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -273,7 +309,10 @@ struct KernelResult {
 pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
     let wall = Instant::now();
     let matrix: Vec<(String, bool)> = if opts.kernels.is_empty() {
-        DEFAULT_MATRIX.iter().map(|&(k, req)| (k.to_owned(), req)).collect()
+        DEFAULT_MATRIX
+            .iter()
+            .map(|&(k, req)| (k.to_owned(), req))
+            .collect()
     } else {
         opts.kernels.iter().map(|k| (k.clone(), true)).collect()
     };
@@ -305,7 +344,10 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         }
     }
 
-    let jobs = opts.jobs.unwrap_or_else(|| auto_jobs(opts.memory)).clamp(1, ready.len().max(1));
+    let jobs = opts
+        .jobs
+        .unwrap_or_else(|| auto_jobs(opts.memory))
+        .clamp(1, ready.len().max(1));
     eprintln!(
         "vm-test: {} kernel(s), {} at a time, {} MiB each, accel {}, OOMTRACE_BIN={}",
         ready.len(),
@@ -322,7 +364,10 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
             #[allow(clippy::while_let_loop)]
             s.spawn(|| {
                 loop {
-                    let Some((spec, (k, initrd))) = queue.lock().ok().and_then(|mut q| q.next()) else { break };
+                    let Some((spec, (k, initrd))) = queue.lock().ok().and_then(|mut q| q.next())
+                    else {
+                        break;
+                    };
                     let r = run_one(opts, &spec, &k, &initrd, &bin, &runner);
                     if let Ok(mut d) = done.lock() {
                         d.push(r);
@@ -332,10 +377,18 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         }
     });
     results.extend(done.into_inner().unwrap_or_default());
-    let order = |n: &str| matrix.iter().position(|(k, _)| k == n).unwrap_or(usize::MAX);
+    let order = |n: &str| {
+        matrix
+            .iter()
+            .position(|(k, _)| k == n)
+            .unwrap_or(usize::MAX)
+    };
     results.sort_by_key(|r| order(&r.name));
 
-    println!("\nVM test summary ({:.1} s wall, {jobs} VM(s) at a time):", wall.elapsed().as_secs_f64());
+    println!(
+        "\nVM test summary ({:.1} s wall, {jobs} VM(s) at a time):",
+        wall.elapsed().as_secs_f64()
+    );
     let mut failed = 0;
     for r in &results {
         let pass = r.scenarios.iter().filter(|s| s.0 == "PASS").count();
@@ -346,23 +399,38 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
             "  {:<6} {:<55} boot {:>5}  scenarios {:>6.1} s  VM {:>6.1} s  {pass} passed, {fail} failed, {skip} skipped{}",
             r.name,
             r.kernel.as_deref().unwrap_or("-"),
-            r.boot.map(|b| format!("{:.1}s", b.as_secs_f64())).unwrap_or_else(|| "-".into()),
+            r.boot
+                .map(|b| format!("{:.1}s", b.as_secs_f64()))
+                .unwrap_or_else(|| "-".into()),
             run_s,
             r.total.as_secs_f64(),
-            r.error.as_ref().map(|e| format!("  ERROR: {e}")).unwrap_or_default()
+            r.error
+                .as_ref()
+                .map(|e| format!("  ERROR: {e}"))
+                .unwrap_or_default()
         );
         for (st, name, secs) in &r.scenarios {
             println!("           {st} {name} ({secs:.1} s)");
         }
         if fail > 0 {
-            println!("           console: {}", runs_dir()?.join(format!("test-{}", kernel::sanitize(&r.name))).join("console.log").display());
+            println!(
+                "           console: {}",
+                runs_dir()?
+                    .join(format!("test-{}", kernel::sanitize(&r.name)))
+                    .join("console.log")
+                    .display()
+            );
         }
         if fail > 0 || r.error.is_some() {
             failed += 1;
         }
     }
     if failed > 0 {
-        bail!("VM tests failed on {failed} of {} kernel(s); consoles are in {}", results.len(), runs_dir()?.display());
+        bail!(
+            "VM tests failed on {failed} of {} kernel(s); consoles are in {}",
+            results.len(),
+            runs_dir()?.display()
+        );
     }
     if results.is_empty() {
         bail!("no kernel could be prepared for the VM tests");
@@ -370,7 +438,14 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
     Ok(())
 }
 
-fn run_one(opts: &VmTestOpts, spec: &str, k: &Kernel, initrd: &Path, bin: &str, runner: &Path) -> KernelResult {
+fn run_one(
+    opts: &VmTestOpts,
+    spec: &str,
+    k: &Kernel,
+    initrd: &Path,
+    bin: &str,
+    runner: &Path,
+) -> KernelResult {
     let mut r = KernelResult {
         name: spec.to_owned(),
         kernel: Some(format!("{} [{}]", k.describe(), k.boot_notes())),
@@ -394,15 +469,28 @@ fn run_one(opts: &VmTestOpts, spec: &str, k: &Kernel, initrd: &Path, bin: &str, 
         if !opts.scenarios.is_empty() {
             env.push(("OOMTRACE_SCENARIOS".into(), opts.scenarios.join(" ")));
         }
-        write_guest_command(&scratch, &env, &["/bin/sh".into(), runner.display().to_string()])?;
+        write_guest_command(
+            &scratch,
+            &env,
+            &["/bin/sh".into(), runner.display().to_string()],
+        )?;
         let log = scratch.join("console.log");
         let show: fn(&str) -> bool = |l| {
-            l.starts_with("PASS ") || l.starts_with("FAIL ") || l.starts_with("SKIP ") || l.contains(" passed, ")
+            l.starts_with("PASS ")
+                || l.starts_with("FAIL ")
+                || l.starts_with("SKIP ")
+                || l.contains(" passed, ")
         };
         let console = if opts.verbose {
-            qemu::Console::Filtered { label: spec.to_owned(), show: |_| true }
+            qemu::Console::Filtered {
+                label: spec.to_owned(),
+                show: |_| true,
+            }
         } else {
-            qemu::Console::Filtered { label: spec.to_owned(), show }
+            qemu::Console::Filtered {
+                label: spec.to_owned(),
+                show,
+            }
         };
         let out = qemu::run(&qemu::VmSpec {
             kernel: k,
@@ -413,7 +501,11 @@ fn run_one(opts: &VmTestOpts, spec: &str, k: &Kernel, initrd: &Path, bin: &str, 
             scratch: &scratch,
             // Keep OOM kill lines off the slow emulated serial console (an OOM
             // storm would crawl); they stay in the kernel log (/dev/kmsg, dmesg).
-            append: if opts.verbose { None } else { Some("loglevel=3") },
+            append: if opts.verbose {
+                None
+            } else {
+                Some("loglevel=3")
+            },
             console,
             log: log.clone(),
         })?;
@@ -424,7 +516,11 @@ fn run_one(opts: &VmTestOpts, spec: &str, k: &Kernel, initrd: &Path, bin: &str, 
             .lines()
             .filter_map(|l| {
                 let mut f = l.split('\t');
-                Some((f.next()?.to_owned(), f.next()?.to_owned(), f.next()?.parse().unwrap_or(0.0)))
+                Some((
+                    f.next()?.to_owned(),
+                    f.next()?.to_owned(),
+                    f.next()?.parse().unwrap_or(0.0),
+                ))
             })
             .collect();
         let problem = match out.exit {
@@ -435,7 +531,10 @@ fn run_one(opts: &VmTestOpts, spec: &str, k: &Kernel, initrd: &Path, bin: &str, 
                 None // reported per scenario
             }
             qemu::Exit::Code(c) => Some(format!("run-scenarios.sh exited with {c}")),
-            qemu::Exit::Timeout => Some(format!("timed out after {} s (raise --vm-timeout)", opts.timeout)),
+            qemu::Exit::Timeout => Some(format!(
+                "timed out after {} s (raise --vm-timeout)",
+                opts.timeout
+            )),
             qemu::Exit::Failed(why) => Some(why),
         };
         if let Some(p) = problem {
@@ -475,7 +574,9 @@ fn oomtrace_bin(opts: &VmTestOpts) -> Result<String> {
         let b = fs::canonicalize(b).with_context(|| format!("--oomtrace-bin {}", b.display()))?;
         return Ok(b.display().to_string());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().map(|r| r.join("target")).unwrap_or_default());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().map(|r| r.join("target")).unwrap_or_default());
     let newest = ["release", "debug"]
         .iter()
         .map(|p| target.join(p).join("oomtrace"))
@@ -484,7 +585,10 @@ fn oomtrace_bin(opts: &VmTestOpts) -> Result<String> {
     Ok(match newest {
         Some(p) => fs::canonicalize(&p).unwrap_or(p).display().to_string(),
         None => {
-            eprintln!("vm-test: no oomtrace binary in {}/{{release,debug}}: scenarios that need it will fail (build it first)", target.display());
+            eprintln!(
+                "vm-test: no oomtrace binary in {}/{{release,debug}}: scenarios that need it will fail (build it first)",
+                target.display()
+            );
             String::new()
         }
     })
@@ -497,7 +601,9 @@ fn repo_root() -> Result<PathBuf> {
     if let Ok(r) = std::env::var("OOMTRACE_REPO") {
         return Ok(PathBuf::from(r));
     }
-    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
+    let from_manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf);
     let mut candidates: Vec<PathBuf> = from_manifest.into_iter().collect();
     if let Ok(mut d) = std::env::current_dir() {
         loop {
@@ -535,7 +641,9 @@ fn runs_dir() -> Result<PathBuf> {
     fs::create_dir_all(&d)?;
     if let Ok(rd) = fs::read_dir(&d) {
         for e in rd.flatten() {
-            let old = kernel::mtime(&e.path()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a > Duration::from_secs(86400));
+            let old = kernel::mtime(&e.path())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a > Duration::from_secs(86400));
             if old && e.file_name().to_string_lossy().starts_with("vm-") {
                 let _ = fs::remove_dir_all(e.path());
             }

@@ -29,7 +29,9 @@ pub fn memory_root() -> PathBuf {
             return p;
         }
     }
-    panic!("no memory cgroup controller mounted: these tests need cgroup v1 memory or cgroup v2 with +memory")
+    panic!(
+        "no memory cgroup controller mounted: these tests need cgroup v1 memory or cgroup v2 with +memory"
+    )
 }
 
 pub fn is_v2(root: &Path) -> bool {
@@ -225,7 +227,10 @@ impl Agent {
             stderr: log,
         };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            panic!("oomtrace did not print ready within 60 s; stderr:\n{}", agent.log());
+            panic!(
+                "oomtrace did not print ready within 60 s; stderr:\n{}",
+                agent.log()
+            );
         }
         agent
     }
@@ -251,7 +256,20 @@ impl Agent {
                         out.push(v);
                     }
                 }
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The agent is gone: say how (a zombie keeps its exit code in stat).
+                    thread::sleep(Duration::from_millis(300));
+                    let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                        .unwrap_or_default();
+                    let code = stat.rsplit(' ').next().unwrap_or("?").trim().to_string();
+                    eprintln!(
+                        "oomtrace (pid {}) closed its output: wait status {code} (signal = status & 127); stderr:\n{}",
+                        self.child.id(),
+                        self.log()
+                    );
+                    break;
+                }
             }
         }
         out
@@ -269,7 +287,10 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("oomtrace did not exit within 20 s of SIGTERM; stderr:\n{}", self.log());
+                panic!(
+                    "oomtrace did not exit within 20 s of SIGTERM; stderr:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -323,7 +344,10 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn wait_rss(pid: u32, kib: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while rss_kib(pid) < kib {
-        assert!(Instant::now() < deadline, "pid {pid} never reached {kib} KiB");
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never reached {kib} KiB"
+        );
         thread::sleep(Duration::from_millis(100));
     }
 }

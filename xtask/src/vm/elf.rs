@@ -76,7 +76,12 @@ impl<'a> Elf<'a> {
             let sh = shoff + i * shentsize;
             let name = u32_at(data, sh)? as usize;
             let kind = u32_at(data, sh + 4)?;
-            raw.push((name, kind, usize_at(data, sh + 0x18)?, usize_at(data, sh + 0x20)?));
+            raw.push((
+                name,
+                kind,
+                usize_at(data, sh + 0x18)?,
+                usize_at(data, sh + 0x20)?,
+            ));
         }
         let mut sections = Vec::with_capacity(shnum);
         if let Some(&(_, _, str_off, str_size)) = raw.get(shstrndx) {
@@ -93,10 +98,19 @@ impl<'a> Elf<'a> {
                     .and_then(|s| s.split(|&b| b == 0).next())
                     .map(|s| String::from_utf8_lossy(s).into_owned())
                     .unwrap_or_default();
-                sections.push(Section { name, offset, size, nobits });
+                sections.push(Section {
+                    name,
+                    offset,
+                    size,
+                    nobits,
+                });
             }
         }
-        Ok(Self { data, sections, note_segments })
+        Ok(Self {
+            data,
+            sections,
+            note_segments,
+        })
     }
 
     pub fn section(&self, name: &str) -> Option<&'a [u8]> {
@@ -111,7 +125,9 @@ impl<'a> Elf<'a> {
     /// Whether the image carries the PVH entry note, i.e. qemu can boot it as an ELF.
     pub fn has_pvh_note(&self) -> bool {
         self.note_segments.iter().any(|&(off, size)| {
-            let Some(notes) = self.data.get(off..off + size) else { return false };
+            let Some(notes) = self.data.get(off..off + size) else {
+                return false;
+            };
             let mut p = 0;
             while p + 12 <= notes.len() {
                 let (Ok(namesz), Ok(descsz), Ok(kind)) =
@@ -119,11 +135,15 @@ impl<'a> Elf<'a> {
                 else {
                     return false;
                 };
-                let name = notes.get(p + 12..p + 12 + namesz as usize).unwrap_or_default();
+                let name = notes
+                    .get(p + 12..p + 12 + namesz as usize)
+                    .unwrap_or_default();
                 if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.starts_with(b"Xen") {
                     return true;
                 }
-                p += 12 + (namesz as usize).next_multiple_of(4) + (descsz as usize).next_multiple_of(4);
+                p += 12
+                    + (namesz as usize).next_multiple_of(4)
+                    + (descsz as usize).next_multiple_of(4);
             }
             false
         })
@@ -133,11 +153,18 @@ impl<'a> Elf<'a> {
 /// The `depends=` list of a kernel module's `.modinfo` section.
 pub fn module_depends(ko: &[u8]) -> Result<Vec<String>> {
     let elf = Elf::parse(ko)?;
-    let modinfo = elf.section(".modinfo").context("module has no .modinfo section")?;
+    let modinfo = elf
+        .section(".modinfo")
+        .context("module has no .modinfo section")?;
     Ok(modinfo
         .split(|&b| b == 0)
         .filter_map(|kv| kv.strip_prefix(b"depends="))
-        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(str::to_owned).collect::<Vec<_>>())
+        .flat_map(|v| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .filter(|d| !d.is_empty())
         .collect())
 }

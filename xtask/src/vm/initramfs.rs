@@ -13,18 +13,39 @@ use std::path::{Path, PathBuf};
 /// Modules the init needs to mount the host root: their dependencies
 /// (virtio, virtio_ring, netfs, fscache, ...) come from each module's modinfo.
 const ROOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
-const BUSYBOX_CANDIDATES: &[&str] = &["/bin/busybox", "/usr/bin/busybox", "/usr/lib/initramfs-tools/bin/busybox"];
+const BUSYBOX_CANDIDATES: &[&str] = &[
+    "/bin/busybox",
+    "/usr/bin/busybox",
+    "/usr/lib/initramfs-tools/bin/busybox",
+];
 
 pub fn build(kernel: &Kernel, init_script: &Path) -> Result<PathBuf> {
     let busybox = find_static_busybox()?;
-    let out = kernel.work_dir.join(format!("initramfs-{}.cpio", kernel.release));
-    let newest_input = [init_script, busybox.as_path(), kernel.image.as_path()].iter().filter_map(|p| mtime(p)).max();
+    let out = kernel
+        .work_dir
+        .join(format!("initramfs-{}.cpio", kernel.release));
+    let newest_input = [init_script, busybox.as_path(), kernel.image.as_path()]
+        .iter()
+        .filter_map(|p| mtime(p))
+        .max();
     if mtime(&out).is_some_and(|t| Some(t) >= newest_input) {
         return Ok(out);
     }
-    let init = fs::read(init_script).with_context(|| format!("reading {}", init_script.display()))?;
+    let init =
+        fs::read(init_script).with_context(|| format!("reading {}", init_script.display()))?;
     let mut cpio = Cpio::default();
-    for d in ["bin", "dev", "etc", "lib", "lib/modules", "newroot", "proc", "run", "sys", "tmp"] {
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "lib",
+        "lib/modules",
+        "newroot",
+        "proc",
+        "run",
+        "sys",
+        "tmp",
+    ] {
         cpio.dir(d);
     }
     // The kernel opens /dev/console for init before devtmpfs is mounted.
@@ -59,7 +80,10 @@ fn find_static_busybox() -> Result<PathBuf> {
             return Ok(p.to_path_buf());
         }
     }
-    bail!("no statically linked busybox found (looked at {}): install the busybox-static package", BUSYBOX_CANDIDATES.join(", "))
+    bail!(
+        "no statically linked busybox found (looked at {}): install the busybox-static package",
+        BUSYBOX_CANDIDATES.join(", ")
+    )
 }
 
 /// The modules to load, dependencies first, as (name, uncompressed .ko).
@@ -75,8 +99,12 @@ fn resolve_modules(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut done = HashSet::new();
     let mut out = Vec::new();
     for root in ROOT_MODULES {
-        visit(root, &builtin, &index, &mut done, &mut out, &mut Vec::new())
-            .with_context(|| format!("resolving the modules for the 9p host root in {}", dir.display()))?;
+        visit(root, &builtin, &index, &mut done, &mut out, &mut Vec::new()).with_context(|| {
+            format!(
+                "resolving the modules for the 9p host root in {}",
+                dir.display()
+            )
+        })?;
     }
     Ok(out)
 }
@@ -125,7 +153,9 @@ fn index_modules(dir: &Path, index: &mut HashMap<String, PathBuf>) -> Result<()>
 /// `.../9pnet_virtio.ko[.xz|.zst|.gz]` -> `9pnet_virtio`
 fn module_name(p: &Path) -> Option<String> {
     let f = p.file_name()?.to_str()?;
-    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|s| f.strip_suffix(s))?;
+    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|s| f.strip_suffix(s))?;
     Some(stem.replace('-', "_"))
 }
 
@@ -143,7 +173,11 @@ fn read_module(p: &Path) -> Result<Vec<u8>> {
     };
     let out = pipe_through(tool, args, &data).with_context(|| tool_missing_hint(tool, pkg))?;
     if !elf::is_elf(&out) {
-        bail!("decompressing {} with {tool} gave no ELF module ({})", p.display(), tool_missing_hint(tool, pkg));
+        bail!(
+            "decompressing {} with {tool} gave no ELF module ({})",
+            p.display(),
+            tool_missing_hint(tool, pkg)
+        );
     }
     Ok(out)
 }
@@ -159,7 +193,21 @@ impl Cpio {
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
         self.ino += 1;
         let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
-        let fields = [self.ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
         self.buf.extend_from_slice(b"070701");
         for f in fields {
             self.buf.extend_from_slice(format!("{f:08x}").as_bytes());

@@ -65,7 +65,11 @@ enum Channel {
 }
 
 impl Channel {
-    const ALL: [Channel; 3] = [Channel::Bookworm, Channel::BookwormBackports, Channel::Bullseye];
+    const ALL: [Channel; 3] = [
+        Channel::Bookworm,
+        Channel::BookwormBackports,
+        Channel::Bullseye,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -78,7 +82,11 @@ impl Channel {
     /// (suite, from the security archive?)
     fn suites(self) -> &'static [(&'static str, bool)] {
         match self {
-            Channel::Bookworm => &[("bookworm", false), ("bookworm-updates", false), ("bookworm-security", true)],
+            Channel::Bookworm => &[
+                ("bookworm", false),
+                ("bookworm-updates", false),
+                ("bookworm-security", true),
+            ],
             Channel::BookwormBackports => &[("bookworm-backports", false)],
             Channel::Bullseye => &[("bullseye", false), ("bullseye-security", true)],
         }
@@ -126,7 +134,8 @@ pub fn prepare(spec: &str, modules_override: Option<&Path>, refresh: bool) -> Re
         Request::Package(pkg, ver) => {
             let key = format!("{pkg}={}", ver.as_deref().unwrap_or("candidate"));
             let (ch, pkg, ver) = {
-                let (p, v) = resolve_cached(&key, refresh, || resolve_package(&pkg, ver.as_deref()))?;
+                let (p, v) =
+                    resolve_cached(&key, refresh, || resolve_package(&pkg, ver.as_deref()))?;
                 (guess_channels(&p)[0], p, v)
             };
             // The channel only matters for downloading; try the likely ones in turn.
@@ -157,9 +166,14 @@ fn prepare_path(p: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
     // <root>/boot/vmlinuz-X with <root>/lib/modules/X next to it?
     let modules = match modules_override {
         Some(m) => Some(m.to_path_buf()),
-        None => p.parent().and_then(Path::parent).and_then(|root| find_modules_dir(root).ok()),
+        None => p
+            .parent()
+            .and_then(Path::parent)
+            .and_then(|root| find_modules_dir(root).ok()),
     };
-    let work_dir = cache_dir()?.join("custom").join(sanitize(&p.to_string_lossy()));
+    let work_dir = cache_dir()?
+        .join("custom")
+        .join(sanitize(&p.to_string_lossy()));
     fs::create_dir_all(&work_dir)?;
     let (image, pvh, btf, release) = boot_image(&p, &work_dir)?;
     let release = match (&modules, release) {
@@ -167,7 +181,15 @@ fn prepare_path(p: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
         (None, Some(r)) => r,
         (None, None) => "unknown".into(),
     };
-    Ok(Kernel { release, package: None, image, pvh, modules_dir: modules, btf, work_dir })
+    Ok(Kernel {
+        release,
+        package: None,
+        image,
+        pvh,
+        modules_dir: modules,
+        btf,
+        work_dir,
+    })
 }
 
 /// A kernel from an extracted package tree (`boot/vmlinuz-*`, `lib/modules/*`).
@@ -182,7 +204,12 @@ fn from_tree(root: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
         .iter()
         .map(|n| boot.join(format!("{n}-{release}")))
         .find(|p| p.is_file())
-        .with_context(|| format!("no boot/vmlinuz-{release} or boot/vmlinux-{release} in {}", root.display()))?;
+        .with_context(|| {
+            format!(
+                "no boot/vmlinuz-{release} or boot/vmlinux-{release} in {}",
+                root.display()
+            )
+        })?;
     let (image, pvh, btf, _) = boot_image(&image, root)?;
     Ok(Kernel {
         release,
@@ -209,17 +236,25 @@ fn find_modules_dir(root: &Path) -> Result<PathBuf> {
     match dirs.len() {
         1 => Ok(dirs.remove(0)),
         0 => bail!("no lib/modules/<release>/kernel in {}", root.display()),
-        _ => bail!("several kernels in {}: pass --modules to choose", base.display()),
+        _ => bail!(
+            "several kernels in {}: pass --modules to choose",
+            base.display()
+        ),
     }
 }
 
 fn dir_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Choose what to boot: an ELF vmlinux with the PVH note if we have or can
 /// extract one, else the bzImage. Returns (image, pvh, btf, release from image).
-fn boot_image(image: &Path, work_dir: &Path) -> Result<(PathBuf, bool, Option<bool>, Option<String>)> {
+fn boot_image(
+    image: &Path,
+    work_dir: &Path,
+) -> Result<(PathBuf, bool, Option<bool>, Option<String>)> {
     let data = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     if elf::is_elf(&data) {
         let e = Elf::parse(&data).with_context(|| format!("parsing {}", image.display()))?;
@@ -243,7 +278,10 @@ fn boot_image(image: &Path, work_dir: &Path) -> Result<(PathBuf, bool, Option<bo
                 fs::rename(&tmp, &vmlinux)?;
             }
             Err(e) => {
-                eprintln!("vm: cannot extract a vmlinux from {} ({e:#}); booting the bzImage (slower)", image.display());
+                eprintln!(
+                    "vm: cannot extract a vmlinux from {} ({e:#}); booting the bzImage (slower)",
+                    image.display()
+                );
                 return Ok((image.to_path_buf(), false, None, linux_version(&data)));
             }
         }
@@ -254,7 +292,10 @@ fn boot_image(image: &Path, work_dir: &Path) -> Result<(PathBuf, bool, Option<bo
     if e.has_pvh_note() {
         Ok((vmlinux, true, btf, linux_version(&v)))
     } else {
-        eprintln!("vm: {} has no PVH entry note; booting the bzImage (slower)", image.display());
+        eprintln!(
+            "vm: {} has no PVH entry note; booting the bzImage (slower)",
+            image.display()
+        );
         Ok((image.to_path_buf(), false, btf, linux_version(&v)))
     }
 }
@@ -273,12 +314,22 @@ fn linux_version(data: &[u8]) -> Option<String> {
 pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
     // (magic, tool, args, package)
     const FORMATS: &[(&[u8], &str, &[&str], &str)] = &[
-        (b"\xfd7zXZ\x00", "xz", &["-dc", "--single-stream"], "xz-utils"),
+        (
+            b"\xfd7zXZ\x00",
+            "xz",
+            &["-dc", "--single-stream"],
+            "xz-utils",
+        ),
         (b"\x28\xb5\x2f\xfd", "zstd", &["-dcq"], "zstd"),
         (b"\x1f\x8b\x08", "gzip", &["-dc"], "gzip"),
         (b"\x02\x21\x4c\x18", "lz4", &["-dc"], "lz4"),
         (b"BZh", "bzip2", &["-dc"], "bzip2"),
-        (b"\x5d\x00\x00\x00", "xz", &["-dc", "--format=lzma"], "xz-utils"),
+        (
+            b"\x5d\x00\x00\x00",
+            "xz",
+            &["-dc", "--format=lzma"],
+            "xz-utils",
+        ),
     ];
     let mut tried = Vec::new();
     for &(magic, tool, args, package) in FORMATS {
@@ -294,7 +345,10 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
             let out = match pipe_through(tool, args, &bz[off..]) {
                 Ok(o) => o,
                 Err(e) => {
-                    tried.push(format!("{tool}: {e:#} ({})", tool_missing_hint(tool, package)));
+                    tried.push(format!(
+                        "{tool}: {e:#} ({})",
+                        tool_missing_hint(tool, package)
+                    ));
                     break;
                 }
             };
@@ -303,7 +357,14 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
             }
         }
     }
-    bail!("no compressed ELF kernel found in the bzImage{}", if tried.is_empty() { String::new() } else { format!(": {}", tried.join("; ")) })
+    bail!(
+        "no compressed ELF kernel found in the bzImage{}",
+        if tried.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", tried.join("; "))
+        }
+    )
 }
 
 /// Feed `input` to `tool args` and collect its stdout (exit status ignored:
@@ -334,9 +395,17 @@ pub fn pipe_through(tool: &str, args: &[&str], input: &[u8]) -> Result<Vec<u8>> 
 
 /// Aliases resolve to (package, version) once; the answer is cached so later
 /// runs work offline. `refresh` asks apt again.
-fn resolve_cached(key: &str, refresh: bool, resolve: impl FnOnce() -> Result<(String, String)>) -> Result<(String, String)> {
+fn resolve_cached(
+    key: &str,
+    refresh: bool,
+    resolve: impl FnOnce() -> Result<(String, String)>,
+) -> Result<(String, String)> {
     let file = cache_dir()?.join("resolved").join(sanitize(key));
-    let cached = if refresh { None } else { fs::read_to_string(&file).ok() };
+    let cached = if refresh {
+        None
+    } else {
+        fs::read_to_string(&file).ok()
+    };
     if let Some((p, v)) = cached.as_deref().and_then(|s| s.trim().split_once('=')) {
         return Ok((p.into(), v.into()));
     }
@@ -355,7 +424,12 @@ fn resolve_meta(ch: Channel) -> Result<(String, String)> {
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
         .map(str::trim)
         .find(|d| d.starts_with("linux-image-") && !d.contains('<'))
-        .with_context(|| format!("linux-image-amd64 in {} depends on no linux-image-* package:\n{deps}", ch.name()))?
+        .with_context(|| {
+            format!(
+                "linux-image-amd64 in {} depends on no linux-image-* package:\n{deps}",
+                ch.name()
+            )
+        })?
         .to_owned();
     let ver = apt.candidate(&pkg)?;
     Ok((pkg, ver))
@@ -392,13 +466,17 @@ fn guess_channels(pkg: &str) -> Vec<Channel> {
     } else {
         Channel::Bookworm
     };
-    std::iter::once(first).chain(Channel::ALL.into_iter().filter(|&c| c != first)).collect()
+    std::iter::once(first)
+        .chain(Channel::ALL.into_iter().filter(|&c| c != first))
+        .collect()
 }
 
 /// Download (if needed) and extract `pkg=ver`; returns the extracted tree.
 fn fetch_package(ch: Channel, pkg: &str, ver: &str) -> Result<PathBuf> {
     let cache = cache_dir()?;
-    let root = cache.join("kernels").join(sanitize(&format!("{pkg}_{ver}")));
+    let root = cache
+        .join("kernels")
+        .join(sanitize(&format!("{pkg}_{ver}")));
     if root.join(".complete").exists() {
         return Ok(root);
     }
@@ -415,21 +493,27 @@ fn fetch_package(ch: Channel, pkg: &str, ver: &str) -> Result<PathBuf> {
             if let Err(e) = apt.run_in(&debs, "apt-get", &["download", &target]) {
                 // Stale lists are the usual reason; refresh once.
                 apt.update(true)?;
-                apt.run_in(&debs, "apt-get", &["download", &target]).map_err(|e2| {
-                    e2.context(format!("first attempt: {e:#}")).context(format!(
+                apt.run_in(&debs, "apt-get", &["download", &target])
+                    .map_err(|e2| {
+                        e2.context(format!("first attempt: {e:#}")).context(format!(
                         "apt-get download {target} failed: the version may have left the archive; \
                          try another kernel, or `--refresh` to re-resolve aliases"
                     ))
-                })?;
+                    })?;
             }
-            find_deb(&debs, pkg, ver).with_context(|| format!("apt-get download left no {pkg}_*.deb in {}", debs.display()))?
+            find_deb(&debs, pkg, ver).with_context(|| {
+                format!("apt-get download left no {pkg}_*.deb in {}", debs.display())
+            })?
         }
     };
     eprintln!("vm: extracting {} ...", deb.display());
     let tmp = root.with_extension(format!("partial{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp), "dpkg-deb (package dpkg)")?;
+    run_checked(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp),
+        "dpkg-deb (package dpkg)",
+    )?;
     fs::write(tmp.join(".complete"), format!("{pkg} {ver}\n"))?;
     if fs::rename(&tmp, &root).is_err() {
         // Another run extracted it meanwhile (or a stale incomplete tree is in the way).
@@ -446,10 +530,14 @@ fn fetch_package(ch: Channel, pkg: &str, ver: &str) -> Result<PathBuf> {
 fn find_deb(dir: &Path, pkg: &str, ver: &str) -> Option<PathBuf> {
     // apt names files pkg_VERSION_amd64.deb with ':' in the version encoded as %3a.
     let want = format!("{pkg}_{}_", ver.replace(':', "%3a"));
-    fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-        let n = dir_name(p);
-        n.starts_with(&want) && n.ends_with(".deb")
-    })
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            let n = dir_name(p);
+            n.starts_with(&want) && n.ends_with(".deb")
+        })
 }
 
 /// A private apt configuration: own sources, lists and cache, so the
@@ -466,8 +554,12 @@ impl Apt {
         for d in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(dir.join(d))?;
         }
-        let signed = signed_by.map(|k| format!("[signed-by={k}] ")).unwrap_or_default();
-        let mut list = String::from("# Written by cargo xtask vm: a private list for downloading test kernels.\n");
+        let signed = signed_by
+            .map(|k| format!("[signed-by={k}] "))
+            .unwrap_or_default();
+        let mut list = String::from(
+            "# Written by cargo xtask vm: a private list for downloading test kernels.\n",
+        );
         for (suite, sec) in ch.suites() {
             let uri = if *sec { &security } else { &main };
             list.push_str(&format!("deb {signed}{uri} {suite} main\n"));
@@ -480,7 +572,10 @@ impl Apt {
         }
         let opts = vec![
             format!("Dir::Etc::SourceList={}", src.display()),
-            format!("Dir::Etc::SourceParts={}", dir.join("sources.list.d").display()),
+            format!(
+                "Dir::Etc::SourceParts={}",
+                dir.join("sources.list.d").display()
+            ),
             format!("Dir::State::Lists={}", dir.join("lists").display()),
             format!("Dir::Cache={}", dir.join("cache").display()),
             "Dir::State::status=/dev/null".into(),
@@ -504,26 +599,48 @@ impl Apt {
 
     fn update(&self, force: bool) -> Result<()> {
         let stamp = self.dir.join("lists/.updated");
-        let recent = mtime(&stamp).and_then(|t| t.elapsed().ok()).is_some_and(|age| age < LISTS_MAX_AGE);
+        let recent = mtime(&stamp)
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < LISTS_MAX_AGE);
         if recent && !force {
             return Ok(());
         }
-        eprintln!("vm: apt-get update (private lists in {}) ...", self.dir.display());
+        eprintln!(
+            "vm: apt-get update (private lists in {}) ...",
+            self.dir.display()
+        );
         let mut c = self.command("apt-get", &["-q", "update"]);
-        let out = c.output().map_err(|e| anyhow::anyhow!("cannot run apt-get: {e} (this needs a Debian-family host with apt)"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let out = c.output().map_err(|e| {
+            anyhow::anyhow!("cannot run apt-get: {e} (this needs a Debian-family host with apt)")
+        })?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
         // apt-get update exits 0 even when a suite is missing; look for errors.
-        if !out.status.success() || text.lines().any(|l| l.starts_with("E:") || l.starts_with("Err:")) {
-            bail!("apt-get update with {} failed:\n{text}\nCheck network access to the archive in /etc/apt/sources.list(.d)", self.dir.join("sources.list").display());
+        if !out.status.success()
+            || text
+                .lines()
+                .any(|l| l.starts_with("E:") || l.starts_with("Err:"))
+        {
+            bail!(
+                "apt-get update with {} failed:\n{text}\nCheck network access to the archive in /etc/apt/sources.list(.d)",
+                self.dir.join("sources.list").display()
+            );
         }
         fs::write(&stamp, "")?;
         Ok(())
     }
 
     fn query(&self, tool: &str, args: &[&str]) -> Result<String> {
-        let out = self.command(tool, args).output().with_context(|| format!("cannot run {tool}"))?;
+        let out = self
+            .command(tool, args)
+            .output()
+            .with_context(|| format!("cannot run {tool}"))?;
         if !out.status.success() {
-            bail!("{tool} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{tool} {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -536,7 +653,12 @@ impl Apt {
             .map(str::trim)
             .find(|v| !v.is_empty() && *v != "(none)")
             .map(str::to_owned)
-            .with_context(|| format!("{pkg} is not in the package lists of {}", self.dir.display()))
+            .with_context(|| {
+                format!(
+                    "{pkg} is not in the package lists of {}",
+                    self.dir.display()
+                )
+            })
     }
 
     fn run_in(&self, cwd: &Path, tool: &str, args: &[&str]) -> Result<()> {
@@ -549,7 +671,8 @@ impl Apt {
 fn host_archives() -> Result<(String, String, Option<String>)> {
     if let Ok(m) = std::env::var("OOMTRACE_VM_MIRROR") {
         let m = m.trim_end_matches('/').to_owned();
-        let sec = std::env::var("OOMTRACE_VM_SECURITY_MIRROR").unwrap_or_else(|_| format!("{m}-security"));
+        let sec = std::env::var("OOMTRACE_VM_SECURITY_MIRROR")
+            .unwrap_or_else(|_| format!("{m}-security"));
         return Ok((m, sec, default_keyring()));
     }
     let mut entries: Vec<(String, Vec<String>, Option<String>)> = Vec::new(); // (uri, suites, signed-by)
@@ -560,18 +683,33 @@ fn host_archives() -> Result<(String, String, Option<String>)> {
         files.extend(more);
     }
     for f in files {
-        let Ok(text) = fs::read_to_string(&f) else { continue };
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
         match f.extension().and_then(|e| e.to_str()) {
             Some("sources") => entries.extend(parse_deb822(&text)),
             Some("list") => entries.extend(parse_one_line(&text)),
             _ => {}
         }
     }
-    const CODENAMES: &[&str] = &["buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "oldstable", "testing", "unstable"];
+    const CODENAMES: &[&str] = &[
+        "buster",
+        "bullseye",
+        "bookworm",
+        "trixie",
+        "forky",
+        "sid",
+        "stable",
+        "oldstable",
+        "testing",
+        "unstable",
+    ];
     let is_debian = |s: &str| CODENAMES.contains(&s.split('-').next().unwrap_or(s));
-    let main = entries
-        .iter()
-        .find(|(_, suites, _)| suites.iter().any(|s| is_debian(s) && !s.ends_with("-security") && !s.contains("/updates")));
+    let main = entries.iter().find(|(_, suites, _)| {
+        suites
+            .iter()
+            .any(|s| is_debian(s) && !s.ends_with("-security") && !s.contains("/updates"))
+    });
     let Some((main_uri, _, signed)) = main else {
         bail!(
             "found no Debian archive in /etc/apt/sources.list(.d) to download test kernels from; \
@@ -601,7 +739,9 @@ fn parse_deb822(text: &str) -> Vec<(String, Vec<String>, Option<String>)> {
         let mut enabled = true;
         let mut signed = None;
         for line in stanza.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            let Some((k, v)) = line.split_once(':') else { continue };
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
             let words = || v.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
             match k.trim().to_ascii_lowercase().as_str() {
                 "types" => types_deb = v.split_whitespace().any(|t| t == "deb"),
@@ -614,7 +754,11 @@ fn parse_deb822(text: &str) -> Vec<(String, Vec<String>, Option<String>)> {
         }
         if types_deb && enabled {
             for u in uris {
-                out.push((u.trim_end_matches('/').to_owned(), suites.clone(), signed.clone()));
+                out.push((
+                    u.trim_end_matches('/').to_owned(),
+                    suites.clone(),
+                    signed.clone(),
+                ));
             }
         }
     }
@@ -624,26 +768,43 @@ fn parse_deb822(text: &str) -> Vec<(String, Vec<String>, Option<String>)> {
 fn parse_one_line(text: &str) -> Vec<(String, Vec<String>, Option<String>)> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix("deb ") else { continue };
+        let Some(rest) = line.strip_prefix("deb ") else {
+            continue;
+        };
         let mut signed = None;
         let rest = match rest.trim_start().strip_prefix('[') {
             Some(r) => {
                 let (opts, after) = r.split_once(']').unwrap_or(("", r));
-                signed = opts.split_whitespace().find_map(|o| o.strip_prefix("signed-by=")).map(str::to_owned);
+                signed = opts
+                    .split_whitespace()
+                    .find_map(|o| o.strip_prefix("signed-by="))
+                    .map(str::to_owned);
                 after
             }
             None => rest,
         };
         let mut w = rest.split_whitespace();
         if let (Some(uri), Some(suite)) = (w.next(), w.next()) {
-            out.push((uri.trim_end_matches('/').to_owned(), vec![suite.to_owned()], signed));
+            out.push((
+                uri.trim_end_matches('/').to_owned(),
+                vec![suite.to_owned()],
+                signed,
+            ));
         }
     }
     out
 }
 
 pub fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-+=".contains(c) { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 pub fn mtime(p: &Path) -> Option<SystemTime> {

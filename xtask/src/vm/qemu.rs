@@ -23,7 +23,10 @@ pub enum Console {
     /// Print every line (after the guest starts the command, or all with `all`).
     Stream { all: bool },
     /// Print lines that `show` accepts, prefixed with `[label] `.
-    Filtered { label: String, show: fn(&str) -> bool },
+    Filtered {
+        label: String,
+        show: fn(&str) -> bool,
+    },
 }
 
 pub struct VmSpec<'a> {
@@ -68,48 +71,92 @@ pub fn choose_accel() -> &'static str {
         _ => {}
     }
     let cpu_ok = fs::read_to_string("/proc/cpuinfo")
-        .map(|c| c.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm")))
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
         .unwrap_or(false);
-    let dev_ok = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let dev_ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if cpu_ok && dev_ok { "kvm" } else { "tcg" }
 }
 
 pub fn qemu_binary() -> Result<&'static str> {
     let bin = "qemu-system-x86_64";
-    match Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    match Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
         Ok(s) if s.success() => Ok(bin),
-        _ => anyhow::bail!("{bin} is not installed or does not run: install the qemu-system-x86 package (cargo xtask setup does)"),
+        _ => anyhow::bail!(
+            "{bin} is not installed or does not run: install the qemu-system-x86 package (cargo xtask setup does)"
+        ),
     }
 }
 
 pub fn run(spec: &VmSpec) -> Result<Outcome> {
     let qemu = qemu_binary()?;
     let accel = choose_accel();
-    let scratch = spec.scratch.canonicalize().with_context(|| format!("scratch dir {}", spec.scratch.display()))?;
+    let scratch = spec
+        .scratch
+        .canonicalize()
+        .with_context(|| format!("scratch dir {}", spec.scratch.display()))?;
     let _ = fs::remove_file(scratch.join("exit-code"));
-    let mut append = String::from("console=ttyS0 quiet panic=-1 oops=panic no_timer_check tsc=reliable random.trust_cpu=on");
+    let mut append = String::from(
+        "console=ttyS0 quiet panic=-1 oops=panic no_timer_check tsc=reliable random.trust_cpu=on",
+    );
     if let Some(a) = spec.append {
         append.push(' ');
         append.push_str(a);
     }
     let mut cmd = Command::new(qemu);
-    cmd.args(["-nographic", "-no-reboot", "-nodefaults", "-no-user-config", "-serial", "stdio"])
-        .args(["-m", &spec.memory_mib.to_string(), "-smp", &spec.smp.to_string(), "-cpu", "max", "-accel", accel])
-        .arg("-kernel")
-        .arg(&spec.kernel.image)
-        .arg("-initrd")
-        .arg(spec.initramfs)
-        .args(["-append", &append, "-nic", "none"])
-        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
-        .arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=scratch,security_model=none,multidevs=remap", scratch.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-no-user-config",
+        "-serial",
+        "stdio",
+    ])
+    .args([
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        &spec.smp.to_string(),
+        "-cpu",
+        "max",
+        "-accel",
+        accel,
+    ])
+    .arg("-kernel")
+    .arg(&spec.kernel.image)
+    .arg("-initrd")
+    .arg(spec.initramfs)
+    .args(["-append", &append, "-nic", "none"])
+    .args([
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ])
+    .arg("-virtfs")
+    .arg(format!(
+        "local,path={},mount_tag=scratch,security_model=none,multidevs=remap",
+        scratch.display()
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {qemu}"))?;
 
-    let log = Arc::new(Mutex::new(File::create(&spec.log).with_context(|| format!("creating {}", spec.log.display()))?));
+    let log = Arc::new(Mutex::new(
+        File::create(&spec.log).with_context(|| format!("creating {}", spec.log.display()))?,
+    ));
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES + 1)));
     let boot: Arc<Mutex<Option<Duration>>> = Arc::default();
     let exit_line: Arc<Mutex<Option<i32>>> = Arc::default();
@@ -118,16 +165,27 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
     let stdout = child.stdout.take().context("qemu stdout")?;
     let stderr = child.stderr.take().context("qemu stderr")?;
     let reader = |stream: Box<dyn std::io::Read + Send>, from_qemu: bool| {
-        let (log, tail, boot, exit_line, fail_line, console) =
-            (log.clone(), tail.clone(), boot.clone(), exit_line.clone(), fail_line.clone(), spec.console.clone());
+        let (log, tail, boot, exit_line, fail_line, console) = (
+            log.clone(),
+            tail.clone(),
+            boot.clone(),
+            exit_line.clone(),
+            fail_line.clone(),
+            spec.console.clone(),
+        );
         std::thread::spawn(move || {
             let mut r = BufReader::new(stream);
             let mut raw = Vec::new();
             let mut started_cmd = false;
             while r.read_until(b'\n', &mut raw).unwrap_or(0) > 0 {
-                let line = strip_escapes(String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']));
+                let line =
+                    strip_escapes(String::from_utf8_lossy(&raw).trim_end_matches(['\n', '\r']));
                 raw.clear();
-                let line = if from_qemu { format!("[qemu] {line}") } else { line };
+                let line = if from_qemu {
+                    format!("[qemu] {line}")
+                } else {
+                    line
+                };
                 if let Ok(mut f) = log.lock() {
                     let _ = writeln!(f, "{:7.2} {line}", started.elapsed().as_secs_f64());
                 }
@@ -143,12 +201,18 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
                     }
                     started_cmd = true;
                     true
-                } else if let Some(code) = line.find(EXIT_MARKER).map(|i| &line[i + EXIT_MARKER.len()..]) {
+                } else if let Some(code) = line
+                    .find(EXIT_MARKER)
+                    .map(|i| &line[i + EXIT_MARKER.len()..])
+                {
                     if let Ok(mut e) = exit_line.lock() {
                         *e = code.trim().parse().ok();
                     }
                     true
-                } else if let Some(msg) = line.find(FAIL_MARKER).map(|i| &line[i + FAIL_MARKER.len()..]) {
+                } else if let Some(msg) = line
+                    .find(FAIL_MARKER)
+                    .map(|i| &line[i + FAIL_MARKER.len()..])
+                {
                     if let Ok(mut f) = fail_line.lock() {
                         *f = Some(msg.trim().to_owned());
                     }
@@ -162,7 +226,9 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
                         let _ = writeln!(out, "{line}");
                         let _ = out.flush();
                     }
-                    Console::Filtered { label, show } if from_qemu || show(&line) => println!("[{label}] {line}"),
+                    Console::Filtered { label, show } if from_qemu || show(&line) => {
+                        println!("[{label}] {line}")
+                    }
                     _ => {}
                 }
             }
@@ -187,9 +253,14 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
     let _ = t_out.join();
     let _ = t_err.join();
 
-    let tail: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+    let tail: Vec<String> = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
     let boot = boot.lock().ok().and_then(|b| *b);
-    let from_file = fs::read_to_string(scratch.join("exit-code")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let from_file = fs::read_to_string(scratch.join("exit-code"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
     let from_console = exit_line.lock().ok().and_then(|e| *e);
     let exit = match (status, from_file.or(from_console)) {
         (None, _) => Exit::Timeout,
@@ -198,12 +269,22 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
             let why = fail_line.lock().ok().and_then(|f| f.clone());
             Exit::Failed(match (why, boot) {
                 (Some(w), _) => format!("the guest init failed: {w}"),
-                (None, None) => format!("the guest never started the command (qemu {st}); the kernel or init failed to boot"),
-                (None, Some(_)) => format!("the guest started the command but reported no exit code (qemu {st}): kernel panic or power loss?"),
+                (None, None) => format!(
+                    "the guest never started the command (qemu {st}); the kernel or init failed to boot"
+                ),
+                (None, Some(_)) => format!(
+                    "the guest started the command but reported no exit code (qemu {st}): kernel panic or power loss?"
+                ),
             })
         }
     };
-    Ok(Outcome { exit, boot, total, tail, accel })
+    Ok(Outcome {
+        exit,
+        boot,
+        total,
+        tail,
+        accel,
+    })
 }
 
 /// Drop terminal escape sequences (SeaBIOS clears the screen) and stray CRs.
