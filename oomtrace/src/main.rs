@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             // kube-client logs every failed request at ERROR; oomtrace::kube
             // reports an unreachable API server once instead.
             EnvFilter::try_from_env("OOMTRACE_LOG")
+                .or_else(|_| EnvFilter::try_from_env("RUST_LOG"))
                 .unwrap_or_else(|_| EnvFilter::new("info"))
                 .add_directive(oomtrace::kube::log_directive()),
         )

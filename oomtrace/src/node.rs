@@ -99,6 +99,14 @@ impl CgroupFs {
     /// v1 when `memory.usage_in_bytes` is there, v2 when `cgroup.controllers`
     /// lists `memory`; `None` otherwise.
     pub fn at(root: PathBuf) -> Option<CgroupFs> {
+        // A cgroup v1 mount point given as the whole hierarchy (`/sys/fs/cgroup`):
+        // the memory controller is its `memory` directory.
+        if !root.join("memory.usage_in_bytes").exists()
+            && !root.join("cgroup.controllers").exists()
+            && root.join("memory/memory.usage_in_bytes").exists()
+        {
+            return Self::at(root.join("memory"));
+        }
         if root.join("memory.usage_in_bytes").exists() {
             return Some(CgroupFs {
                 root,

@@ -306,7 +306,8 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
         // see deploy/daemonset.yaml and components/legacy-kernel.
         .args(["--security-opt", "seccomp=unconfined"])
         .args(["--device", "/dev/kmsg"])
-        .args(["-v", "/sys/kernel/tracing:/host/sys/kernel/tracing:ro"])
+        // As in the DaemonSet: tracefs where aya attaches tracepoints.
+        .args(["-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro"])
         .args(["-v", "/sys/kernel/btf:/host/sys/kernel/btf:ro"])
         .args(["-v", "/sys/fs/cgroup:/host/sys/fs/cgroup:ro,rslave"])
         .args([
@@ -328,10 +329,12 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
         .args([
             "--format=json",
             "--metrics-addr=0.0.0.0:9731",
-            "--tracefs=/host/sys/kernel/tracing",
+            "--tracefs=/sys/kernel/tracing",
             "--btf=/host/sys/kernel/btf/vmlinux",
             // The memory controller's mount (cgroup v1: .../memory).
-            &format!("--cgroup-root=/host{}", support::memory_root().display()),
+            // The DaemonSet passes the hierarchy root; on cgroup v1 the agent
+            // finds the memory controller below it.
+            "--cgroup-root=/host/sys/fs/cgroup",
             "--proc=/host/proc",
             "--kmsg=/dev/kmsg",
             "--pod-logs=/var/log/pods",
@@ -342,8 +345,8 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
     assert_eq!(s(&e, &["node"]), Some("oomtrace-image-test"), "{e}");
     let srcs = sources(&e);
     assert!(
-        srcs.contains(&"tracepoint") || srcs.contains(&"tp_btf"),
-        "eBPF inside the container: {e}\n{}",
+        srcs.contains(&"tracepoint") && srcs.contains(&"tp_btf"),
+        "both eBPF hooks inside the container: {e}\n{}",
         agent.log()
     );
     assert!(

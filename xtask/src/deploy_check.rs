@@ -437,7 +437,7 @@ mod tests {
                         "capabilities": {"drop": ["ALL"], "add": ["BPF", "PERFMON", "SYSLOG"]}
                     },
                     "volumeMounts": [
-                        {"name": "tracefs", "mountPath": "/host/sys/kernel/tracing", "readOnly": true},
+                        {"name": "tracefs", "mountPath": "/sys/kernel/tracing", "readOnly": true},
                         {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": true},
                         {"name": "scratch", "mountPath": "/tmp"}
                     ]

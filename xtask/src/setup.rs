@@ -29,7 +29,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// What the tests need from Debian: qemu, busybox and cpio for the VM tests'
 /// guests, kmod for loading modules, python3 for test helpers, prometheus
-/// for `promtool` and the server in the metrics tests.
+/// for `promtool` and the server in the metrics tests, podman and runc to
+/// build and run the container image, musl-tools for its static binary (ring
+/// compiles C), util-linux for setpriv.
 const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -37,7 +39,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     "python3",
     "prometheus",
+    "podman",
+    "runc",
+    "musl-tools",
+    "util-linux",
 ];
+
+/// The static target of the container image's binary.
+const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -53,6 +62,7 @@ pub fn setup() -> anyhow::Result<Outcome> {
     let mut outcome = Outcome::default();
     let sysroot = nightly()?;
     rust_src(&sysroot)?;
+    musl_target()?;
     BpfLinker::probe(&sysroot)?.ensure()?;
     outcome.to_do += debian_packages()?;
     outcome.to_do += tracefs()?;
@@ -147,6 +157,19 @@ fn rust_src(sysroot: &Path) -> anyhow::Result<()> {
             "nightly",
         ]))?;
         report("rust-src (nightly)", "installed");
+    }
+    Ok(())
+}
+
+/// The musl target of the default toolchain, for the image's static binary.
+fn musl_target() -> anyhow::Result<()> {
+    let out = cmd!("rustc", "--print", "sysroot").output()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if sysroot.join("lib/rustlib").join(MUSL_TARGET).is_dir() {
+        report(MUSL_TARGET, "present");
+    } else {
+        util::run(rustup_args(&["target", "add", MUSL_TARGET]))?;
+        report(MUSL_TARGET, "installed");
     }
     Ok(())
 }

@@ -364,11 +364,12 @@ impl Agent {
     }
 }
 
-/// Runs python3 in `cg` allocating 16 MiB chunks until it is killed: a hog
-/// that never asks for more than the kernel's overcommit heuristic allows.
-pub fn spawn_grower(cg: &Memcg, adj: i32) -> Child {
+/// Runs python3 in `cg` allocating 16 MiB chunks until it holds `mib` MiB
+/// (then it sleeps) or is killed: a hog that never asks for more than the
+/// kernel's overcommit heuristic allows at once.
+pub fn spawn_grower(cg: &Memcg, adj: i32, mib: u64) -> Child {
     let script = format!(
-        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec python3 -c 'import time\nl = []\nwhile True:\n    l.append(b\"x\" * (16 << 20))\n    time.sleep(0.01)'",
+        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec python3 -c 'import time\nl = []\nwhile len(l) * 16 < {mib}:\n    l.append(b\"x\" * (16 << 20))\n    time.sleep(0.01)\ntime.sleep(3600)'",
         procs = cg.dir().join("cgroup.procs").display()
     );
     Command::new("/bin/sh")
@@ -379,4 +380,14 @@ pub fn spawn_grower(cg: &Memcg, adj: i32) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn grower")
+}
+
+/// `MemAvailable` of /proc/meminfo in MiB.
+pub fn mem_available_mib() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }
