@@ -63,8 +63,8 @@ struct Enricher {
     node: String,
     cgfs: Option<CgroupFs>,
     pod_names: PodNames,
-    /// Node memory when the latest kill was first seen.
-    node_snapshot: Option<(Instant, NodeMemory)>,
+    /// Node memory under pressure and when kills were first seen (newest last).
+    snapshots: std::collections::VecDeque<(Instant, NodeMemory)>,
     /// How old a snapshot may be to describe a kill being reported.
     snapshot_max_age: Duration,
     proc_root: PathBuf,
@@ -227,8 +227,8 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
         top: args.top,
         mem_total,
         realtime_offset_ns: realtime_offset_ns(),
-        node_snapshot: None,
-        snapshot_max_age: args.wait_ms + Duration::from_secs(2),
+        snapshots: std::collections::VecDeque::new(),
+        snapshot_max_age: args.wait_ms + Duration::from_secs(10),
         metrics,
         kube,
     };
@@ -273,6 +273,7 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
                 ready.extend(correlator.push(Input::Kmsg { ts_usec: line.ts_usec, line: line.line, proc_cgroup }, line.received));
             }
             _ = tick.tick() => {
+                enricher.watch_pressure(Instant::now());
                 ready.extend(correlator.tick(Instant::now()));
                 let lost = lost_total(stats.as_ref(), &kmsg_stats);
                 if let Some(m) = &enricher.metrics {
@@ -475,17 +476,25 @@ impl Enricher {
             Some(OomDomain::Node | OomDomain::NodeAllocatable)
         ) && let Some(cgfs) = &self.cgfs
         {
-            // The snapshot taken when the kill was first seen: by now the
-            // victim's memory is freed and the OOM may have killed the hog too.
-            let fresh = self
-                .node_snapshot
-                .as_ref()
-                .is_some_and(|(t, _)| t.elapsed() < self.snapshot_max_age);
-            if !fresh {
-                let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
-                self.node_snapshot = Some((Instant::now(), snap));
-            }
-            kill.node_memory = self.node_snapshot.as_ref().map(|(_, m)| m.clone());
+            // The tightest moment before the kill: by the time it is reported
+            // the victim's memory is freed and the OOM may have killed the
+            // hog too, so snapshots taken under pressure and at first sight
+            // are kept, and the one with the least memory available wins.
+            let window = self.snapshot_max_age;
+            let best = self
+                .snapshots
+                .iter()
+                .filter(|(t, _)| t.elapsed() < window)
+                .min_by_key(|(_, m)| m.available_bytes.unwrap_or(u64::MAX))
+                .map(|(_, m)| m.clone());
+            kill.node_memory = Some(match best {
+                Some(m) => m,
+                None => {
+                    let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
+                    self.keep_snapshot(Instant::now(), snap.clone());
+                    snap
+                }
+            });
         }
         let (explanation, advice) = explain::explain(&kill, ident.as_ref());
         kill.explanation = Some(explanation);
@@ -493,20 +502,46 @@ impl Enricher {
         kill
     }
 
-    /// Takes a node memory snapshot when a kill is first seen (at most once a second).
+    /// Takes a node memory snapshot when a kill is first seen.
     fn snapshot_node(&mut self, now: Instant) {
+        self.snapshot_every(now, Duration::from_millis(250));
+    }
+
+    /// Under memory pressure (less than 10% available), keeps snapshots of the
+    /// node so that the moment before a node-level OOM is on record: during
+    /// the OOM itself the agent's reads wait for reclaim like everyone else's.
+    fn watch_pressure(&mut self, now: Instant) {
+        let Ok(text) = fs::read_to_string(self.proc_root.join("meminfo")) else {
+            return;
+        };
+        let m = node::meminfo(&text);
+        if let (Some(total), Some(avail)) = (m.total_bytes, m.available_bytes)
+            && avail.saturating_mul(10) < total
+        {
+            self.snapshot_every(now, Duration::from_millis(250));
+        }
+    }
+
+    fn snapshot_every(&mut self, now: Instant, interval: Duration) {
         let Some(cgfs) = &self.cgfs else {
             return;
         };
         if self
-            .node_snapshot
-            .as_ref()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < Duration::from_secs(1))
+            .snapshots
+            .back()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < interval)
         {
             return;
         }
         let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
-        self.node_snapshot = Some((now, snap));
+        self.keep_snapshot(now, snap);
+    }
+
+    fn keep_snapshot(&mut self, at: Instant, snap: NodeMemory) {
+        self.snapshots.push_back((at, snap));
+        while self.snapshots.len() > 32 {
+            self.snapshots.pop_front();
+        }
     }
 
     fn wall_time(&self, at_ns: Option<u64>) -> SystemTime {
