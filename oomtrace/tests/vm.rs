@@ -238,6 +238,7 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
         "the Burstable pod was not reported as killed; stderr:\n{log}"
     );
     let e = &e[0];
+    eprintln!("node-level event: {e}");
     assert_eq!(s(e, &["scope"]), Some("node"), "{e}");
     assert_eq!(s(e, &["oom_domain"]), Some("node"), "{e}");
     assert!(e["oom_cgroup"].is_null(), "{e}");
