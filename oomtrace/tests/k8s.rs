@@ -24,7 +24,7 @@ use std::{
 
 use oomtrace::{identity::QosClass, qos};
 use serde_json::Value;
-use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s};
+use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_in};
 
 const MIB: u64 = 1 << 20;
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -312,18 +312,7 @@ impl Node {
 
     /// Starts `cmd` (a shell command line) in `cg` with `adj`, kept until the node is dropped.
     fn start_in(&mut self, cg_rel: &str, adj: i32, cmd: &str) -> u32 {
-        let script = format!(
-            "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec {cmd}",
-            procs = self.cg(cg_rel).dir().join("cgroup.procs").display()
-        );
-        let child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn sh");
+        let child = spawn_in(self.cg(cg_rel), adj, cmd);
         let pid = child.id();
         self.children.push(child);
         pid

@@ -148,11 +148,11 @@ fn cleanup_dir(dir: &Path) {
     }
 }
 
-/// Runs `dd` in `cg` with `adj` as oom_score_adj, allocating `mib` MiB
-/// (dd's buffer is filled by reading /dev/zero: real, touched memory).
-pub fn spawn_hog(cg: &Memcg, adj: i32, mib: u64) -> Child {
+/// Runs `command` (a shell command line) in `cg` with `adj` as oom_score_adj:
+/// the shell moves itself into the cgroup, sets the value, then execs.
+pub fn spawn_in(cg: &Memcg, adj: i32, command: &str) -> Child {
     let script = format!(
-        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec dd if=/dev/zero of=/dev/null bs={mib}M count=1 status=none",
+        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec {command}",
         procs = cg.dir().join("cgroup.procs").display()
     );
     Command::new("/bin/sh")
@@ -163,6 +163,16 @@ pub fn spawn_hog(cg: &Memcg, adj: i32, mib: u64) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn sh")
+}
+
+/// Runs `dd` in `cg` with `adj` as oom_score_adj, allocating `mib` MiB
+/// (dd's buffer is filled by reading /dev/zero: real, touched memory).
+pub fn spawn_hog(cg: &Memcg, adj: i32, mib: u64) -> Child {
+    spawn_in(
+        cg,
+        adj,
+        &format!("dd if=/dev/zero of=/dev/null bs={mib}M count=1 status=none"),
+    )
 }
 
 /// Runs a hog to completion; returns its pid and exit status.
@@ -316,18 +326,11 @@ pub fn i(v: &Value, path: &[&str]) -> Option<i64> {
 
 /// Runs python3 in `cg` holding `mib` MiB (touched) until killed.
 pub fn spawn_holder(cg: &Memcg, adj: i32, mib: u64) -> Child {
-    let script = format!(
-        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec python3 -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep(3600)'",
-        procs = cg.dir().join("cgroup.procs").display()
-    );
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn holder")
+    spawn_in(
+        cg,
+        adj,
+        &format!("python3 -c 'import time; b = b\"x\" * ({mib} << 20); time.sleep(3600)'"),
+    )
 }
 
 /// Resident memory of a process in KiB (0 when gone).
@@ -368,18 +371,13 @@ impl Agent {
 /// (then it sleeps) or is killed: a hog that never asks for more than the
 /// kernel's overcommit heuristic allows at once.
 pub fn spawn_grower(cg: &Memcg, adj: i32, mib: u64) -> Child {
-    let script = format!(
-        "echo $$ > {procs} && echo {adj} > /proc/self/oom_score_adj && exec python3 -c 'import time\nl = []\nwhile len(l) * 16 < {mib}:\n    l.append(b\"x\" * (16 << 20))\n    time.sleep(0.01)\ntime.sleep(3600)'",
-        procs = cg.dir().join("cgroup.procs").display()
-    );
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn grower")
+    spawn_in(
+        cg,
+        adj,
+        &format!(
+            "python3 -c 'import time\nl = []\nwhile len(l) * 16 < {mib}:\n    l.append(b\"x\" * (16 << 20))\n    time.sleep(0.01)\ntime.sleep(3600)'"
+        ),
+    )
 }
 
 /// `MemAvailable` of /proc/meminfo in MiB.
