@@ -5,6 +5,7 @@
 //! - `test`: unit, privileged host and VM tests ([`test`]);
 //! - `vm`: run a command inside a throwaway VM ([`vm`]).
 
+mod bench;
 mod deploy_check;
 mod run;
 mod setup;
@@ -44,6 +45,8 @@ enum Task {
     Test(test::TestArgs),
     /// Boot a kernel under qemu and run a command inside.
     Vm(vm::VmArgs),
+    /// Benchmark the agent on real OOM kills: throughput, losses, delay, memory, CPU.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Task::Run { args } => run::run(&args),
         Task::Test(args) => test::test(&args),
         Task::Vm(args) => vm::vm_command(args),
+        Task::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -108,6 +108,9 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
         .canonicalize()
         .with_context(|| format!("scratch dir {}", spec.scratch.display()))?;
     let _ = fs::remove_file(scratch.join("exit-code"));
+    let repo = crate::util::repo_root();
+    fs::write(scratch.join("repo-path"), repo.display().to_string())
+        .with_context(|| format!("writing {}", scratch.join("repo-path").display()))?;
     let mut append = String::from(
         "console=ttyS0 quiet panic=-1 oops=panic no_timer_check tsc=reliable random.trust_cpu=on",
     );
@@ -147,6 +150,13 @@ pub fn run(spec: &VmSpec) -> Result<Outcome> {
     .arg(format!(
         "local,path={},mount_tag=scratch,security_model=none,multidevs=remap",
         scratch.display()
+    ))
+    // The repository again, on its own: the guest mounts tmpfs on /tmp,
+    // /var/tmp and /run, which would hide a checkout that lives there.
+    .arg("-virtfs")
+    .arg(format!(
+        "local,path={},mount_tag=repo,security_model=none,readonly=on,multidevs=remap",
+        repo.display()
     ))
     .stdin(Stdio::null())
     .stdout(Stdio::piped())

@@ -1,0 +1,274 @@
+//! `cargo xtask bench`: figures for sizing and trust, from real OOM kills.
+//!
+//! Runs the release agent, causes `--kills` memory-cgroup OOM kills
+//! (`--parallel` at a time) in a cgroup of its own, and prints: kills per
+//! second caused, events reported against the kernel's own `oom_kill`
+//! counter, losses (kernel ring buffer and kernel log), the delay from a
+//! victim's death to its event, and the agent's memory and CPU. Root only;
+//! memory-cgroup kills only (never a node-level OOM).
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::{cmd, setup, util};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// OOM kills to cause.
+    #[arg(long, default_value_t = 500)]
+    kills: usize,
+    /// Kills in flight at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Extra arguments for the agent (e.g. `--no-bpf`).
+    #[arg(last = true)]
+    agent_args: Vec<String>,
+}
+
+/// The memory controller: cgroup v1 `memory`, or cgroup v2 with memory enabled.
+fn memory_root() -> anyhow::Result<(PathBuf, bool)> {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    if v1.join("memory.limit_in_bytes").exists() {
+        return Ok((v1.to_path_buf(), false));
+    }
+    let v2 = Path::new("/sys/fs/cgroup");
+    if fs::read_to_string(v2.join("cgroup.controllers")).is_ok_and(|c| c.contains("memory")) {
+        return Ok((v2.to_path_buf(), true));
+    }
+    bail!("no memory cgroup controller mounted")
+}
+
+fn oom_kills(dir: &Path, v2: bool) -> u64 {
+    let (file, key) = if v2 {
+        ("memory.events", "oom_kill")
+    } else {
+        ("memory.oom_control", "oom_kill")
+    };
+    fs::read_to_string(dir.join(file))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the comm: state is 0, utime 11, stime 12.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
+    if !util::is_root() {
+        bail!("the benchmark loads eBPF programs and causes OOM kills: run it as root");
+    }
+    setup::setup()?;
+    let root = util::repo_root();
+    let mut c = cmd!("cargo", "build", "--release", "--package", "oomtrace");
+    c.current_dir(&root);
+    util::run(c)?;
+    let bin = util::target_dir().join("release/oomtrace");
+
+    let (mem_root, v2) = memory_root()?;
+    let cg = mem_root.join(format!("oomtrace-bench-{}", std::process::id()));
+    let _ = fs::create_dir(&cg);
+    let limit = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    fs::write(cg.join(limit), (16u64 << 20).to_string()).context("set the bench cgroup limit")?;
+    let cleanup = |cg: &Path| {
+        for _ in 0..50 {
+            let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if fs::remove_dir(cg).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let mut agent = Command::new(&bin)
+        .args(["--format", "json"])
+        .args(&args.agent_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let agent_pid = agent.id();
+    let arrivals: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    let stdout = agent.stdout.take().context("agent stdout")?;
+    let arr = Arc::clone(&arrivals);
+    let tag = cg
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let ours = v["victim"]["cgroup"]
+                .as_str()
+                .is_some_and(|c| c.contains(&tag));
+            if let (true, Some(pid)) = (ours, v["victim"]["pid"].as_u64()) {
+                if let Ok(mut a) = arr.lock() {
+                    a.push((pid as u32, Instant::now()));
+                }
+            }
+        }
+    });
+    let stderr = agent.stderr.take().context("agent stderr")?;
+    let log: Arc<Mutex<String>> = Arc::default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let log2 = Arc::clone(&log);
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready") {
+                let _ = ready_tx.send(line.clone());
+            }
+            if let Ok(mut l) = log2.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let ready = ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the agent did not become ready")?;
+    let rss_idle = status_kib(agent_pid, "VmRSS:");
+    let cpu_idle = cpu_seconds(agent_pid);
+
+    let before = oom_kills(&cg, v2);
+    let procs = cg.join("cgroup.procs");
+    let mut running: Vec<(u32, std::process::Child)> = Vec::new();
+    let mut deaths: Vec<(u32, Instant)> = Vec::new();
+    let started = Instant::now();
+    let mut spawned = 0;
+    while spawned < args.kills || !running.is_empty() {
+        while running.len() < args.parallel.max(1) && spawned < args.kills {
+            let child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {} && exec dd if=/dev/zero of=/dev/null bs=64M count=1 status=none",
+                    procs.display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            running.push((child.id(), child));
+            spawned += 1;
+        }
+        let (pid, mut child) = running.remove(0);
+        let _ = child.wait();
+        deaths.push((pid, Instant::now()));
+    }
+    let caused = started.elapsed();
+    let counted = (oom_kills(&cg, v2) - before) as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().map(|a| a.len()).unwrap_or(0) < counted && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let rss_now = status_kib(agent_pid, "VmRSS:");
+    let rss_peak = status_kib(agent_pid, "VmHWM:");
+    let cpu_busy = cpu_seconds(agent_pid) - cpu_idle;
+    // SAFETY: plain syscall on our child.
+    unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    thread::sleep(Duration::from_millis(200));
+    cleanup(&cg);
+
+    let arrivals = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut delays: Vec<Duration> = arrivals
+        .iter()
+        .filter_map(|(pid, at)| {
+            deaths
+                .iter()
+                .find(|(p, _)| p == pid)
+                .map(|(_, died)| at.saturating_duration_since(*died))
+        })
+        .collect();
+    delays.sort();
+    let exit_line = log
+        .lock()
+        .map(|l| {
+            l.lines()
+                .find(|x| x.contains("exiting:"))
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+
+    println!("oomtrace bench: {}", ready.trim());
+    println!(
+        "  kills caused           {} in {:.2} s ({:.0}/s, {} in flight)",
+        spawned,
+        caused.as_secs_f64(),
+        spawned as f64 / caused.as_secs_f64(),
+        args.parallel
+    );
+    println!("  kernel oom_kill count  {counted}");
+    println!(
+        "  events reported        {} ({} missing)",
+        arrivals.len(),
+        counted.saturating_sub(arrivals.len())
+    );
+    println!("  agent exit summary     {}", exit_line.trim());
+    println!(
+        "  death -> event delay   p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (includes the --wait-ms correlation wait when a source is missing)",
+        percentile(&delays, 0.5).as_secs_f64() * 1e3,
+        percentile(&delays, 0.99).as_secs_f64() * 1e3,
+        delays.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "  agent RSS              idle {} MiB, after {} MiB, peak {} MiB",
+        rss_idle / 1024,
+        rss_now / 1024,
+        rss_peak / 1024
+    );
+    println!(
+        "  agent CPU              {:.2} s for {} kills ({:.2} ms per kill)",
+        cpu_busy,
+        arrivals.len(),
+        cpu_busy * 1e3 / arrivals.len().max(1) as f64
+    );
+    Ok(if arrivals.len() == counted { 0 } else { 1 })
+}
