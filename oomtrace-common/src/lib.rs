@@ -306,6 +306,10 @@ pub enum DecodeError {
 
 /// A decoded ring-buffer record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "decoded once per kill and moved into a Box by the agent; no_std has no Box"
+)]
 pub enum Record {
     TpVictim(TpVictim),
     BtfVictim(BtfVictim),

@@ -500,16 +500,18 @@ impl Enricher {
             Some(OomDomain::Node | OomDomain::NodeAllocatable)
         ) && let Some(cgfs) = &self.cgfs
         {
-            // The tightest moment before the kill: by the time it is reported
-            // the victim's memory is freed and the OOM may have killed the
-            // hog too, so snapshots taken under pressure and at first sight
-            // are kept, and the one with the least memory available wins.
+            // The moment the consumers held the most: by the time a kill is
+            // reported the victim's memory is freed and the OOM may have
+            // killed the hog too (a snapshot taken during that second kill
+            // reads /proc/meminfo before the reaper and the cgroups after
+            // it), so snapshots taken under pressure and at first sight are
+            // kept, and the one whose top consumers held the most wins.
             let window = self.snapshot_max_age;
             let best = self
                 .snapshots
                 .iter()
                 .filter(|(t, _)| t.elapsed() < window)
-                .min_by_key(|(_, m)| m.available_bytes.unwrap_or(u64::MAX))
+                .max_by_key(|(_, m)| m.top.iter().map(|c| c.usage_bytes).sum::<u64>())
                 .map(|(_, m)| m.clone());
             kill.node_memory = Some(match best {
                 Some(m) => m,

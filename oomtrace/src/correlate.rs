@@ -68,6 +68,15 @@ pub struct DecisionInfo {
     pub trigger_memcg: Option<Walk>,
 }
 
+/// What `tp_btf/mark_victim` read from the victim task.
+#[derive(Debug, Clone)]
+pub struct BtfSighting {
+    pub comm: String,
+    pub oom_score_adj: Option<i32>,
+    pub uid: u32,
+    pub walk: Option<Walk>,
+}
+
 /// Everything known about one victim, before enrichment.
 #[derive(Debug, Default)]
 pub struct Pending {
@@ -77,7 +86,7 @@ pub struct Pending {
     pub kmsg_ts_usec: Option<u64>,
     pub trigger: Option<(u32, u32, String)>,
     pub tp: Option<MarkVictimFields>,
-    pub btf: Option<(u32, String, Option<i32>, u32, Option<Walk>)>,
+    pub btf: Option<BtfSighting>,
     pub decision: Option<Arc<DecisionInfo>>,
     pub killed: Option<OomLine>,
     pub summary: Option<OomLine>,
@@ -203,7 +212,12 @@ impl Correlator {
                         p.decision = decision;
                     }
                     let adj = (v.flags & VICTIM_HAS_ADJ != 0).then_some(v.oom_score_adj);
-                    p.btf = Some((v.tgid, text(&v.comm), adj, v.uid, walk));
+                    p.btf = Some(BtfSighting {
+                        comm: text(&v.comm),
+                        oom_score_adj: adj,
+                        uid: v.uid,
+                        walk,
+                    });
                     touched = Some(pid);
                 }
             }
@@ -445,11 +459,11 @@ impl Correlator {
             pid: Some(p.pid),
             ..Victim::default()
         };
-        let btf_walk = p.btf.as_ref().and_then(|b| b.4.clone());
-        if let Some((_tgid, comm, adj, uid, _)) = &p.btf {
-            v.comm = Some(comm.clone()).filter(|c| !c.is_empty());
-            v.oom_score_adj = *adj;
-            v.uid = Some(*uid);
+        let btf_walk = p.btf.as_ref().and_then(|b| b.walk.clone());
+        if let Some(b) = &p.btf {
+            v.comm = Some(b.comm.clone()).filter(|c| !c.is_empty());
+            v.oom_score_adj = b.oom_score_adj;
+            v.uid = Some(b.uid);
         }
         if let Some(f) = &p.tp {
             v.comm = v.comm.or_else(|| f.comm.clone());

@@ -327,10 +327,10 @@ fn container(comp: &str) -> Option<(Level, Option<Runtime>, Option<String>)> {
         ("docker-", Level::Container, Runtime::Docker),
     ];
     for (start, level, runtime) in prefixed {
-        if let Some(id) = name.strip_prefix(start) {
-            if is_hex_id(id, 12) {
-                return Some((level, Some(runtime), Some(id.to_owned())));
-            }
+        if let Some(id) = name.strip_prefix(start)
+            && is_hex_id(id, 12)
+        {
+            return Some((level, Some(runtime), Some(id.to_owned())));
         }
     }
     // cgroupfs driver with containerd or docker: the bare 64-hex ID.
@@ -513,18 +513,17 @@ fn normalize(raw: &str) -> String {
         let mut parts = p.splitn(3, ':');
         if let (Some(hier), Some(_controllers), Some(path)) =
             (parts.next(), parts.next(), parts.next())
+            && hier.bytes().all(|b| b.is_ascii_digit())
         {
-            if hier.bytes().all(|b| b.is_ascii_digit()) {
-                p = path;
-            }
+            p = path;
         }
     }
     for mount in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
-        if let Some(rest) = p.strip_prefix(mount) {
-            if rest.is_empty() || rest.starts_with('/') {
-                p = rest;
-                break;
-            }
+        if let Some(rest) = p.strip_prefix(mount)
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            p = rest;
+            break;
         }
     }
     let p = p.trim_end_matches('/');
@@ -554,10 +553,10 @@ pub fn oom_domain(oom_cgroup: Option<&str>, victim_cgroup: Option<&str>) -> OomD
         return OomDomain::Node;
     }
     if let Some(victim) = victim_cgroup.map(parse) {
-        if let Some(container) = &victim.container_path {
-            if same_or_below(&oom, container) {
-                return OomDomain::Container;
-            }
+        if let Some(container) = &victim.container_path
+            && same_or_below(&oom, container)
+        {
+            return OomDomain::Container;
         }
         if victim.pod_path.as_deref() == Some(oom.as_str()) {
             return OomDomain::Pod;
