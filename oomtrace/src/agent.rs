@@ -285,34 +285,28 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
                 }
             }
         }
-        for c in ready {
-            write(
-                &mut sink,
-                &mut enricher,
-                c,
-                stats.as_ref(),
-                &kmsg_stats,
-                &mut summary,
-            )?;
-            if done(&summary) {
-                break;
-            }
-        }
-        if done(&summary) {
+        if write_all(
+            ready,
+            &mut sink,
+            &mut enricher,
+            stats.as_ref(),
+            &kmsg_stats,
+            &mut summary,
+            count,
+        )? {
             break;
         }
     }
     if !done(&summary) {
-        for c in correlator.flush() {
-            write(
-                &mut sink,
-                &mut enricher,
-                c,
-                stats.as_ref(),
-                &kmsg_stats,
-                &mut summary,
-            )?;
-        }
+        write_all(
+            correlator.flush(),
+            &mut sink,
+            &mut enricher,
+            stats.as_ref(),
+            &kmsg_stats,
+            &mut summary,
+            count,
+        )?;
     }
     if let Some(k) = enricher.kube.take() {
         k.close(Duration::from_secs(2)).await;
@@ -408,6 +402,26 @@ fn tp_fields(ev: &TpVictim, layout: Option<&MarkVictimLayout>) -> MarkVictimFiel
     };
     fields.pid = fields.pid.or(Some(ev.pid));
     fields
+}
+
+/// Writes kills until `--count` is reached; returns whether it was.
+fn write_all<W: io::Write>(
+    kills: Vec<Correlated>,
+    sink: &mut Sink<W>,
+    enricher: &mut Enricher,
+    stats: Option<&Stats>,
+    kmsg_stats: &KmsgStats,
+    summary: &mut Summary,
+    count: Option<u64>,
+) -> Result<bool, AgentError> {
+    let done = |s: &Summary| count.is_some_and(|n| s.kills >= n);
+    for c in kills {
+        if done(summary) {
+            break;
+        }
+        write(sink, enricher, c, stats, kmsg_stats, summary)?;
+    }
+    Ok(done(summary))
 }
 
 fn write<W: io::Write>(
