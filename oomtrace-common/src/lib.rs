@@ -30,6 +30,8 @@ pub const PROG_TP_MARK_VICTIM: &str = "tp_mark_victim";
 pub const PROG_BTF_MARK_VICTIM: &str = "btf_mark_victim";
 pub const PROG_KPROBE_OOM_KILL: &str = "kprobe_oom_kill_process";
 pub const PROG_FENTRY_OOM_KILL: &str = "fentry_oom_kill_process";
+pub const PROG_FENTRY_GROUP_MEMBER: &str = "fentry_oom_kill_memcg_member";
+pub const PROG_KPROBE_GROUP_MEMBER: &str = "kprobe_oom_kill_memcg_member";
 
 /// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
@@ -52,12 +54,18 @@ pub const STAT_READ_ERRORS: u32 = 3;
 pub const STAT_FIRED_TP_VICTIM: u32 = 4;
 pub const STAT_FIRED_BTF_VICTIM: u32 = 5;
 pub const STAT_FIRED_DECISION: u32 = 6;
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_LOST_GROUP_MEMBER: u32 = 7;
+pub const STAT_FIRED_GROUP_MEMBER: u32 = 8;
+pub const STAT_COUNT: u32 = 10;
 
 /// Event kinds in [`Header::kind`].
 pub const KIND_TP_VICTIM: u16 = 1;
 pub const KIND_BTF_VICTIM: u16 = 2;
 pub const KIND_DECISION: u16 = 3;
+/// A task `oom_kill_memcg_member` is about to kill in a memory.oom.group kill
+/// (a [`BtfVictim`] record). Not every such task dies: the kernel skips tasks
+/// without memory, so this only completes a victim another source reported.
+pub const KIND_GROUP_MEMBER: u16 = 4;
 
 /// [`CgroupWalk::flags`]: the hierarchy was deeper than [`MAX_DEPTH`].
 pub const WALK_TRUNCATED: u32 = 1;
@@ -314,6 +322,7 @@ pub enum Record {
     TpVictim(TpVictim),
     BtfVictim(BtfVictim),
     Decision(Decision),
+    GroupMember(BtfVictim),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -339,6 +348,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         KIND_TP_VICTIM => read(bytes).map(Record::TpVictim),
         KIND_BTF_VICTIM => read(bytes).map(Record::BtfVictim),
         KIND_DECISION => read(bytes).map(Record::Decision),
+        KIND_GROUP_MEMBER => read(bytes).map(Record::GroupMember),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -413,6 +423,11 @@ mod tests {
             memcg: walk(),
         };
         assert_eq!(decode(as_bytes(&btf)), Ok(Record::BtfVictim(btf)));
+        let member = BtfVictim {
+            header: header(KIND_GROUP_MEMBER, size_of::<BtfVictim>()),
+            ..btf
+        };
+        assert_eq!(decode(as_bytes(&member)), Ok(Record::GroupMember(member)));
 
         let d = Decision {
             header: header(KIND_DECISION, size_of::<Decision>()),

@@ -36,11 +36,12 @@ use aya_ebpf::{
 };
 use oomtrace_common::{
     ABI_VERSION, BtfVictim, CgroupWalk, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG,
-    DEFAULT_RINGBUF_BYTES, Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_TP_VICTIM,
-    KernelOffsets, MAX_DEPTH, STAT_COUNT, STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION,
-    STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_TP_VICTIM,
-    STAT_READ_ERRORS, TP_RECORD_MAX, TpVictim, TracepointLayout, VICTIM_HAS_ADJ, WALK_ABSENT,
-    WALK_READ_FAILED, WALK_TRUNCATED,
+    DEFAULT_RINGBUF_BYTES, Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_GROUP_MEMBER,
+    KIND_TP_VICTIM, KernelOffsets, MAX_DEPTH, STAT_COUNT, STAT_FIRED_BTF_VICTIM,
+    STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM,
+    STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS,
+    TP_RECORD_MAX, TpVictim, TracepointLayout, VICTIM_HAS_ADJ, WALK_ABSENT, WALK_READ_FAILED,
+    WALK_TRUNCATED,
 };
 
 #[map]
@@ -217,17 +218,28 @@ pub fn btf_mark_victim(ctx: BtfTracePointContext) -> i32 {
 
 fn try_btf_mark_victim(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     count(STAT_FIRED_BTF_VICTIM);
-    let o = offsets();
     let task: *const u8 = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
-    let Some(mut entry) = EVENTS.reserve::<BtfVictim>(0) else {
+    if victim(task, uid, KIND_BTF_VICTIM) {
+        Ok(0)
+    } else {
         count(STAT_LOST_BTF_VICTIM);
-        return Err(0);
+        Err(0)
+    }
+}
+
+/// Sends a [`BtfVictim`] record of `kind` for `task`; false when the ring
+/// buffer is full.
+#[inline(always)]
+fn victim(task: *const u8, uid: u32, kind: u16) -> bool {
+    let o = offsets();
+    let Some(mut entry) = EVENTS.reserve::<BtfVictim>(0) else {
+        return false;
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved record; kernel reads are probe reads.
     unsafe {
-        fill_header(&mut (*ev).header, KIND_BTF_VICTIM, size_of::<BtfVictim>());
+        fill_header(&mut (*ev).header, kind, size_of::<BtfVictim>());
         (*ev).pid = read::<i32>(task, o.task_pid).unwrap_or(0) as u32;
         (*ev).tgid = read::<i32>(task, o.task_tgid).unwrap_or(0) as u32;
         (*ev).comm = read::<[u8; 16]>(task, o.task_comm).unwrap_or([0; 16]);
@@ -244,7 +256,39 @@ fn try_btf_mark_victim(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         walk(&o, css, addr_of_mut!((*ev).memcg));
     }
     entry.submit(0);
-    Ok(0)
+    true
+}
+
+/// A task of a memory.oom.group kill, seen before it is killed: its memory
+/// cgroup, for kernels whose `mark_victim` passes only the pid (before 6.9),
+/// where nothing else names a group member's cgroup once it is gone.
+///
+/// `static int oom_kill_memcg_member(struct task_struct *task, void *message)`
+/// is called through `mem_cgroup_scan_tasks`, so it is never inlined.
+/// <https://github.com/torvalds/linux/blob/v5.10/mm/oom_kill.c#L925>
+#[inline(always)]
+fn group_member(task: *const u8) -> u32 {
+    count(STAT_FIRED_GROUP_MEMBER);
+    if !victim(task, u32::MAX, KIND_GROUP_MEMBER) {
+        count(STAT_LOST_GROUP_MEMBER);
+        return 1;
+    }
+    0
+}
+
+#[fentry(function = "oom_kill_memcg_member")]
+pub fn fentry_oom_kill_memcg_member(ctx: FEntryContext) -> u32 {
+    let task: *const u8 = ctx.arg(0);
+    group_member(task)
+}
+
+#[kprobe]
+pub fn kprobe_oom_kill_memcg_member(ctx: ProbeContext) -> u32 {
+    let Some(task) = ctx.arg::<*const u8>(0) else {
+        count(STAT_READ_ERRORS);
+        return 1;
+    };
+    group_member(task)
 }
 
 /// Fills a [`Decision`] from `struct oom_control *oc`.

@@ -385,6 +385,7 @@ fn decode(
         }
         Ok(Record::BtfVictim(ev)) => Some(Input::TpBtf(Box::new(ev))),
         Ok(Record::Decision(ev)) => Some(Input::Decision(Box::new(ev))),
+        Ok(Record::GroupMember(ev)) => Some(Input::GroupMember(Box::new(ev))),
         Err(e) => {
             warn!(
                 "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"

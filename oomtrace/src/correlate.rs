@@ -1,7 +1,9 @@
 //! Merges the sources of one kill into one [`Kill`].
 //!
-//! A victim is seen by up to four sources: the classic tracepoint (pid, rss,
+//! A victim is seen by up to five sources: the classic tracepoint (pid, rss,
 //! oom_score_adj), `tp_btf` (its memory cgroup and ancestors), the
+//! `oom_kill_memcg_member` hook (the same, for memory.oom.group members on
+//! kernels without `tp_btf`), the
 //! `oom_kill_process` hook (the decision: OOM domain, constraint, badness,
 //! trigger) and the kernel log (kill line, and the rate-limited header and
 //! summary). They are keyed by victim pid. A kill is emitted as soon as every
@@ -42,6 +44,10 @@ pub enum Input {
     },
     TpBtf(Box<BtfVictim>),
     Decision(Box<Decision>),
+    /// A task a memory.oom.group kill is about to take (`oom_kill_memcg_member`).
+    /// It only completes a victim another source reports: the kernel skips
+    /// some of the tasks it scans.
+    GroupMember(Box<BtfVictim>),
     Kmsg {
         ts_usec: u64,
         line: OomLine,
@@ -124,6 +130,8 @@ pub struct Correlator {
     /// Pids emitted recently: late sources for them are dropped, not re-reported.
     emitted: VecDeque<(Instant, u32)>,
     decisions: HashMap<u32, Arc<DecisionInfo>>,
+    /// Group members scanned by the kernel, by pid, with when they were seen.
+    members: HashMap<u32, (Instant, BtfSighting)>,
     /// Kernel-log context that precedes the kill line it belongs to.
     last_header: Option<(Instant, OomLine)>,
     last_task_in: Option<(Instant, String, String)>,
@@ -149,6 +157,7 @@ impl Correlator {
             pending: HashMap::new(),
             emitted: VecDeque::new(),
             decisions: HashMap::new(),
+            members: HashMap::new(),
             last_header: None,
             last_task_in: None,
             last_group: None,
@@ -203,27 +212,27 @@ impl Correlator {
             }
             Input::TpBtf(v) => {
                 let pid = v.pid;
-                let walk = Walk::decode(&v.memcg, self.page_size);
                 let decision = self.decision_for(&v.header);
+                let seen = sighting(&v, self.page_size);
+                self.members.remove(&pid);
                 if let Some(p) = self.entry(pid, now) {
                     p.ktime_ns.get_or_insert(v.header.ktime_ns);
                     p.trigger.get_or_insert_with(|| trigger_of(&v.header));
                     if p.decision.is_none() {
                         p.decision = decision;
                     }
-                    let adj = (v.flags & VICTIM_HAS_ADJ != 0).then_some(v.oom_score_adj);
-                    p.btf = Some(BtfSighting {
-                        comm: text(&v.comm),
-                        oom_score_adj: adj,
-                        uid: v.uid,
-                        walk,
-                    });
+                    p.btf = Some(seen);
                     touched = Some(pid);
                 }
             }
             Input::Decision(d) => {
                 let info = Arc::new(self.decode_decision(&d));
                 self.decisions.insert(info.trigger_tid, info);
+                return Vec::new();
+            }
+            Input::GroupMember(v) => {
+                let sighting = sighting(&v, self.page_size);
+                self.members.insert(v.pid, (now, sighting));
                 return Vec::new();
             }
             Input::Kmsg {
@@ -389,6 +398,10 @@ impl Correlator {
             self.decisions
                 .retain(|_, d| newest.saturating_sub(d.ktime_ns) < 60_000_000_000);
         }
+        // Scanned tasks the kernel did not kill (no memory left to free) are
+        // never reported; forget them.
+        self.members
+            .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
         let mut due: Vec<(u64, u32)> = self
             .pending
             .values()
@@ -525,10 +538,22 @@ impl Correlator {
             });
         }
 
-        // The victim's cgroup walk: tp_btf, else the decision's walk of the chosen task.
-        let victim_walk = btf_walk.or_else(|| {
-            chosen_by_decision.and_then(|_| decision.as_ref().and_then(|d| d.chosen_memcg.clone()))
-        });
+        // The victim's cgroup walk: tp_btf, else the decision's walk of the
+        // chosen task, else the kernel's scan of its memory.oom.group.
+        let member = self.members.remove(&p.pid).map(|(_, m)| m);
+        if let Some(m) = &member {
+            sources.push("oom_group_scan");
+            v.comm = v
+                .comm
+                .or_else(|| Some(m.comm.clone()).filter(|c| !c.is_empty()));
+            v.oom_score_adj = v.oom_score_adj.or(m.oom_score_adj);
+        }
+        let victim_walk = btf_walk
+            .or_else(|| {
+                chosen_by_decision
+                    .and_then(|_| decision.as_ref().and_then(|d| d.chosen_memcg.clone()))
+            })
+            .or_else(|| member.and_then(|m| m.walk));
         let summary_fields = match &p.summary {
             Some(OomLine::Summary {
                 constraint,
@@ -715,6 +740,15 @@ impl Correlator {
             chosen,
             at_ns: (at_ns > 0).then_some(at_ns),
         }
+    }
+}
+
+fn sighting(v: &BtfVictim, page_size: u64) -> BtfSighting {
+    BtfSighting {
+        comm: text(&v.comm),
+        oom_score_adj: (v.flags & VICTIM_HAS_ADJ != 0).then_some(v.oom_score_adj),
+        uid: v.uid,
+        walk: Walk::decode(&v.memcg, page_size),
     }
 }
 
@@ -1023,6 +1057,75 @@ mod tests {
             "group members are not scored"
         );
         assert_eq!(kills[0].kill.memcg.total_bytes, Some(12_800 * 4096));
+    }
+
+    #[test]
+    fn group_members_get_their_cgroup_from_the_kernels_scan_on_pid_only_kernels() {
+        // 5.10: pid-only tracepoint, no tp_btf, fentry on oom_kill_process and
+        // oom_kill_memcg_member. The kernel scans the group (chosen task
+        // included) before marking each member.
+        let active = [Hook::Tracepoint, Hook::Fentry, Hook::FentryGroup];
+        let mut c = Correlator::new(&active, Duration::from_millis(500), 4096, "b".into());
+        let now = Instant::now();
+        let grp = walk(&[("grp", 24_576, 24_576), ("", 90_000, UNLIMITED)]);
+        let leaf = walk(&[
+            ("w1", 6_000, UNLIMITED),
+            ("grp", 24_576, 24_576),
+            ("", 90_000, UNLIMITED),
+        ]);
+        let pid_only = |pid: u32, t: u64| Input::Tracepoint {
+            header: header(t, 7),
+            fields: MarkVictimFields {
+                pid: Some(pid),
+                ..MarkVictimFields::default()
+            },
+            proc_cgroup: None,
+        };
+        let member = |pid: u32, w: CgroupWalk| {
+            let Input::TpBtf(mut v) = btf_victim(pid, 650, w) else {
+                unreachable!()
+            };
+            v.header.kind = oomtrace_common::KIND_GROUP_MEMBER;
+            v.uid = u32::MAX;
+            Input::GroupMember(v)
+        };
+        // The chosen task (pid 135) is marked first, then the scan: two
+        // members and one task the kernel skipped (no mm), never marked.
+        let mut kills = c.push(pid_only(135, 600), now);
+        for (pid, w) in [(132, grp), (133, leaf), (134, grp), (140, grp)] {
+            assert!(
+                c.push(member(pid, w), now).is_empty(),
+                "a scan alone is no kill"
+            );
+        }
+        for (pid, t) in [(132u32, 700u64), (133, 710), (134, 720)] {
+            kills.extend(c.push(pid_only(pid, t), now));
+        }
+        assert_eq!(kills.len(), 4);
+        let by_pid = |pid: u32| {
+            &kills
+                .iter()
+                .find(|k| k.kill.victim.pid == Some(pid))
+                .expect("reported")
+                .kill
+        };
+        assert_eq!(by_pid(133).victim.cgroup.as_deref(), Some("/grp/w1"));
+        assert_eq!(by_pid(132).victim.cgroup.as_deref(), Some("/grp"));
+        assert_eq!(by_pid(132).victim.oom_score_adj, Some(500));
+        assert!(by_pid(132).sources.contains(&"oom_group_scan"));
+        // The chosen task was marked before the scan: nothing named its cgroup.
+        assert_eq!(by_pid(135).victim.cgroup, None);
+        assert!(
+            by_pid(135)
+                .missing
+                .iter()
+                .any(|m| m.starts_with("victim cgroup")),
+            "{:?}",
+            by_pid(135).missing
+        );
+        // The skipped task is never reported and is forgotten.
+        assert!(c.tick(now + Duration::from_secs(61)).is_empty());
+        assert!(c.members.is_empty());
     }
 
     #[test]

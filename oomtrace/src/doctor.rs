@@ -121,6 +121,14 @@ pub fn collect(trace: &TraceArgs) -> Report {
             support.oom_kill_process_kallsyms, support.oom_kill_process_func
         ),
     });
+    checks.push(Check {
+        name: "oom_kill_memcg_member symbol",
+        ok: support.group_member_kallsyms || support.group_member_func,
+        detail: format!(
+            "kallsyms: {}, BTF FUNC: {} (names memory.oom.group members' cgroups where tp_btf cannot)",
+            support.group_member_kallsyms, support.group_member_func
+        ),
+    });
     let kprobes = support
         .tracefs
         .as_ref()

@@ -44,11 +44,13 @@ use crate::{
 };
 
 /// Every hook of the capture chain, in fallback order.
-pub const HOOKS: [Hook; 5] = [
+pub const HOOKS: [Hook; 7] = [
     Hook::Tracepoint,
     Hook::TpBtf,
     Hook::Fentry,
     Hook::Kprobe,
+    Hook::FentryGroup,
+    Hook::KprobeGroup,
     Hook::Kmsg,
 ];
 

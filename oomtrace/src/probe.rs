@@ -9,7 +9,10 @@
 //!    `oom_score_adj`, read with offsets from BTF.
 //! 3. `fentry/oom_kill_process`, else `kprobe/oom_kill_process`: the kernel's
 //!    decision (`struct oom_control`).
-//! 4. `/dev/kmsg` (see [`crate::kmsg`]), which also works when nothing here loads.
+//! 4. `fentry/oom_kill_memcg_member`, else its kprobe, where `tp_btf` is not
+//!    active: the memory cgroup of each task a memory.oom.group kill takes,
+//!    which the pid-only tracepoint cannot name once the task is gone.
+//! 5. `/dev/kmsg` (see [`crate::kmsg`]), which also works when nothing here loads.
 //!
 //! Every hook that does not attach is reported with the reason, and the agent
 //! carries on with the rest.
@@ -25,10 +28,12 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe, TracePoint},
 };
 use oomtrace_common::{
-    DEFAULT_RINGBUF_BYTES, EVENTS_MAP, OFFSETS_GLOBAL, PROG_BTF_MARK_VICTIM, PROG_FENTRY_OOM_KILL,
-    PROG_KPROBE_OOM_KILL, PROG_TP_MARK_VICTIM, STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION,
-    STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_TP_VICTIM,
-    STAT_READ_ERRORS, STATS_MAP, TP_LAYOUT_GLOBAL, TP_RECORD_MAX, TracepointLayout,
+    DEFAULT_RINGBUF_BYTES, EVENTS_MAP, OFFSETS_GLOBAL, PROG_BTF_MARK_VICTIM,
+    PROG_FENTRY_GROUP_MEMBER, PROG_FENTRY_OOM_KILL, PROG_KPROBE_GROUP_MEMBER, PROG_KPROBE_OOM_KILL,
+    PROG_TP_MARK_VICTIM, STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER,
+    STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
+    STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STATS_MAP, TP_LAYOUT_GLOBAL, TP_RECORD_MAX,
+    TracepointLayout,
 };
 use thiserror::Error;
 
@@ -48,6 +53,8 @@ pub enum Hook {
     TpBtf,
     Fentry,
     Kprobe,
+    FentryGroup,
+    KprobeGroup,
     Kmsg,
 }
 
@@ -58,6 +65,8 @@ impl Hook {
             Self::TpBtf => "tp_btf/mark_victim",
             Self::Fentry => "fentry/oom_kill_process",
             Self::Kprobe => "kprobe/oom_kill_process",
+            Self::FentryGroup => "fentry/oom_kill_memcg_member",
+            Self::KprobeGroup => "kprobe/oom_kill_memcg_member",
             Self::Kmsg => "/dev/kmsg",
         }
     }
@@ -68,6 +77,7 @@ impl Hook {
             Self::Tracepoint => "tracepoint",
             Self::TpBtf => "tp_btf",
             Self::Fentry | Self::Kprobe => "oom_control",
+            Self::FentryGroup | Self::KprobeGroup => "oom_group_scan",
             Self::Kmsg => "kmsg",
         }
     }
@@ -149,6 +159,9 @@ pub struct KernelSupport {
     pub oom_kill_process_func: bool,
     /// Whether `/proc/kallsyms` lists `oom_kill_process` (needed for a kprobe).
     pub oom_kill_process_kallsyms: bool,
+    /// The same two facts for `oom_kill_memcg_member`.
+    pub group_member_func: bool,
+    pub group_member_kallsyms: bool,
 }
 
 impl KernelSupport {
@@ -174,10 +187,17 @@ impl KernelSupport {
             Err(e) => Err(e.clone()),
         };
         let oom_kill_process_func = btf.as_ref().is_ok_and(|b| b.has_func("oom_kill_process"));
-        let oom_kill_process_kallsyms = fs::read_to_string("/proc/kallsyms").is_ok_and(|text| {
-            text.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("oom_kill_process"))
-        });
+        let group_member_func = btf
+            .as_ref()
+            .is_ok_and(|b| b.has_func("oom_kill_memcg_member"));
+        let kallsyms = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let in_kallsyms = |name: &str| {
+            kallsyms
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(name))
+        };
+        let oom_kill_process_kallsyms = in_kallsyms("oom_kill_process");
+        let group_member_kallsyms = in_kallsyms("oom_kill_memcg_member");
         Self {
             tracefs,
             layout,
@@ -186,6 +206,8 @@ impl KernelSupport {
             tp_btf_task_arg,
             oom_kill_process_func,
             oom_kill_process_kallsyms,
+            group_member_func,
+            group_member_kallsyms,
         }
     }
 }
@@ -215,6 +237,8 @@ impl Probe {
             tp_btf_task_arg,
             oom_kill_process_func,
             oom_kill_process_kallsyms,
+            group_member_func,
+            group_member_kallsyms,
             ..
         } = support;
         let mut inactive = Vec::new();
@@ -318,7 +342,80 @@ impl Probe {
                 Err(e) => inactive.push((Hook::Kprobe, e)),
             }
         }
-        if active.is_empty() {
+        // 4. Group members: only where tp_btf does not already name every victim's cgroup.
+        let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+        let mut group = false;
+        if active.contains(&Hook::TpBtf) {
+            for h in [Hook::FentryGroup, Hook::KprobeGroup] {
+                inactive.push((
+                    h,
+                    "not needed: tp_btf/mark_victim names every victim's cgroup".to_string(),
+                ));
+            }
+        } else if !resolved.walk_ok() {
+            for h in [Hook::FentryGroup, Hook::KprobeGroup] {
+                inactive.push((
+                    h,
+                    format!(
+                        "kernel struct offsets missing: {}",
+                        resolved.missing.join("; ")
+                    ),
+                ));
+            }
+        } else {
+            if cfg.disabled.fentry {
+                inactive.push((Hook::FentryGroup, "disabled by --no-fentry".to_string()));
+            } else if !group_member_func {
+                inactive.push((
+                    Hook::FentryGroup,
+                    "no BTF FUNC oom_kill_memcg_member (no BTF, or a kernel without memory.oom.group)".to_string(),
+                ));
+            } else if let Some(b) = &aya_btf {
+                match attach_fentry_named(
+                    &mut ebpf,
+                    b,
+                    PROG_FENTRY_GROUP_MEMBER,
+                    "oom_kill_memcg_member",
+                ) {
+                    Ok(()) => {
+                        active.push(Hook::FentryGroup);
+                        group = true;
+                    }
+                    Err(e) => inactive.push((Hook::FentryGroup, e)),
+                }
+            }
+            if group {
+                inactive.push((
+                    Hook::KprobeGroup,
+                    "not needed: fentry is attached".to_string(),
+                ));
+            } else if cfg.disabled.kprobe {
+                inactive.push((Hook::KprobeGroup, "disabled by --no-kprobe".to_string()));
+            } else if !kprobe_pmu {
+                inactive.push((
+                    Hook::KprobeGroup,
+                    "no kprobe PMU: kernel built without CONFIG_KPROBES".to_string(),
+                ));
+            } else if !group_member_kallsyms {
+                inactive.push((
+                    Hook::KprobeGroup,
+                    "oom_kill_memcg_member is not in /proc/kallsyms (kallsyms hidden, or a kernel without memory.oom.group)".to_string(),
+                ));
+            } else {
+                match attach_kprobe_named(
+                    &mut ebpf,
+                    PROG_KPROBE_GROUP_MEMBER,
+                    "oom_kill_memcg_member",
+                ) {
+                    Ok(()) => active.push(Hook::KprobeGroup),
+                    Err(e) => inactive.push((Hook::KprobeGroup, e)),
+                }
+            }
+        }
+        if active
+            .iter()
+            .all(|h| matches!(h, Hook::FentryGroup | Hook::KprobeGroup))
+        {
             let why = inactive
                 .iter()
                 .map(|(h, e)| format!("{h}: {e}"))
@@ -372,10 +469,19 @@ fn attach_tp_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
 }
 
 fn attach_fentry(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
-    let prog: &mut FEntry = program(ebpf, PROG_FENTRY_OOM_KILL)?
+    attach_fentry_named(ebpf, btf, PROG_FENTRY_OOM_KILL, "oom_kill_process")
+}
+
+fn attach_fentry_named(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    prog_name: &str,
+    function: &str,
+) -> Result<(), String> {
+    let prog: &mut FEntry = program(ebpf, prog_name)?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load("oom_kill_process", btf).map_err(|e| {
+    prog.load(function, btf).map_err(|e| {
         let text = verifier_error(&e);
         if text.contains("Operation not permitted") {
             format!("the kernel refused the fentry program (EPERM: lockdown, or a sandbox policy on tracing programs): {text}")
@@ -388,12 +494,16 @@ fn attach_fentry(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
 }
 
 fn attach_kprobe(ebpf: &mut Ebpf) -> Result<(), String> {
-    let prog: &mut KProbe = program(ebpf, PROG_KPROBE_OOM_KILL)?
+    attach_kprobe_named(ebpf, PROG_KPROBE_OOM_KILL, "oom_kill_process")
+}
+
+fn attach_kprobe_named(ebpf: &mut Ebpf, prog_name: &str, function: &str) -> Result<(), String> {
+    let prog: &mut KProbe = program(ebpf, prog_name)?
         .try_into()
         .map_err(|e| format!("{e}"))?;
     prog.load()
         .map_err(|e| format!("load: {}", verifier_error(&e)))?;
-    prog.attach("oom_kill_process", 0)
+    prog.attach(function, 0)
         .map_err(|e| format!("attach: {e:#}"))?;
     Ok(())
 }
@@ -425,16 +535,18 @@ pub struct StatsSnapshot {
     pub lost_tp: u64,
     pub lost_btf: u64,
     pub lost_decision: u64,
+    pub lost_group_member: u64,
     pub read_errors: u64,
     pub fired_tp: u64,
     pub fired_btf: u64,
     pub fired_decision: u64,
+    pub fired_group_member: u64,
 }
 
 impl StatsSnapshot {
     /// Ring-buffer records the kernel could not reserve.
     pub fn lost(&self) -> u64 {
-        self.lost_tp + self.lost_btf + self.lost_decision
+        self.lost_tp + self.lost_btf + self.lost_decision + self.lost_group_member
     }
 }
 
@@ -450,10 +562,12 @@ impl Stats {
             lost_tp: get(STAT_LOST_TP_VICTIM),
             lost_btf: get(STAT_LOST_BTF_VICTIM),
             lost_decision: get(STAT_LOST_DECISION),
+            lost_group_member: get(STAT_LOST_GROUP_MEMBER),
             read_errors: get(STAT_READ_ERRORS),
             fired_tp: get(STAT_FIRED_TP_VICTIM),
             fired_btf: get(STAT_FIRED_BTF_VICTIM),
             fired_decision: get(STAT_FIRED_DECISION),
+            fired_group_member: get(STAT_FIRED_GROUP_MEMBER),
         }
     }
 }
