@@ -1727,8 +1727,32 @@ mod tests {
             "this 6.18 host has the task_struct ABI of mark_victim"
         );
 
+        // The recorded values hold for the exact kernel build they were taken
+        // on; on any kernel, every entry is checked against bpftool's own
+        // reading of the same BTF.
         let recorded = include_str!("../tests/data/btf/host-6.18-offsets.txt");
+        let recorded_release = recorded
+            .lines()
+            .find_map(|l| l.strip_prefix("# release: "))
+            .expect("the recorded file names its kernel release")
+            .trim();
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let release = release.trim();
+        let oracle = bpftool_dump();
+        if oracle.is_none() {
+            assert!(
+                std::env::var("OOMTRACE_REQUIRE_ALL").as_deref() != Ok("1"),
+                "bpftool is needed as the independent check (cargo xtask setup installs it)"
+            );
+            println!(
+                "SKIP the bpftool comparison: bpftool is not installed (cargo xtask setup installs it)"
+            );
+        }
+        if release != recorded_release {
+            println!(
+                "the recorded values are for {recorded_release}, this is {release}: checking against bpftool only"
+            );
+        }
         let mut checked = 0;
         for line in recorded.lines() {
             let line = line.trim();
@@ -1743,11 +1767,191 @@ mod tests {
             let want: i64 = want.parse().unwrap();
             let got = query(&btf, what, key).unwrap();
             println!("{what:<12} {key:<34} {got}");
-            if release.starts_with("6.18.") {
+            if release == recorded_release {
                 assert_eq!(got, want, "{what} {key} on {release}");
+            }
+            if let Some(o) = &oracle {
+                assert_eq!(
+                    Some(got),
+                    o.query(what, key),
+                    "{what} {key}: oomtrace and bpftool disagree on {release}"
+                );
             }
             checked += 1;
         }
+        let members = ["oom_kill_process", "oom_kill_memcg_member"];
+        if let Some(o) = &oracle {
+            for f in members {
+                assert_eq!(btf.has_func(f), o.funcs.contains(f), "FUNC {f}");
+            }
+        }
         assert!(checked >= 25, "only {checked} entries checked");
+    }
+
+    /// `bpftool btf dump file /sys/kernel/btf/vmlinux format raw`, read by a
+    /// resolver that shares no code with [`Btf`]: the independent check.
+    struct Oracle {
+        types: HashMap<u32, RawType>,
+        by_name: HashMap<String, u32>,
+        funcs: std::collections::HashSet<String>,
+    }
+
+    #[derive(Default)]
+    struct RawType {
+        kind: String,
+        name: String,
+        size: Option<i64>,
+        type_id: Option<u32>,
+        nr_elems: Option<i64>,
+        /// (name, type id, bit offset) for members; (name, 0, value) for enumerators.
+        members: Vec<(String, u32, i64)>,
+    }
+
+    fn bpftool_dump() -> Option<Oracle> {
+        let out = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(Oracle::parse(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    fn quoted(line: &str) -> String {
+        line.split('\'').nth(1).unwrap_or_default().to_string()
+    }
+
+    impl Oracle {
+        fn parse(text: &str) -> Self {
+            let mut types: HashMap<u32, RawType> = HashMap::new();
+            let mut by_name = HashMap::new();
+            let mut funcs = std::collections::HashSet::new();
+            let mut current = None;
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix('[') {
+                    let (id, rest) = rest.split_once("] ").unwrap();
+                    let id: u32 = id.parse().unwrap();
+                    let kind = rest.split_whitespace().next().unwrap().to_string();
+                    let t = RawType {
+                        name: quoted(rest),
+                        size: field(rest, "size").and_then(|v| v.parse().ok()),
+                        type_id: field(rest, "type_id").and_then(|v| v.parse().ok()),
+                        nr_elems: field(rest, "nr_elems").and_then(|v| v.parse().ok()),
+                        kind,
+                        members: Vec::new(),
+                    };
+                    if matches!(t.kind.as_str(), "STRUCT" | "UNION" | "ENUM" | "ENUM64") {
+                        by_name.entry(t.name.clone()).or_insert(id);
+                    }
+                    if t.kind == "FUNC" {
+                        funcs.insert(t.name.clone());
+                    }
+                    types.insert(id, t);
+                    current = Some(id);
+                } else if let (Some(id), Some(member)) = (current, line.strip_prefix('\t')) {
+                    let t = types.get_mut(&id).unwrap();
+                    let name = quoted(member);
+                    if let Some(v) = field(member, "val") {
+                        // ENUM64 values carry a C suffix: `val=1ULL`.
+                        let v = v.trim_end_matches(['U', 'L']);
+                        let v = v.parse::<i64>().unwrap_or_else(|_| {
+                            v.parse::<u64>().map_or(i64::MIN, |u| u as i64)
+                        });
+                        t.members.push((name, 0, v));
+                    } else if let (Some(ty), Some(bits)) =
+                        (field(member, "type_id"), field(member, "bits_offset"))
+                    {
+                        t.members
+                            .push((name, ty.parse().unwrap(), bits.parse().unwrap()));
+                    }
+                }
+            }
+            Self {
+                types,
+                by_name,
+                funcs,
+            }
+        }
+
+        /// Through typedefs and qualifiers.
+        fn strip(&self, mut id: u32) -> &RawType {
+            loop {
+                let t = &self.types[&id];
+                match t.kind.as_str() {
+                    "TYPEDEF" | "CONST" | "VOLATILE" | "RESTRICT" | "TYPE_TAG" => {
+                        id = t.type_id.unwrap();
+                    }
+                    _ => return t,
+                }
+            }
+        }
+
+        fn size_of(&self, id: u32) -> i64 {
+            let t = self.strip(id);
+            match t.kind.as_str() {
+                "PTR" => 8,
+                "ARRAY" => self.size_of(t.type_id.unwrap()) * t.nr_elems.unwrap(),
+                _ => t.size.unwrap(),
+            }
+        }
+
+        /// (type id, byte offset) of `name` in `t`, looking inside anonymous members.
+        fn member(&self, t: &RawType, name: &str) -> Option<(u32, i64)> {
+            for (m, ty, bits) in &t.members {
+                if m == name {
+                    return Some((*ty, bits / 8));
+                }
+                if m == "(anon)" || m.is_empty() {
+                    let inner = self.strip(*ty);
+                    if let Some((id, off)) = self.member(inner, name) {
+                        return Some((id, bits / 8 + off));
+                    }
+                }
+            }
+            None
+        }
+
+        fn path(&self, key: &str) -> Option<(u32, i64)> {
+            let mut parts = key.split('.');
+            let mut t = &self.types[self.by_name.get(parts.next()?)?];
+            let mut last = None;
+            let mut total = 0;
+            for part in parts {
+                let (id, off) = self.member(t, part)?;
+                total += off;
+                last = Some(id);
+                t = self.strip(id);
+            }
+            last.map(|id| (id, total))
+        }
+
+        fn query(&self, what: &str, key: &str) -> Option<i64> {
+            match what {
+                "offset" => self.path(key).map(|(_, off)| off),
+                "size" => self.path(key).map(|(id, _)| self.size_of(id)),
+                "elem_size" | "len" => {
+                    let t = self.strip(self.path(key)?.0);
+                    (t.kind == "ARRAY").then(|| {
+                        if what == "len" {
+                            t.nr_elems.unwrap()
+                        } else {
+                            self.size_of(t.type_id.unwrap())
+                        }
+                    })
+                }
+                "struct_size" => self.types[self.by_name.get(key)?].size,
+                "enum" => {
+                    let (base, name) = key.split_once('.')?;
+                    let t = &self.types[self.by_name.get(base)?];
+                    t.members.iter().find(|m| m.0 == name).map(|m| m.2)
+                }
+                "pointer_size" => Some(8),
+                _ => None,
+            }
+        }
     }
 }

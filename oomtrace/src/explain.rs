@@ -350,8 +350,10 @@ mod tests {
     const CTR: &str = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0330b2c1_a15b_4cdd_b5e5_72d4a90bee82.slice/docker-b27201334a41cd0749d053b18378d7ea65617b8e26277197ea25c974da1a5a8a.scope";
 
     fn pod_kill(domain: OomDomain) -> Kill {
-        let mut k = Kill::default();
-        k.oom_domain = Some(domain);
+        let mut k = Kill {
+            oom_domain: Some(domain),
+            ..Kill::default()
+        };
         k.victim.pid = Some(2423);
         k.victim.comm = Some("api".into());
         k.victim.oom_score_adj = Some(985);
@@ -512,9 +514,11 @@ mod tests {
 
     #[test]
     fn other_cgroup_names_the_process_and_cgroup() {
-        let mut k = Kill::default();
-        k.oom_domain = Some(OomDomain::Cgroup);
-        k.oom_cgroup = Some("/system.slice/foo.service".into());
+        let mut k = Kill {
+            oom_domain: Some(OomDomain::Cgroup),
+            oom_cgroup: Some("/system.slice/foo.service".into()),
+            ..Kill::default()
+        };
         k.victim.comm = Some("foo".into());
         k.victim.pid = Some(77);
         k.victim.cgroup = Some("/system.slice/foo.service".into());
@@ -549,8 +553,10 @@ mod tests {
 
     #[test]
     fn missing_data_is_said_to_be_unknown() {
-        let mut k = Kill::default();
-        k.oom_domain = Some(OomDomain::Node);
+        let mut k = Kill {
+            oom_domain: Some(OomDomain::Node),
+            ..Kill::default()
+        };
         let (e, _) = explain(&k, None);
         assert!(e.contains("an unknown process (cgroup unknown)"), "{e}");
         assert!(e.contains("own usage and limit are unknown"), "{e}");
@@ -561,8 +567,10 @@ mod tests {
         assert!(e.contains("is unknown"), "{e}");
         assert!(a.contains("dmesg"), "{a}");
         // A pod known only by its cgroup: the UID stands in for the name.
-        let mut k = Kill::default();
-        k.oom_domain = Some(OomDomain::Node);
+        let mut k = Kill {
+            oom_domain: Some(OomDomain::Node),
+            ..Kill::default()
+        };
         k.victim.comm = Some("java".into());
         let id = identity::parse(CTR);
         let (e, a) = explain(&k, Some(&id));

@@ -259,6 +259,10 @@ impl Probe {
             offsets: oomtrace_common::KernelOffsets::zeroed(),
             missing: vec!["no BTF: kernel struct offsets unknown".to_string()],
         });
+        // Our parse is no longer needed: free it before aya parses the same
+        // file, so start-up holds one copy of the kernel's BTF, not two.
+        let btf_ok = btf.is_ok();
+        drop(btf);
         let aya_btf = aya::Btf::parse_file(&cfg.btf, aya::Endianness::default()).ok();
 
         let mut ebpf = EbpfLoader::new()
@@ -283,12 +287,12 @@ impl Probe {
         if cfg.disabled.tp_btf {
             inactive.push((Hook::TpBtf, "disabled by --no-tp-btf".to_string()));
         } else {
-            let ready = match (&aya_btf, &tp_btf_task_arg, btf.as_ref()) {
-                (None, _, _) | (_, _, Err(_)) => {
+            let ready = match (&aya_btf, &tp_btf_task_arg, btf_ok) {
+                (None, _, _) | (_, _, false) => {
                     Err(format!("no usable BTF at {}", cfg.btf.display()))
                 }
                 (_, Err(e), _) => Err(e.clone()),
-                (Some(b), Ok(()), Ok(_)) if resolved.walk_ok() => Ok(b),
+                (Some(b), Ok(()), true) if resolved.walk_ok() => Ok(b),
                 _ => Err(format!(
                     "kernel struct offsets missing: {}",
                     resolved.missing.join("; ")

@@ -18,8 +18,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    Agent, Memcg, i, killed_by_sigkill, mem_available_mib, run_hog, s, set_adj, spawn_grower,
-    spawn_holder, wait_rss,
+    Agent, Memcg, i, killed_by_sigkill, mem_available_mib, run_hog, s, set_adj,
+    spawn_grower_until_killed, spawn_holder, wait_rss,
 };
 
 /// Panics (fails the test) unless running inside the test VM.
@@ -219,10 +219,10 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
 
     // A hog outside every pod exhausts the node (no swap in the guest).
     let hog_cg = Memcg::create("system.slice/batch-report.service");
-    // It wants 32 MiB more than is available: once the kernel has killed the
-    // Burstable pod (40 MiB) it gets them and stops, so the node context taken
-    // when the kill is reported still shows who ate the memory.
-    let mut hog = spawn_grower(&hog_cg, 0, mem_available_mib() + 32);
+    // It grows until the kernel kills the Burstable pod (its 40 MiB are
+    // freed) and then holds what it has, so it is not the next victim and
+    // the node context of the kill shows who ate the memory.
+    let mut hog = spawn_grower_until_killed(&hog_cg, 0, mem_available_mib() + 64, bpid);
     let e = agent.events(1, Duration::from_secs(180), for_pid(bpid));
     let _ = hog.kill();
     let _ = hog.wait();

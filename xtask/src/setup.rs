@@ -31,7 +31,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// guests, kmod for loading modules, python3 for test helpers, prometheus
 /// for `promtool` and the server in the metrics tests, podman and runc to
 /// build and run the container image, musl-tools for its static binary (ring
-/// compiles C), util-linux for setpriv.
+/// compiles C), util-linux for setpriv, bpftool as the independent check of
+/// the kernel struct offsets oomtrace reads from BTF.
 const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -43,6 +44,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",
     "musl-tools",
     "util-linux",
+    "bpftool",
 ];
 
 /// The static target of the container image's binary.

@@ -367,15 +367,28 @@ impl Agent {
     }
 }
 
-/// Runs python3 in `cg` allocating 16 MiB chunks until it holds `mib` MiB
-/// (then it sleeps) or is killed: a hog that never asks for more than the
-/// kernel's overcommit heuristic allows at once.
-pub fn spawn_grower(cg: &Memcg, adj: i32, mib: u64) -> Child {
+/// A process in `cg` that grows by 8 MiB steps, up to `mib`, until the
+/// process `pid` is killed (a zombie, or gone), and then holds what it has:
+/// a hog that exhausts the node and stops once the kernel has killed `pid`,
+/// so that it is not the next victim.
+pub fn spawn_grower_until_killed(cg: &Memcg, adj: i32, mib: u64, pid: u32) -> Child {
     spawn_in(
         cg,
         adj,
         &format!(
-            "python3 -c 'import time\nl = []\nwhile len(l) * 16 < {mib}:\n    l.append(b\"x\" * (16 << 20))\n    time.sleep(0.01)\ntime.sleep(3600)'"
+            "python3 -c '
+import time
+def dead(p):
+    try:
+        with open(\"/proc/%d/stat\" % p) as f:
+            return f.read().rsplit(\")\", 1)[1].split()[0] in \"ZX\"
+    except OSError:
+        return True
+l = []
+while len(l) * 8 < {mib} and not dead({pid}):
+    l.append(b\"x\" * (8 << 20))
+    time.sleep(0.01)
+time.sleep(3600)'"
         ),
     )
 }
