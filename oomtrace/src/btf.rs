@@ -1858,9 +1858,9 @@ mod tests {
                     if let Some(v) = field(member, "val") {
                         // ENUM64 values carry a C suffix: `val=1ULL`.
                         let v = v.trim_end_matches(['U', 'L']);
-                        let v = v.parse::<i64>().unwrap_or_else(|_| {
-                            v.parse::<u64>().map_or(i64::MIN, |u| u as i64)
-                        });
+                        let v = v
+                            .parse::<i64>()
+                            .unwrap_or_else(|_| v.parse::<u64>().map_or(i64::MIN, |u| u as i64));
                         t.members.push((name, 0, v));
                     } else if let (Some(ty), Some(bits)) =
                         (field(member, "type_id"), field(member, "bits_offset"))

@@ -371,7 +371,10 @@ fn group_kill(agent_args: &[&str]) -> String {
         "one OOM decision, one incident: {incidents:?}\n{all}"
     );
     let _ = agent.stop();
-    let ready = log.lines().find(|l| l.contains("ready:")).unwrap_or_default();
+    let ready = log
+        .lines()
+        .find(|l| l.contains("ready:"))
+        .unwrap_or_default();
     eprintln!(
         "group kill with {agent_args:?}: {} tasks reported with their cgroup; {ready}",
         e.len()
