@@ -264,8 +264,11 @@ fn victim(task: *const u8, uid: u32, kind: u16) -> bool {
 /// where nothing else names a group member's cgroup once it is gone.
 ///
 /// `static int oom_kill_memcg_member(struct task_struct *task, void *message)`
-/// is called through `mem_cgroup_scan_tasks`, so it is never inlined.
-/// <https://github.com/torvalds/linux/blob/v5.10/mm/oom_kill.c#L925>
+/// is called through a function pointer by `mem_cgroup_scan_tasks` (in
+/// another file), so builds without LTO keep it as a function with a BTF FUNC
+/// and a kallsyms entry (checked by the agent before attaching; Debian 5.10,
+/// 6.1 and 6.12 have both).
+/// <https://github.com/torvalds/linux/blob/v5.10/mm/oom_kill.c>
 #[inline(always)]
 fn group_member(task: *const u8) -> u32 {
     count(STAT_FIRED_GROUP_MEMBER);
