@@ -304,6 +304,7 @@ impl Probe {
             }
         }
         // 3. The decision: fentry, else kprobe.
+        let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
         let mut decision = false;
         if cfg.disabled.fentry {
             inactive.push((Hook::Fentry, "disabled by --no-fentry".to_string()));
@@ -315,7 +316,7 @@ impl Probe {
                 "no BTF FUNC oom_kill_process (inlined or no BTF)".to_string(),
             ));
         } else if let Some(b) = &aya_btf {
-            match attach_fentry(&mut ebpf, b) {
+            match attach_fentry(&mut ebpf, b, PROG_FENTRY_OOM_KILL, "oom_kill_process") {
                 Ok(()) => {
                     active.push(Hook::Fentry);
                     decision = true;
@@ -329,7 +330,7 @@ impl Probe {
             inactive.push((Hook::Kprobe, "disabled by --no-kprobe".to_string()));
         } else if !resolved.oom_control_ok() {
             inactive.push((Hook::Kprobe, "struct oom_control not in BTF".to_string()));
-        } else if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        } else if !kprobe_pmu {
             inactive.push((
                 Hook::Kprobe,
                 "no kprobe PMU (/sys/bus/event_source/devices/kprobe): kernel built without CONFIG_KPROBES".to_string(),
@@ -341,13 +342,12 @@ impl Probe {
                     .to_string(),
             ));
         } else {
-            match attach_kprobe(&mut ebpf) {
+            match attach_kprobe(&mut ebpf, PROG_KPROBE_OOM_KILL, "oom_kill_process") {
                 Ok(()) => active.push(Hook::Kprobe),
                 Err(e) => inactive.push((Hook::Kprobe, e)),
             }
         }
         // 4. Group members: only where tp_btf does not already name every victim's cgroup.
-        let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
         let mut group = false;
         if active.contains(&Hook::TpBtf) {
             for h in [Hook::FentryGroup, Hook::KprobeGroup] {
@@ -375,7 +375,7 @@ impl Probe {
                     "no BTF FUNC oom_kill_memcg_member (no BTF, or a kernel without memory.oom.group)".to_string(),
                 ));
             } else if let Some(b) = &aya_btf {
-                match attach_fentry_named(
+                match attach_fentry(
                     &mut ebpf,
                     b,
                     PROG_FENTRY_GROUP_MEMBER,
@@ -406,11 +406,7 @@ impl Probe {
                     "oom_kill_memcg_member is not in /proc/kallsyms (kallsyms hidden, or a kernel without memory.oom.group)".to_string(),
                 ));
             } else {
-                match attach_kprobe_named(
-                    &mut ebpf,
-                    PROG_KPROBE_GROUP_MEMBER,
-                    "oom_kill_memcg_member",
-                ) {
+                match attach_kprobe(&mut ebpf, PROG_KPROBE_GROUP_MEMBER, "oom_kill_memcg_member") {
                     Ok(()) => active.push(Hook::KprobeGroup),
                     Err(e) => inactive.push((Hook::KprobeGroup, e)),
                 }
@@ -472,11 +468,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
     Ok(())
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
-    attach_fentry_named(ebpf, btf, PROG_FENTRY_OOM_KILL, "oom_kill_process")
-}
-
-fn attach_fentry_named(
+fn attach_fentry(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
     prog_name: &str,
@@ -497,11 +489,7 @@ fn attach_fentry_named(
     Ok(())
 }
 
-fn attach_kprobe(ebpf: &mut Ebpf) -> Result<(), String> {
-    attach_kprobe_named(ebpf, PROG_KPROBE_OOM_KILL, "oom_kill_process")
-}
-
-fn attach_kprobe_named(ebpf: &mut Ebpf, prog_name: &str, function: &str) -> Result<(), String> {
+fn attach_kprobe(ebpf: &mut Ebpf, prog_name: &str, function: &str) -> Result<(), String> {
     let prog: &mut KProbe = program(ebpf, prog_name)?
         .try_into()
         .map_err(|e| format!("{e}"))?;
