@@ -1,37 +1,57 @@
-//! The tracing loop: start the sources, correlate, enrich, explain, write.
+//! The agent: wires the stages together and owns shutdown.
+//!
+//! ```text
+//! ring buffer ── drain task ─┐                  ┌─ enrich ─ explain ─ sinks
+//!                            ├─► correlate task ┤       (output thread)
+//! /dev/kmsg ──── thread ─────┘        │         └─ node snapshots (watch thread)
+//!                          /proc lookups (thread)
+//! ```
+//!
+//! Each stage runs beside the others, joined by bounded channels: nothing
+//! slow (cgroup walks, `/proc` reads, the API server) ever sits in front of
+//! the draining of the ring buffer or the kernel log. On SIGTERM or SIGINT
+//! (or `--count` kills) the sources are drained, every pending kill is
+//! reported with what is known, the sinks are flushed, then the agent exits.
 
 use std::{
     fs, io,
-    path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant, SystemTime},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
-use oomtrace_common::{Record, TpVictim};
 use thiserror::Error;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
+    task::JoinHandle,
 };
 use tracing::{info, warn};
 
 use crate::{
+    capture::{Input, KmsgSighting, lookup::ProcLookup, ring::Decoder},
     cli::TraceArgs,
-    correlate::{Correlated, Correlator, Input},
-    explain, identity,
+    correlate::{Correlated, Correlator, Expect},
+    enrich::{
+        Enricher, WallClock,
+        kube::PodMetadata,
+        snapshots::{NodeSnapshots, SnapshotConfig},
+    },
+    explain,
     kmsg::{self, KmsgOom, KmsgStats, OomLine},
-    kube::Kube,
-    metrics::{self, Metrics, MetricsError},
+    kube::ApiClient,
+    metrics::{self, Metrics, MetricsError, MetricsSink},
     node::{self, CgroupFs},
     podnames::PodNames,
     probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
-    qos,
-    report::{Kill, NodeMemory, OomDomain, Scope},
-    sink::Sink,
-    tracefs::{MarkVictimFields, MarkVictimLayout},
-    verdict,
+    sink::{
+        SinkError, Sinks,
+        events::{EventsPoster, EventsSink},
+        stdout::Stdout,
+    },
+    units,
 };
 
 #[derive(Debug, Error)]
@@ -42,10 +62,16 @@ pub enum AgentError {
     NoSource { bpf: String, kmsg: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] io::Error),
-    #[error("writing events failed: {0}")]
-    Output(#[source] io::Error),
-    #[error("reading the ring buffer failed: {0}")]
+    #[error(transparent)]
+    Output(#[from] SinkError),
+    #[error("reading the ring buffer failed: {0}: restart oomtrace")]
     Ring(#[source] io::Error),
+    #[error("cannot start the {what} thread: {source}: the process may be at its thread limit")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error(transparent)]
     Metrics(#[from] MetricsError),
 }
@@ -58,660 +84,595 @@ pub struct Summary {
     pub lost_kmsg: u64,
 }
 
-/// Everything the enrichment step reads.
-struct Enricher {
-    node: String,
-    cgfs: Option<CgroupFs>,
-    pod_names: PodNames,
-    /// Node memory under pressure and when kills were first seen (newest last).
-    snapshots: std::collections::VecDeque<(Instant, NodeMemory)>,
-    /// How old a snapshot may be to describe a kill being reported.
-    snapshot_max_age: Duration,
-    proc_root: PathBuf,
-    top: usize,
-    mem_total: Option<u64>,
-    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns.
-    realtime_offset_ns: i128,
-    /// `--metrics-addr` (a sink) and `--kube` (enrichment and a sink).
-    metrics: Option<Arc<Metrics>>,
-    kube: Option<Kube>,
+/// Capture records lost so far, as the kernel and the kmsg reader count them.
+#[derive(Clone)]
+struct Losses {
+    kernel: Option<Arc<Stats>>,
+    kmsg: Arc<KmsgStats>,
+}
+
+impl Losses {
+    fn total(&self) -> u64 {
+        self.kernel_lost() + self.kmsg_lost()
+    }
+
+    fn kernel_lost(&self) -> u64 {
+        self.kernel.as_ref().map_or(0, |s| s.snapshot().lost())
+    }
+
+    fn kmsg_lost(&self) -> u64 {
+        self.kmsg
+            .lost_records
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Runs the tracer until SIGINT/SIGTERM or `--count` kills.
 pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    run_until(args, async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+    })
+    .await
+}
+
+/// Runs the tracer until `shutdown` completes or `--count` kills.
+pub async fn run_until(
+    args: TraceArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, AgentError> {
     let node = args
         .node_name
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(hostname);
-    let page_size = verdict::page_size();
-    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().chars().take(8).collect())
-        .unwrap_or_else(|_| "boot".to_string());
-    let metrics = match args.metrics_addr {
-        Some(addr) => {
-            let m = Arc::new(Metrics::new());
-            let bound = metrics::serve(addr, Arc::clone(&m)).await?;
-            info!("metrics on http://{bound}/metrics");
-            Some(m)
+    let metrics = start_metrics(&args).await?;
+    let sources = Sources::start(&args)?;
+    sources.announce(metrics.as_deref());
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
+    let (out_tx, out_rx) = mpsc::channel::<Correlated>(1024);
+    let cgfs = cgroup_fs(&args);
+    let snapshots = match &cgfs {
+        Some(cgfs) => Some(
+            NodeSnapshots::spawn(SnapshotConfig {
+                cgfs: cgfs.clone(),
+                proc_root: args.paths.proc_root.clone(),
+                top: args.top,
+                pod_logs: args.paths.pod_logs.clone(),
+                container_logs: args.paths.container_logs.clone(),
+                max_age: args.wait_ms + Duration::from_secs(10),
+            })
+            .map_err(|source| AgentError::Thread {
+                what: "node memory watch",
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let api = args.kube.then(|| ApiClient::start(args.kubeconfig.clone()));
+    let pods = api
+        .as_ref()
+        .map(|api| PodMetadata::watch(api, node.clone()));
+
+    let Sources {
+        probe,
+        ring,
+        kmsg_rx,
+        kmsg_stats,
+        expect,
+        decoder,
+        ..
+    } = sources;
+    let losses = Losses {
+        kernel: probe.as_ref().and_then(|p| p.stats.clone()),
+        kmsg: kmsg_stats,
+    };
+    let ring_task = ring.map(|ring| {
+        tokio::spawn(drain_ring(
+            ring,
+            decoder.clone(),
+            input_tx.clone(),
+            stop.clone(),
+        ))
+    });
+    let lookup = if expect.proc {
+        Some(
+            ProcLookup::spawn(args.paths.proc_root.clone(), input_tx.clone()).map_err(
+                |source| AgentError::Thread {
+                    what: "/proc lookup",
+                    source,
+                },
+            )?,
+        )
+    } else {
+        None
+    };
+    drop(input_tx);
+    let mut correlator = Correlator::new(expect, args.wait_ms, units::page_size(), boot_id());
+    let correlate_task = tokio::spawn({
+        let stop = stop.clone();
+        let snapshots = snapshots.clone();
+        async move {
+            let mut stage = CorrelateStage {
+                correlator: &mut correlator,
+                lookup,
+                snapshots,
+                out: out_tx,
+            };
+            stage.run(input_rx, kmsg_rx, stop, ring_task).await;
+            correlator.late
+        }
+    });
+
+    let mut sinks = Sinks::default();
+    if let Some(m) = &metrics {
+        sinks.push(MetricsSink::new(Arc::clone(m)));
+    }
+    let poster: Option<EventsPoster> = match &api {
+        Some(api) => {
+            let (sink, poster) = EventsSink::start(api.clone());
+            sinks.push(sink);
+            Some(poster)
         }
         None => None,
     };
-    let kube = args
-        .kube
-        .then(|| Kube::start(args.kubeconfig.clone(), node.clone()));
-
-    // eBPF.
-    let mut probe = None;
-    let mut bpf_error = String::from("disabled by --no-bpf");
-    if !args.no_bpf {
-        let cfg = ProbeConfig {
-            tracefs: args.paths.tracefs.clone(),
-            btf: args.paths.btf.clone(),
-            disabled: Disabled {
-                tracepoint: args.no_tracepoint,
-                tp_btf: args.no_tp_btf,
-                fentry: args.no_fentry,
-                kprobe: args.no_kprobe,
-            },
-            ringbuf_bytes: args.ringbuf_bytes,
-        };
-        let support = KernelSupport::discover(&cfg);
-        match Probe::load(&cfg, support) {
-            Ok(p) => probe = Some(p),
-            Err(e) => {
-                bpf_error = e.to_string();
-                warn!("eBPF unavailable: {e}");
-            }
-        }
-    }
-
-    // The kernel log.
-    let (kmsg_tx, mut kmsg_rx) = mpsc::channel::<KmsgOom>(4096);
-    let kmsg_stats = Arc::new(KmsgStats::default());
-    let mut kmsg_error = String::from("disabled by --no-kmsg");
-    let mut kmsg_on = false;
-    if !args.no_kmsg {
-        match kmsg::spawn_reader(
-            args.paths.kmsg.clone(),
-            true,
-            kmsg_tx,
-            Arc::clone(&kmsg_stats),
-        ) {
-            Ok(_) => kmsg_on = true,
-            Err(e) => {
-                kmsg_error = e.to_string();
-                warn!("kernel log unavailable: {e}");
-            }
-        }
-    }
-
-    let mut active: Vec<Hook> = probe.as_ref().map(|p| p.active.clone()).unwrap_or_default();
-    if kmsg_on {
-        active.push(Hook::Kmsg);
-    }
-    if active.is_empty() {
-        return Err(AgentError::NoSource {
-            bpf: bpf_error,
-            kmsg: kmsg_error,
-        });
-    }
-
-    let (mut ring, stats, layout) = match probe.as_mut() {
-        Some(p) => {
-            let ring = p
-                .take_ring()
-                .map_err(|e| AgentError::Ring(io::Error::other(e.to_string())))?;
-            // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns it.
-            let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-                .map_err(|e| AgentError::Ring(e.into()))?;
-            (Some(ring), p.take_stats(), p.layout.clone())
-        }
-        None => (None, None, None),
-    };
-
-    for hook in &active {
-        info!("active: {hook}");
-    }
-    if let Some(p) = &probe {
-        for (hook, why) in &p.inactive {
-            info!("inactive: {hook}: {why}");
-        }
-        for m in &p.missing_offsets {
-            info!("kernel offset not found: {m}");
-        }
-    }
-    if probe.is_none() {
-        warn!(
-            "degraded mode: kernel log only ({bpf_error}); every kill is still reported, with fewer details"
-        );
-    }
-    if let Some(m) = &metrics {
-        m.set_hooks(&active);
-        m.set_ready(true);
-    }
-    eprintln!(
-        "oomtrace: ready: {} ({})",
-        active
-            .iter()
-            .map(|h| h.name())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if probe.is_some() {
-            "ebpf"
-        } else {
-            "degraded: kernel log only"
-        }
-    );
-
-    // Without the tp_btf walk, the victim's cgroup is read from /proc as it dies.
-    let walk_proc = !active.contains(&Hook::TpBtf);
-    let proc_root = args.paths.proc_root.clone();
-    let mut correlator = Correlator::new(&active, args.wait_ms, page_size, boot_id);
-    let cgfs = match &args.paths.cgroup_root {
-        Some(root) => CgroupFs::at(root.clone()),
-        None => fs::read_to_string("/proc/self/mounts")
-            .ok()
-            .and_then(|m| CgroupFs::detect(&m)),
-    };
-    let mem_total = fs::read_to_string(args.paths.proc_root.join("meminfo"))
-        .ok()
-        .and_then(|t| node::meminfo(&t).total_bytes);
-    let mut enricher = Enricher {
+    sinks.push(Stdout::new(args.format(), io::stdout()));
+    let enricher = Enricher {
         node,
         cgfs,
         pod_names: PodNames::new()
             .with_pods_dir(args.paths.pod_logs.clone())
             .with_containers_dir(args.paths.container_logs.clone()),
-        proc_root: args.paths.proc_root.clone(),
-        top: args.top,
-        mem_total,
-        realtime_offset_ns: realtime_offset_ns(),
-        snapshots: std::collections::VecDeque::new(),
-        snapshot_max_age: args.wait_ms + Duration::from_secs(10),
-        metrics,
-        kube,
+        mem_total: node::read_meminfo(&args.paths.proc_root.join("meminfo"))
+            .ok()
+            .and_then(|m| m.total_bytes),
+        clock: WallClock::now(),
+        snapshots,
+        pods: pods.as_ref().map(|(p, _)| p.clone()),
     };
-    let mut sink = Sink::new(args.format, io::stdout());
-    let mut summary = Summary::default();
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut last_lost = 0u64;
-    let count = args.count;
-    let done = |s: &Summary| count.is_some_and(|n| s.kills >= n);
+    let output = OutputStage {
+        enricher,
+        sinks,
+        losses: losses.clone(),
+        count: args.count,
+        stop: stop_tx.clone(),
+    };
+    let output_thread = thread::Builder::new()
+        .name("output".into())
+        .spawn(move || output.run(out_rx))
+        .map_err(|source| AgentError::Thread {
+            what: "output",
+            source,
+        })?;
+    let monitor = tokio::spawn(monitor_losses(losses.clone(), metrics.clone()));
 
-    loop {
-        let mut ready = Vec::new();
-        tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            guard = readable(&mut ring) => {
-                let mut guard = guard.map_err(AgentError::Ring)?;
-                let ring = guard.get_inner_mut();
-                let now = Instant::now();
-                let mut any = false;
-                while let Some(item) = ring.next() {
-                    if let Some(input) = decode(&item, layout.as_ref(), walk_proc.then_some(proc_root.as_path())) {
-                        any = true;
-                        ready.extend(correlator.push(input, now));
-                    }
-                }
-                guard.clear_ready();
-                if any {
-                    enricher.snapshot_node(now);
-                }
-            }
-            Some(line) = kmsg_rx.recv(), if kmsg_on => {
-                if matches!(line.line, OomLine::Header { .. } | OomLine::Killed { .. }) {
-                    enricher.snapshot_node(line.received);
-                }
-                let proc_cgroup = match &line.line {
-                    OomLine::Killed { pid: Some(pid), .. } if walk_proc => victim_cgroup(&proc_root, *pid),
-                    _ => None,
-                };
-                ready.extend(correlator.push(Input::Kmsg { ts_usec: line.ts_usec, line: line.line, proc_cgroup }, line.received));
-            }
-            _ = tick.tick() => {
-                enricher.watch_pressure(Instant::now());
-                ready.extend(correlator.tick(Instant::now()));
-                let lost = lost_total(stats.as_ref(), &kmsg_stats);
-                if let Some(m) = &enricher.metrics {
-                    m.set_lost(lost);
-                }
-                if lost > last_lost {
-                    warn!("{} events lost so far (kernel ring buffer full or kernel log wrapped): raise --ringbuf-bytes", lost);
-                    last_lost = lost;
-                }
-            }
-        }
-        if write_all(
-            ready,
-            &mut sink,
-            &mut enricher,
-            stats.as_ref(),
-            &kmsg_stats,
-            &mut summary,
-            count,
-        )? {
-            break;
-        }
+    // Run until a signal, `--count` or a broken output stops the stages.
+    let mut stopped = stop.clone();
+    tokio::select! {
+        () = shutdown => {}
+        _ = stopped.wait_for(|s| *s) => {}
     }
-    if !done(&summary) {
-        write_all(
-            correlator.flush(),
-            &mut sink,
-            &mut enricher,
-            stats.as_ref(),
-            &kmsg_stats,
-            &mut summary,
-            count,
-        )?;
+    let _ = stop_tx.send(true);
+    let late = correlate_task.await.unwrap_or(0);
+    let written = tokio::task::spawn_blocking(move || output_thread.join())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    monitor.abort();
+    if let Some((_, watch)) = pods {
+        watch.abort();
     }
-    if let Some(k) = enricher.kube.take() {
-        k.close(Duration::from_secs(2)).await;
+    if let Some(p) = poster {
+        p.close(Duration::from_secs(2)).await;
     }
-    let snap = stats.as_ref().map(Stats::snapshot).unwrap_or_default();
-    summary.lost_kernel = snap.lost();
-    summary.lost_kmsg = kmsg_stats.lost_records.load(Ordering::Relaxed);
+    let (kills, error) = written.unwrap_or((0, None));
+    let summary = Summary {
+        kills,
+        lost_kernel: losses.kernel_lost(),
+        lost_kmsg: losses.kmsg_lost(),
+    };
+    let read_errors = losses
+        .kernel
+        .as_ref()
+        .map_or(0, |s| s.snapshot().read_errors);
     eprintln!(
-        "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {} late sources dropped",
-        summary.kills, summary.lost_kernel, summary.lost_kmsg, snap.read_errors, correlator.late
+        "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {late} late sources dropped",
+        summary.kills, summary.lost_kernel, summary.lost_kmsg, read_errors
     );
-    Ok(summary)
+    drop(probe);
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok(summary),
+    }
 }
 
-async fn readable(
-    ring: &mut Option<AsyncFd<RingBuf<MapData>>>,
-) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
-    match ring {
-        Some(r) => r.readable_mut().await,
+async fn start_metrics(args: &TraceArgs) -> Result<Option<Arc<Metrics>>, AgentError> {
+    let Some(addr) = args.metrics_addr else {
+        return Ok(None);
+    };
+    let m = Arc::new(Metrics::new());
+    let bound = metrics::serve(addr, Arc::clone(&m)).await?;
+    info!("metrics on http://{bound}/metrics");
+    Ok(Some(m))
+}
+
+/// The capture sources that could be started, and what they expect.
+struct Sources {
+    probe: Option<LoadedProbe>,
+    ring: Option<AsyncFd<RingBuf<MapData>>>,
+    kmsg_rx: Option<mpsc::Receiver<KmsgOom>>,
+    kmsg_stats: Arc<KmsgStats>,
+    active: Vec<Hook>,
+    expect: Expect,
+    decoder: Decoder,
+    bpf_error: Option<String>,
+}
+
+/// The loaded eBPF programs (kept alive while the agent runs) and their counters.
+struct LoadedProbe {
+    probe: Probe,
+    stats: Option<Arc<Stats>>,
+}
+
+impl Sources {
+    fn start(args: &TraceArgs) -> Result<Self, AgentError> {
+        let (probe, bpf_error) = if args.no_bpf {
+            (None, "disabled by --no-bpf".to_string())
+        } else {
+            match load_probe(args) {
+                Ok(p) => (Some(p), String::new()),
+                Err(e) => {
+                    warn!("eBPF unavailable: {e}");
+                    (None, e.to_string())
+                }
+            }
+        };
+        let kmsg_stats = Arc::new(KmsgStats::default());
+        let (kmsg_rx, kmsg_error) = if args.no_kmsg {
+            (None, "disabled by --no-kmsg".to_string())
+        } else {
+            let (tx, rx) = mpsc::channel::<KmsgOom>(4096);
+            match kmsg::spawn_reader(args.paths.kmsg.clone(), true, tx, Arc::clone(&kmsg_stats)) {
+                Ok(_) => (Some(rx), String::new()),
+                Err(e) => {
+                    warn!("kernel log unavailable: {e}");
+                    (None, e.to_string())
+                }
+            }
+        };
+        let mut active: Vec<Hook> = probe.as_ref().map(|p| p.active.clone()).unwrap_or_default();
+        if kmsg_rx.is_some() {
+            active.push(Hook::Kmsg);
+        }
+        if active.is_empty() {
+            return Err(AgentError::NoSource {
+                bpf: bpf_error,
+                kmsg: kmsg_error,
+            });
+        }
+        let (ring, loaded) = match probe {
+            Some(mut p) => {
+                let ring = p
+                    .take_ring()
+                    .map_err(|e| AgentError::Ring(io::Error::other(e.to_string())))?;
+                // SAFETY: the ring buffer's fd stays open as long as the AsyncFd owns it.
+                let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                    .map_err(|e| AgentError::Ring(e.into()))?;
+                let stats = p.take_stats().map(Arc::new);
+                (Some(ring), Some(LoadedProbe { probe: p, stats }))
+            }
+            None => (None, None),
+        };
+        let decoder = Decoder {
+            layout: loaded.as_ref().and_then(|p| p.probe.layout.clone()),
+            page_size: units::page_size(),
+        };
+        let expect = Expect {
+            tracepoint: active.contains(&Hook::Tracepoint),
+            tp_btf: active.contains(&Hook::TpBtf),
+            kmsg: active.contains(&Hook::Kmsg),
+            decision: active.contains(&Hook::Fentry) || active.contains(&Hook::Kprobe),
+            // Without the tp_btf walk, the victim's cgroup is read from /proc as it dies.
+            proc: !active.contains(&Hook::TpBtf),
+        };
+        Ok(Self {
+            probe: loaded,
+            ring,
+            kmsg_rx,
+            kmsg_stats,
+            active,
+            expect,
+            decoder,
+            bpf_error: (!bpf_error.is_empty()).then_some(bpf_error),
+        })
+    }
+
+    /// Says what is active and why the rest is not, on stderr.
+    fn announce(&self, metrics: Option<&Metrics>) {
+        for hook in &self.active {
+            info!("active: {hook}");
+        }
+        if let Some(p) = &self.probe {
+            for (hook, why) in &p.probe.inactive {
+                info!("inactive: {hook}: {why}");
+            }
+            for m in &p.probe.missing_offsets {
+                info!("kernel offset not found: {m}");
+            }
+        }
+        if let (None, Some(e)) = (&self.probe, &self.bpf_error) {
+            warn!(
+                "degraded mode: kernel log only ({e}); every kill is still reported, with fewer details"
+            );
+        }
+        if let Some(m) = metrics {
+            m.set_hooks(&self.active);
+            m.set_ready(true);
+        }
+        let names: Vec<&str> = self.active.iter().map(|h| h.name()).collect();
+        eprintln!(
+            "oomtrace: ready: {} ({})",
+            names.join(", "),
+            if self.probe.is_some() {
+                "ebpf"
+            } else {
+                "degraded: kernel log only"
+            }
+        );
+    }
+}
+
+impl std::ops::Deref for LoadedProbe {
+    type Target = Probe;
+
+    fn deref(&self) -> &Probe {
+        &self.probe
+    }
+}
+
+fn load_probe(args: &TraceArgs) -> Result<Probe, crate::probe::ProbeError> {
+    let cfg = ProbeConfig {
+        tracefs: args.paths.tracefs.clone(),
+        btf: args.paths.btf.clone(),
+        disabled: Disabled {
+            tracepoint: args.no_tracepoint,
+            tp_btf: args.no_tp_btf,
+            fentry: args.no_fentry,
+            kprobe: args.no_kprobe,
+        },
+        ringbuf_bytes: args.ringbuf_bytes,
+    };
+    let support = KernelSupport::discover(&cfg);
+    Probe::load(&cfg, support)
+}
+
+/// The memory cgroup controller: `--cgroup-root`, else found in the mount table.
+pub fn cgroup_fs(args: &TraceArgs) -> Option<CgroupFs> {
+    match &args.paths.cgroup_root {
+        Some(root) => CgroupFs::at(root.clone()),
+        None => fs::read_to_string("/proc/self/mounts")
+            .ok()
+            .and_then(|m| CgroupFs::detect(&m)),
+    }
+}
+
+/// Drains the ring buffer into the correlator's input channel whenever it
+/// is readable; on stop, drains what is left and ends.
+async fn drain_ring(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+    inputs: mpsc::Sender<Input>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let mut batch = Vec::new();
+        let stopping = tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!("reading the ring buffer failed: {e}: eBPF events are no longer reported");
+                        return;
+                    }
+                };
+                drain_into(guard.get_inner_mut(), &decoder, &mut batch);
+                guard.clear_ready();
+                false
+            }
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            drain_into(ring.get_mut(), &decoder, &mut batch);
+            for input in batch {
+                let _ = inputs.send(input).await;
+            }
+            return;
+        }
+        for input in batch {
+            if inputs.send(input).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn drain_into(ring: &mut RingBuf<MapData>, decoder: &Decoder, batch: &mut Vec<Input>) {
+    while let Some(item) = ring.next() {
+        match decoder.decode(&item) {
+            Ok(input) => batch.push(input),
+            Err(e) => warn!(
+                "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
+            ),
+        }
+    }
+}
+
+/// The correlation stage: inputs in, complete kills out.
+struct CorrelateStage<'a> {
+    correlator: &'a mut Correlator,
+    lookup: Option<ProcLookup>,
+    snapshots: Option<NodeSnapshots>,
+    out: mpsc::Sender<Correlated>,
+}
+
+impl CorrelateStage<'_> {
+    async fn run(
+        &mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        mut kmsg: Option<mpsc::Receiver<KmsgOom>>,
+        mut stop: watch::Receiver<bool>,
+        ring: Option<JoinHandle<()>>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            let ready = tokio::select! {
+                Some(input) = inputs.recv() => self.push(input),
+                Some(line) = recv(&mut kmsg) => self.push(kmsg_input(line)),
+                _ = tick.tick() => self.correlator.tick(Instant::now()),
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            if !self.send(ready).await {
+                return;
+            }
+        }
+        // Drain: the ring task empties the ring buffer on stop and ends;
+        // then whatever the sources queued is taken, and every pending kill
+        // is reported with what is known.
+        if let Some(ring) = ring {
+            let _ = ring.await;
+        }
+        let mut ready = Vec::new();
+        while let Ok(input) = inputs.try_recv() {
+            ready.extend(self.push(input));
+        }
+        if let Some(rx) = kmsg.as_mut() {
+            while let Ok(line) = rx.try_recv() {
+                ready.extend(self.push(kmsg_input(line)));
+            }
+        }
+        ready.extend(self.correlator.flush());
+        self.send(ready).await;
+    }
+
+    fn push(&mut self, input: Input) -> Vec<Correlated> {
+        let now = Instant::now();
+        let sighting = matches!(
+            &input,
+            Input::Tracepoint(_)
+                | Input::TpBtf(_)
+                | Input::Kmsg(KmsgSighting {
+                    line: OomLine::Header { .. } | OomLine::Killed { .. },
+                    ..
+                })
+        );
+        let ready = self.correlator.push(input, now);
+        if sighting && let Some(s) = &self.snapshots {
+            s.kill_seen(now);
+        }
+        for pid in self.correlator.take_new_victims() {
+            let asked = self.lookup.as_ref().is_some_and(|l| l.request(pid));
+            if !asked {
+                self.correlator.lookup_failed(pid);
+            }
+        }
+        ready
+    }
+
+    async fn send(&self, ready: Vec<Correlated>) -> bool {
+        for c in ready {
+            if self.out.send(c).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-fn lost_total(stats: Option<&Stats>, kmsg: &KmsgStats) -> u64 {
-    stats.map(|s| s.snapshot().lost()).unwrap_or(0) + kmsg.lost_records.load(Ordering::Relaxed)
-}
-
-/// The memory cgroup of a (dying) process, from `/proc/<pid>/cgroup`.
-/// Paths relative to a cgroup namespace (`/..`) are not the node's: ignored.
-/// An exited task has been moved to the root cgroup (cgroup v1 shows `/` for
-/// zombies), so a zombie, or an exiting task that shows `/`, gives `None`:
-/// better missing than wrong.
-fn victim_cgroup(proc_root: &Path, pid: u32) -> Option<String> {
-    let dir = proc_root.join(pid.to_string());
-    let exiting = || -> Option<(bool, bool)> {
-        let stat = fs::read_to_string(dir.join("stat")).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        let mut f = after.split_whitespace();
-        let state = f.next()?;
-        // Fields after the comm: state, ppid, pgrp, session, tty_nr, tpgid, flags.
-        let flags: u64 = f.nth(5)?.parse().ok()?;
-        const PF_EXITING: u64 = 0x4;
-        Some((matches!(state, "Z" | "X"), flags & PF_EXITING != 0))
-    };
-    let (dead, _) = exiting()?;
-    if dead {
-        return None;
-    }
-    let text = fs::read_to_string(dir.join("cgroup")).ok()?;
-    let path =
-        crate::rank::parse_cgroup(&text).filter(|p| p.starts_with('/') && !p.contains("/.."))?;
-    let (dead, leaving) = exiting()?;
-    if dead || (leaving && path == "/") {
-        return None;
-    }
-    Some(path)
-}
-
-/// Decodes a ring-buffer record; `proc_root` is given when the victim's
-/// cgroup must be read from /proc (no tp_btf walk).
-fn decode(
-    bytes: &[u8],
-    layout: Option<&MarkVictimLayout>,
-    proc_root: Option<&Path>,
-) -> Option<Input> {
-    match oomtrace_common::decode(bytes) {
-        Ok(Record::TpVictim(ev)) => {
-            let fields = tp_fields(&ev, layout);
-            let proc_cgroup =
-                proc_root.and_then(|root| victim_cgroup(root, fields.pid.unwrap_or(ev.pid)));
-            Some(Input::Tracepoint {
-                header: ev.header,
-                fields,
-                proc_cgroup,
-            })
-        }
-        Ok(Record::BtfVictim(ev)) => Some(Input::TpBtf(Box::new(ev))),
-        Ok(Record::Decision(ev)) => Some(Input::Decision(Box::new(ev))),
-        Ok(Record::GroupMember(ev)) => Some(Input::GroupMember(Box::new(ev))),
-        Err(e) => {
-            warn!(
-                "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
-            );
-            None
-        }
-    }
-}
-
-fn tp_fields(ev: &TpVictim, layout: Option<&MarkVictimLayout>) -> MarkVictimFields {
-    let len = (ev.record_len as usize).min(ev.record.len());
-    let mut fields = match layout {
-        Some(l) if len > 0 => l.decode(&ev.record[..len]),
-        _ => MarkVictimFields::default(),
-    };
-    fields.pid = fields.pid.or(Some(ev.pid));
-    fields
-}
-
-/// Writes kills until `--count` is reached; returns whether it was.
-fn write_all<W: io::Write>(
-    kills: Vec<Correlated>,
-    sink: &mut Sink<W>,
-    enricher: &mut Enricher,
-    stats: Option<&Stats>,
-    kmsg_stats: &KmsgStats,
-    summary: &mut Summary,
-    count: Option<u64>,
-) -> Result<bool, AgentError> {
-    let done = |s: &Summary| count.is_some_and(|n| s.kills >= n);
-    for c in kills {
-        if done(summary) {
-            break;
-        }
-        write(sink, enricher, c, stats, kmsg_stats, summary)?;
-    }
-    Ok(done(summary))
-}
-
-fn write<W: io::Write>(
-    sink: &mut Sink<W>,
-    enricher: &mut Enricher,
-    c: Correlated,
-    stats: Option<&Stats>,
-    kmsg_stats: &KmsgStats,
-    summary: &mut Summary,
-) -> Result<(), AgentError> {
-    let mut kill = enricher.enrich(c);
-    kill.lost_events = lost_total(stats, kmsg_stats);
-    if let Some(k) = &enricher.kube {
-        k.enrich(&mut kill);
-    }
-    sink.write(&kill).map_err(AgentError::Output)?;
-    if let Some(m) = &enricher.metrics {
-        m.record_kill(&kill);
-    }
-    if let Some(k) = &enricher.kube {
-        k.post(&kill);
-    }
-    summary.kills += 1;
-    Ok(())
-}
-
-impl Enricher {
-    fn enrich(&mut self, c: Correlated) -> Kill {
-        let Correlated {
-            mut kill, at_ns, ..
-        } = c;
-        kill.node = self.node.clone();
-        kill.time = rfc3339(self.wall_time(at_ns));
-
-        // What the kernel walk did not give, read from the cgroup fs now (after the kill).
-        if let Some(cgfs) = &self.cgfs {
-            let mut read_late = false;
-            if kill.memcg.victim_usage_bytes.is_none()
-                && let Some(cg) = kill.victim.cgroup.as_deref()
-            {
-                kill.memcg.victim_usage_bytes = cgfs.usage(cg);
-                kill.memcg.victim_limit_bytes = cgfs.limit(cg);
-                read_late |= kill.memcg.victim_usage_bytes.is_some();
-            }
-            if kill.memcg.oom_usage_bytes.is_none()
-                && let Some(cg) = kill.oom_cgroup.as_deref()
-            {
-                kill.memcg.oom_usage_bytes = cgfs.usage(cg);
-                kill.memcg.oom_limit_bytes = cgfs.limit(cg);
-                read_late |= kill.memcg.oom_usage_bytes.is_some();
-            }
-            if read_late {
-                kill.missing.push(
-                    "memcg usage at kill time: read from the cgroup fs after the kill (no kernel walk)"
-                        .to_string(),
-                );
-            }
-        }
-
-        let ident = kill.victim.cgroup.as_deref().map(identity::parse);
-        if let Some(id) = &ident {
-            if let Some(uid) = id.pod_uid.as_deref() {
-                let name = self.pod_names.lookup(uid, id.container_id.as_deref());
-                if name.is_none() {
-                    kill.missing.push(format!(
-                        "pod name: pod {uid} not found under the pod log directories (pod deleted before the kill was seen, or --pod-logs points elsewhere)"
-                    ));
-                }
-                kill.k8s = id.to_k8s(name.as_ref());
-            } else {
-                kill.k8s = id.to_k8s(None);
-            }
-        }
-        kill.oom_domain = match kill.scope {
-            Some(Scope::Node) => Some(OomDomain::Node),
-            Some(Scope::Cgroup) => Some(identity::oom_domain(
-                kill.oom_cgroup.as_deref(),
-                kill.victim.cgroup.as_deref(),
-            )),
-            None => None,
-        };
-        if let Some(adj) = kill.victim.oom_score_adj {
-            let qos_class = ident.as_ref().and_then(|i| i.qos);
-            if ident.as_ref().is_some_and(identity::Identity::is_pod) {
-                kill.qos_check = Some(qos::check(qos_class, adj, self.mem_total));
-            }
-        }
-        if matches!(
-            kill.oom_domain,
-            Some(OomDomain::Node | OomDomain::NodeAllocatable)
-        ) && let Some(cgfs) = &self.cgfs
-        {
-            // The moment the consumers held the most: by the time a kill is
-            // reported the victim's memory is freed and the OOM may have
-            // killed the hog too (a snapshot taken during that second kill
-            // reads /proc/meminfo before the reaper and the cgroups after
-            // it), so snapshots taken under pressure and at first sight are
-            // kept, and the one whose top consumers held the most wins.
-            let window = self.snapshot_max_age;
-            let best = self
-                .snapshots
-                .iter()
-                .filter(|(t, _)| t.elapsed() < window)
-                .max_by_key(|(_, m)| m.top.iter().map(|c| c.usage_bytes).sum::<u64>())
-                .map(|(_, m)| m.clone());
-            kill.node_memory = Some(match best {
-                Some(m) => m,
-                None => {
-                    let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
-                    self.keep_snapshot(Instant::now(), snap.clone());
-                    snap
-                }
-            });
-        }
-        let (explanation, advice) = explain::explain(&kill, ident.as_ref());
-        kill.explanation = Some(explanation);
-        kill.advice = Some(advice);
-        kill
-    }
-
-    /// Takes a node memory snapshot when a kill is first seen.
-    fn snapshot_node(&mut self, now: Instant) {
-        self.snapshot_every(now, Duration::from_millis(250));
-    }
-
-    /// Under memory pressure, keeps snapshots of the node so that the moment
-    /// before a node-level OOM is on record: during the OOM itself the
-    /// agent's reads wait for reclaim like everyone else's, and the consumer
-    /// may be killed too. Every second below 20% available, four times a
-    /// second below 10%.
-    fn watch_pressure(&mut self, now: Instant) {
-        let Ok(text) = fs::read_to_string(self.proc_root.join("meminfo")) else {
-            return;
-        };
-        let m = node::meminfo(&text);
-        if let (Some(total), Some(avail)) = (m.total_bytes, m.available_bytes)
-            && let Some(interval) = pressure_interval(total, avail)
-        {
-            self.snapshot_every(now, interval);
-        }
-    }
-
-    fn snapshot_every(&mut self, now: Instant, interval: Duration) {
-        let Some(cgfs) = &self.cgfs else {
-            return;
-        };
-        if self
-            .snapshots
-            .back()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < interval)
-        {
-            return;
-        }
-        let snap = node_now(cgfs, &self.proc_root, self.top, &mut self.pod_names);
-        self.keep_snapshot(now, snap);
-    }
-
-    fn keep_snapshot(&mut self, at: Instant, snap: NodeMemory) {
-        self.snapshots.push_back((at, snap));
-        while self.snapshots.len() > 32 {
-            self.snapshots.pop_front();
-        }
-    }
-
-    fn wall_time(&self, at_ns: Option<u64>) -> SystemTime {
-        let Some(ns) = at_ns else {
-            return SystemTime::now();
-        };
-        let wall = i128::from(ns) + self.realtime_offset_ns;
-        u64::try_from(wall)
-            .ok()
-            .map(|w| SystemTime::UNIX_EPOCH + Duration::from_nanos(w))
-            .unwrap_or_else(SystemTime::now)
-    }
-}
-
-/// How often to keep node snapshots with `avail` of `total` bytes available.
-fn pressure_interval(total: u64, avail: u64) -> Option<Duration> {
-    if avail.saturating_mul(10) < total {
-        Some(Duration::from_millis(250))
-    } else if avail.saturating_mul(5) < total {
-        Some(Duration::from_secs(1))
-    } else {
-        None
-    }
-}
-
-/// Node memory and the largest consumers, now.
-fn node_now(cgfs: &CgroupFs, proc_root: &Path, top: usize, pod_names: &mut PodNames) -> NodeMemory {
-    let names = std::cell::RefCell::new(pod_names);
-    node::node_memory(cgfs, proc_root, top, |path| {
-        consumer_name(path, &mut names.borrow_mut())
+fn kmsg_input(line: KmsgOom) -> Input {
+    Input::Kmsg(KmsgSighting {
+        seq: line.seq,
+        ts_usec: line.ts_usec,
+        line: line.line,
+        received: line.received,
     })
 }
 
-/// A consumer's display name (`namespace/pod` for pods) and QoS class.
-fn consumer_name(path: &str, names: &mut PodNames) -> (String, Option<String>) {
-    let id = identity::parse(path);
-    let qos = id.qos.map(|q| q.as_str().to_string());
-    match id.pod_uid.as_deref() {
-        Some(uid) => match names.lookup(uid, None) {
-            Some(n) => (format!("{}/{}", n.namespace, n.pod), qos),
-            None => (format!("pod {uid}"), qos),
-        },
-        None => (path.to_string(), qos),
+/// The output stage, on its own thread: enrich, explain, hand to every sink.
+struct OutputStage {
+    enricher: Enricher,
+    sinks: Sinks,
+    losses: Losses,
+    count: Option<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl OutputStage {
+    /// Returns the kills written and the error that ended output, if any.
+    fn run(mut self, mut rx: mpsc::Receiver<Correlated>) -> (u64, Option<SinkError>) {
+        let mut written = 0u64;
+        while let Some(c) = rx.blocking_recv() {
+            if self.count.is_some_and(|n| written >= n) {
+                continue;
+            }
+            let mut e = self.enricher.enrich(c);
+            explain::apply(&mut e);
+            let mut kill = e.kill;
+            kill.lost_events = self.losses.total();
+            let result = self.sinks.kill(&kill);
+            if let Err(err) = result {
+                let _ = self.stop.send(true);
+                return (written, Some(err));
+            }
+            written += 1;
+            if self.count.is_some_and(|n| written >= n) {
+                let _ = self.stop.send(true);
+            }
+        }
+        (written, None)
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+/// Follows the sources' loss counters: the metric, and a warning when it grows.
+async fn monitor_losses(losses: Losses, metrics: Option<Arc<Metrics>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let lost = losses.total();
+        if let Some(m) = &metrics {
+            m.set_lost(lost);
+        }
+        if lost > last {
+            warn!(
+                "{lost} events lost so far (kernel ring buffer full or kernel log wrapped): raise --ringbuf-bytes"
+            );
+            last = lost;
+        }
+    }
 }
 
-fn realtime_offset_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// The first 8 characters of the boot id: incidents are unique per boot.
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().chars().take(8).collect())
+        .unwrap_or_else(|_| "boot".to_string())
 }
 
 pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A real `/proc/<pid>/stat` of a sleeping process on the 6.18 host.
-    const STAT: &str = include_str!("../tests/data/node/host-6.18.proc-sleep.stat");
-
-    fn proc_with(pid: u32, stat: &str, cgroup: &str) -> tempfile::TempDir {
-        let root = tempfile::tempdir().expect("tmp");
-        let dir = root.path().join(pid.to_string());
-        fs::create_dir(&dir).expect("mkdir");
-        fs::write(dir.join("stat"), stat).expect("stat");
-        fs::write(dir.join("cgroup"), cgroup).expect("cgroup");
-        root
-    }
-
-    #[test]
-    fn node_snapshots_come_faster_as_available_memory_shrinks() {
-        // MemTotal and MemAvailable of the 512 MiB test VM, idle and near its OOM.
-        let total = 483_454_976;
-        assert_eq!(pressure_interval(total, 379_609_088), None);
-        assert_eq!(
-            pressure_interval(total, 90 << 20),
-            Some(Duration::from_secs(1))
-        );
-        assert_eq!(
-            pressure_interval(total, 30 << 20),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(pressure_interval(0, 0), None, "no MemTotal: no pressure");
-    }
-
-    #[test]
-    fn a_dying_victims_cgroup_is_read_but_never_the_root_an_exited_task_shows() {
-        let v1 = "12:memory:/oomtrace-test/app\n4:pids:/\n";
-        let live = proc_with(15239, STAT, v1);
-        assert_eq!(
-            victim_cgroup(live.path(), 15239).as_deref(),
-            Some("/oomtrace-test/app")
-        );
-        // A zombie: cgroup v1 moved it to the root; nothing is better than "/".
-        let zombie = proc_with(15239, &STAT.replacen(" S ", " Z ", 1), "12:memory:/\n");
-        assert_eq!(victim_cgroup(zombie.path(), 15239), None);
-        // Exiting (PF_EXITING, 0x4, in the flags field 4194304 -> 4194308) and showing "/".
-        let exiting = STAT.replacen(" 4194304 ", " 4194308 ", 1);
-        let leaving = proc_with(15239, &exiting, "12:memory:/\n");
-        assert_eq!(victim_cgroup(leaving.path(), 15239), None);
-        // Exiting but still in its own cgroup: the path is right.
-        let still = proc_with(15239, &exiting, v1);
-        assert_eq!(
-            victim_cgroup(still.path(), 15239).as_deref(),
-            Some("/oomtrace-test/app")
-        );
-        // Inside a cgroup namespace the path is not the node's.
-        let ns = proc_with(15239, STAT, "0::/../../kubepods.slice\n");
-        assert_eq!(victim_cgroup(ns.path(), 15239), None);
-        assert_eq!(victim_cgroup(live.path(), 1), None, "gone");
-    }
 }

@@ -93,9 +93,9 @@ pub struct Paths {
 
 #[derive(Debug, Clone, Args)]
 pub struct TraceArgs {
-    /// Output format.
-    #[arg(long, value_enum, env = "OOMTRACE_FORMAT", default_value = "json")]
-    pub format: Format,
+    /// Output format [default: text at a terminal, json otherwise].
+    #[arg(long, value_enum, env = "OOMTRACE_FORMAT")]
+    pub format: Option<Format>,
 
     /// Exit 0 after this many kills (for scripts).
     #[arg(long)]
@@ -159,6 +159,20 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub paths: Paths,
+}
+
+impl TraceArgs {
+    /// The output format: `--format` or `OOMTRACE_FORMAT` when given, else
+    /// text when stdout is a terminal (a person reads it) and JSON otherwise
+    /// (a pipe, a file, a DaemonSet's log).
+    pub fn format(&self) -> Format {
+        use std::io::IsTerminal as _;
+        self.format.unwrap_or(if std::io::stdout().is_terminal() {
+            Format::Text
+        } else {
+            Format::Json
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]

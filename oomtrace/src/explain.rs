@@ -3,22 +3,18 @@
 //! change that prevents it. Only facts present in the [`Kill`] (or the
 //! cgroup [`Identity`]) are stated; what is missing is said to be unknown.
 
-use crate::identity::{Identity, QosClass};
-use crate::report::{Consumer, Kill, OomDomain};
+use crate::{
+    enrich::Enriched,
+    identity::{Identity, QosClass},
+    report::{Consumer, Kill, OomDomain},
+    units::Bytes,
+};
 
-const MIB: f64 = 1024.0 * 1024.0;
-const GIB: f64 = 1024.0 * MIB;
-
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / MIB)
-}
-
-fn size(bytes: u64) -> String {
-    if bytes as f64 >= GIB {
-        format!("{:.1} GiB", bytes as f64 / GIB)
-    } else {
-        mib(bytes)
-    }
+/// The explain stage: fills in the explanation and advice of an enriched kill.
+pub fn apply(e: &mut Enriched) {
+    let (explanation, advice) = explain(&e.kill, e.identity.as_ref());
+    e.kill.explanation = Some(explanation);
+    e.kill.advice = Some(advice);
 }
 
 /// Who was killed, in the user's terms.
@@ -128,11 +124,11 @@ fn own_usage(kill: &Kill, v: &Victim) -> String {
     match (kill.memcg.victim_usage_bytes, kill.memcg.victim_limit_bytes) {
         (Some(u), Some(l)) => format!(
             "it used {} of its {} limit, so its own limit was not the cause",
-            mib(u),
-            mib(l)
+            Bytes(u),
+            Bytes(l)
         ),
-        (Some(u), None) => format!("it used {} and {whose} had no memory limit", mib(u)),
-        (None, Some(l)) => format!("its usage is unknown ({whose} limit was {})", mib(l)),
+        (Some(u), None) => format!("it used {} and {whose} had no memory limit", Bytes(u)),
+        (None, Some(l)) => format!("its usage is unknown ({whose} limit was {})", Bytes(l)),
         (None, None) => "its own usage and limit are unknown".into(),
     }
 }
@@ -179,7 +175,7 @@ fn top_consumers(kill: &Kill) -> Option<String> {
     let list: Vec<String> = top
         .iter()
         .take(5)
-        .map(|c| format!("{} {}", c.name, size(c.usage_bytes)))
+        .map(|c| format!("{} {}", c.name, Bytes(c.usage_bytes)))
         .collect();
     Some(list.join(", "))
 }
@@ -191,7 +187,7 @@ fn largest_other(kill: &Kill, v: &Victim) -> Option<String> {
     Some(format!(
         "find out why {} uses {}",
         c.name,
-        size(c.usage_bytes)
+        Bytes(c.usage_bytes)
     ))
 }
 
@@ -217,15 +213,15 @@ fn estimated_request(kill: &Kill) -> Option<String> {
     let est = kill.qos_check.as_ref()?.estimated_request_bytes?;
     Some(format!(
         "its oom_score_adj implies a memory request of about {}",
-        mib(est)
+        Bytes(est)
     ))
 }
 
 fn oom_usage(kill: &Kill) -> Option<String> {
     match (kill.memcg.oom_usage_bytes, kill.memcg.oom_limit_bytes) {
-        (Some(u), Some(l)) => Some(format!("{} of {}", mib(u), mib(l))),
-        (None, Some(l)) => Some(format!("a limit of {} (usage unknown)", mib(l))),
-        (Some(u), None) => Some(format!("{} (limit unknown)", mib(u))),
+        (Some(u), Some(l)) => Some(format!("{} of {}", Bytes(u), Bytes(l))),
+        (None, Some(l)) => Some(format!("a limit of {} (usage unknown)", Bytes(l))),
+        (Some(u), None) => Some(format!("{} (limit unknown)", Bytes(u))),
         (None, None) => None,
     }
 }
@@ -258,8 +254,8 @@ pub fn explain(kill: &Kill, identity: Option<&Identity>) -> (String, String) {
     match kill.oom_domain {
         Some(OomDomain::Container) => {
             let usage = match (kill.memcg.oom_usage_bytes, kill.memcg.oom_limit_bytes) {
-                (Some(u), Some(l)) => format!(": it used {} of its {} limit", mib(u), mib(l)),
-                (None, Some(l)) => format!(" of {} (its usage is unknown)", mib(l)),
+                (Some(u), Some(l)) => format!(": it used {} of its {} limit", Bytes(u), Bytes(l)),
+                (None, Some(l)) => format!(" of {} (its usage is unknown)", Bytes(l)),
                 _ => " (its usage and limit are unknown)".into(),
             };
             let whose = if v.is_pod { "container" } else { "cgroup" };
@@ -455,7 +451,7 @@ mod tests {
         k.memcg.oom_usage_bytes = Some(15 * GI);
         k.memcg.oom_limit_bytes = Some(15 * GI);
         let (e, a) = explain(&k, None);
-        assert!(e.contains("exhausted its allocatable memory (the /kubepods.slice limit was hit, 15360 MiB of 15360 MiB)"), "{e}");
+        assert!(e.contains("exhausted its allocatable memory (the /kubepods.slice limit was hit, 15.0 GiB of 15.0 GiB)"), "{e}");
         assert!(e.contains("Largest consumers: batch/hog 14.2 GiB"), "{e}");
         assert!(
             a.contains("overcommitted") && a.contains("kube-reserved") && a.contains("batch/hog"),

@@ -32,9 +32,11 @@
 
 pub mod agent;
 pub mod btf;
+pub mod capture;
 pub mod cli;
 pub mod correlate;
 pub mod doctor;
+pub mod enrich;
 pub mod explain;
 pub mod identity;
 pub mod kmsg;
@@ -44,9 +46,11 @@ pub mod node;
 pub mod offsets;
 pub mod podnames;
 pub mod probe;
+pub mod proc;
 pub mod qos;
 pub mod rank;
 pub mod report;
 pub mod sink;
 pub mod tracefs;
+pub mod units;
 pub mod verdict;

@@ -41,6 +41,7 @@ use tracing::debug;
 use crate::{
     probe::Hook,
     report::{Kill, OomDomain, Scope},
+    sink::{Sink, SinkError},
 };
 
 /// Every hook of the capture chain, in fallback order.
@@ -215,6 +216,24 @@ impl Metrics {
     /// accept OpenMetrics (curl, older scrapers, `promtool check metrics`).
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode())
+    }
+}
+
+/// The metrics sink: counts every kill it is given.
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsSink {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl Sink for MetricsSink {
+    fn kill(&mut self, kill: &Kill) -> Result<(), SinkError> {
+        self.metrics.record_kill(kill);
+        Ok(())
     }
 }
 

@@ -278,6 +278,11 @@ pub fn meminfo(text: &str) -> MemInfo {
     m
 }
 
+/// Reads and parses a `meminfo` file (the node's: `<proc>/meminfo`).
+pub fn read_meminfo(path: &Path) -> std::io::Result<MemInfo> {
+    fs::read_to_string(path).map(|t| meminfo(&t))
+}
+
 /// Memory pressure (`/proc/pressure/memory`), the share of the last 10 s in
 /// which some / all non-idle tasks stalled on memory, in percent.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

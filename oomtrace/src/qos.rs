@@ -24,6 +24,7 @@
 
 use crate::identity::QosClass;
 use crate::report::QosCheck;
+use crate::units::Bytes;
 
 /// `guaranteedOOMScoreAdj`: Guaranteed and node-critical pods.
 pub const GUARANTEED_OOM_SCORE_ADJ: i32 = -997;
@@ -109,15 +110,6 @@ pub fn estimate_request(oom_score_adj: i32, node_capacity_bytes: u64) -> Option<
         u64::try_from(min).ok()?,
         u64::try_from(max).unwrap_or(u64::MAX),
     ))
-}
-
-fn mib(bytes: u64) -> String {
-    let mib = bytes as f64 / (1024.0 * 1024.0);
-    if mib >= 10.0 {
-        format!("{mib:.0} MiB")
-    } else {
-        format!("{mib:.1} MiB")
-    }
 }
 
 /// Whether `observed_adj` fits what the kubelet sets for `qos`, and for a
@@ -210,15 +202,15 @@ pub fn check(
                         out.estimated_request_bytes = Some(min);
                         out.note = Some(format!(
                             "oom_score_adj 3 means a memory request of at least {} (99.7% of the node's memory or more)",
-                            mib(min)
+                            Bytes(min)
                         ));
                     }
                     Some((min, max)) => {
                         out.estimated_request_bytes = Some(min + (max - min) / 2);
                         out.note = Some(format!(
                             "oom_score_adj {observed_adj} means a memory request between {} and {}",
-                            mib(min),
-                            mib(max)
+                            Bytes(min),
+                            Bytes(max)
                         ));
                     }
                     None => {

@@ -1,102 +1,57 @@
-//! Output: JSON lines (one object per kill) or one readable line per kill.
+//! Sinks: where finished reports go. Each reads a finished [`Kill`] and
+//! never changes it; the agent hands every report to every sink, in order.
+//!
+//! - [`stdout`]: JSON lines (one object per kill) or one readable line per kill;
+//! - [`crate::metrics`]: Prometheus/OpenMetrics counters on `--metrics-addr`;
+//! - [`events`]: a Kubernetes Event on the victim's pod (`--kube`).
 
-use std::io::{self, Write};
+pub mod events;
+pub mod stdout;
 
-use crate::{
-    cli::Format,
-    report::{Kill, Scope},
-};
+use std::io;
 
-pub struct Sink<W: Write> {
-    format: Format,
-    out: W,
+use thiserror::Error;
+
+use crate::report::Kill;
+
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error(
+        "writing events to stdout failed: {0}: the reader of oomtrace's output is gone (a closed pipe or a full disk); restart it with a working stdout"
+    )]
+    Stdout(#[source] io::Error),
 }
 
-impl<W: Write> Sink<W> {
-    pub fn new(format: Format, out: W) -> Self {
-        Self { format, out }
+/// A destination for finished reports.
+pub trait Sink: Send {
+    /// Takes one finished kill.
+    fn kill(&mut self, kill: &Kill) -> Result<(), SinkError>;
+}
+
+/// Every sink of a run, in the order they are given each report: the
+/// in-memory ones first, so a broken stdout still lets metrics and Events
+/// count the kill it could not print.
+#[derive(Default)]
+pub struct Sinks {
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Sinks {
+    pub fn push(&mut self, sink: impl Sink + 'static) {
+        self.sinks.push(Box::new(sink));
     }
 
-    /// Writes one kill and flushes, so a pipe reader sees it at once.
-    pub fn write(&mut self, kill: &Kill) -> io::Result<()> {
-        match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut self.out, kill).map_err(io::Error::other)?;
-                self.out.write_all(b"\n")?;
-            }
-            Format::Text => {
-                self.out.write_all(text_line(kill).as_bytes())?;
-                self.out.write_all(b"\n")?;
+    /// Gives the kill to every sink; the first error is returned after all
+    /// sinks had it.
+    pub fn kill(&mut self, kill: &Kill) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            if let Err(e) = s.kill(kill)
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
-        self.out.flush()
+        first
     }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn or_unknown<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(|| "?".to_string(), |v| v.to_string())
-}
-
-/// The text form: who, where, which limit, and the explanation.
-pub fn text_line(k: &Kill) -> String {
-    let who = match &k.k8s {
-        Some(p) => format!(
-            "{}/{} container {} ({})",
-            p.namespace.as_deref().unwrap_or("?"),
-            p.pod.as_deref().or(p.pod_uid.as_deref()).unwrap_or("?"),
-            p.container.as_deref().unwrap_or("?"),
-            p.qos_class.as_deref().unwrap_or("?")
-        ),
-        None => format!("cgroup {}", k.victim.cgroup.as_deref().unwrap_or("?")),
-    };
-    let domain = match (k.scope, &k.oom_domain) {
-        (Some(Scope::Node), _) => "NODE out of memory".to_string(),
-        (Some(Scope::Cgroup), Some(d)) => format!(
-            "{} limit hit ({})",
-            serde_json::to_value(d)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            k.oom_cgroup.as_deref().unwrap_or("?")
-        ),
-        (Some(Scope::Cgroup), None) => {
-            format!(
-                "cgroup limit hit ({})",
-                k.oom_cgroup.as_deref().unwrap_or("?")
-            )
-        }
-        (None, _) => "scope unknown".to_string(),
-    };
-    let usage = match (k.memcg.victim_usage_bytes, k.memcg.victim_limit_bytes) {
-        (Some(u), Some(l)) => format!(" usage {} of {}", mib(u), mib(l)),
-        (Some(u), None) => format!(" usage {} (no limit)", mib(u)),
-        _ => String::new(),
-    };
-    let mut line = format!(
-        "{} {} OOM-KILL pid {} ({}) adj {} {} | {}{}",
-        k.time,
-        k.node,
-        or_unknown(k.victim.pid),
-        k.victim.comm.as_deref().unwrap_or("?"),
-        or_unknown(k.victim.oom_score_adj),
-        who,
-        domain,
-        usage
-    );
-    if let Some(e) = &k.explanation {
-        line.push_str(" | ");
-        line.push_str(e);
-    }
-    if let Some(a) = &k.advice {
-        line.push_str(" | advice: ");
-        line.push_str(a);
-    }
-    if !k.missing.is_empty() {
-        line.push_str(&format!(" | missing: {}", k.missing.join("; ")));
-    }
-    line
 }

@@ -120,13 +120,6 @@ pub fn page_counter_max(page_size: u64) -> u64 {
     (i64::MAX as u64) / page_size.max(1)
 }
 
-/// The system page size.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(v).ok().filter(|&v| v > 0).unwrap_or(4096)
-}
-
 #[cfg(test)]
 mod tests {
     use oomtrace_common::{CgroupLevel, MAX_DEPTH, NAME_LEN};

@@ -1,0 +1,119 @@
+//! Capture: what the kernel says about a kill, decoded into one [`Input`]
+//! type for the correlator.
+//!
+//! Two sources produce inputs: the eBPF programs through the ring buffer
+//! ([`ring`] decodes their records) and the kernel log ([`crate::kmsg`]).
+//! Every input is self-contained: the correlator never reads the kernel's
+//! ABI structs or a file to make sense of one.
+
+pub mod lookup;
+pub mod ring;
+
+use std::time::Instant;
+
+use crate::{kmsg::OomLine, report::Constraint, tracefs::MarkVictimFields, verdict::Walk};
+
+/// One thing a capture source saw.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// `tracepoint/oom/mark_victim`: one per victim.
+    Tracepoint(TpSighting),
+    /// `tp_btf/mark_victim`: the victim task itself.
+    TpBtf(TaskSighting),
+    /// `oom_kill_process`: the kernel's decision (before its victims).
+    Decision(Decision),
+    /// A task a memory.oom.group kill is about to take
+    /// (`oom_kill_memcg_member`). It only completes a victim another source
+    /// reports: the kernel skips some of the tasks it scans.
+    GroupMember(TaskSighting),
+    /// An OOM-killer line of the kernel log.
+    Kmsg(KmsgSighting),
+    /// A victim's memory cgroup from `/proc/<pid>/cgroup`, looked up beside
+    /// the draining while it died (`None`: already gone, or not readable).
+    ProcCgroup { pid: u32, cgroup: Option<String> },
+}
+
+/// The task that ran the OOM killer (`current` in the hook): often not the victim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub tid: u32,
+    pub tgid: u32,
+    pub comm: String,
+}
+
+/// What every eBPF record carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook ran.
+    pub ktime_ns: u64,
+    pub trigger: Trigger,
+}
+
+/// A classic tracepoint record, decoded with the `format` file's layout.
+#[derive(Debug, Clone)]
+pub struct TpSighting {
+    pub meta: RecordMeta,
+    pub fields: MarkVictimFields,
+}
+
+impl TpSighting {
+    /// The victim pid (the tracepoint always has it).
+    pub fn pid(&self) -> u32 {
+        self.fields.pid.unwrap_or(0)
+    }
+}
+
+/// What was read from a victim `task_struct` in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSighting {
+    pub meta: RecordMeta,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub oom_score_adj: Option<i32>,
+    pub uid: u32,
+    /// Its memory cgroup and every ancestor, with usage and limit.
+    pub walk: Option<Walk>,
+}
+
+/// The task `oom_kill_process` was given as the victim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chosen {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    /// `oc->chosen_points`: its badness.
+    pub points: i64,
+    pub oom_score_adj: i32,
+}
+
+/// `struct oom_control` at the entry of `oom_kill_process`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub meta: RecordMeta,
+    /// `oc->memcg` was set: a memory cgroup's limit, not the node.
+    pub memcg: bool,
+    pub constraint: Option<Constraint>,
+    /// `oc->order` (-1 for a sysrq-forced OOM).
+    pub order: i32,
+    pub gfp_mask: u32,
+    /// `oc->totalpages`: what badness was scored against.
+    pub totalpages: u64,
+    pub chosen: Option<Chosen>,
+    /// `oc->memcg` and its ancestors: the OOM domain.
+    pub domain: Option<Walk>,
+    pub chosen_memcg: Option<Walk>,
+    pub trigger_memcg: Option<Walk>,
+}
+
+/// One OOM-killer line of the kernel log.
+#[derive(Debug, Clone)]
+pub struct KmsgSighting {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// Kernel monotonic time of the record, in microseconds since boot.
+    pub ts_usec: u64,
+    pub line: OomLine,
+    /// When the reader received it.
+    pub received: Instant,
+}

@@ -1,0 +1,387 @@
+use oomtrace_common::{
+    ABI_VERSION, BtfVictim, CgroupLevel, CgroupWalk, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG,
+    Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_GROUP_MEMBER, MAX_DEPTH, NAME_LEN,
+    VICTIM_HAS_ADJ, as_bytes,
+};
+
+use std::mem::size_of;
+
+use super::*;
+use crate::{
+    capture::{KmsgSighting, RecordMeta, TpSighting, Trigger, ring::Decoder},
+    kmsg::{OomLine, parse_oom_line, parse_record},
+    report::{Constraint, Scope, VerdictSource},
+    tracefs::MarkVictimFields,
+};
+
+/// Real records of one memcg kill on this project's 6.18 host.
+const HOST: &str = include_str!("../../tests/data/kmsg/host-6.18-memcg.kmsg.txt");
+
+fn kmsg_inputs(text: &str) -> Vec<Input> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| parse_record(l.as_bytes()))
+        .filter_map(|r| {
+            parse_oom_line(&r.message).map(|line| {
+                Input::Kmsg(KmsgSighting {
+                    seq: r.seq,
+                    ts_usec: r.ts_usec,
+                    line,
+                    received: Instant::now(),
+                })
+            })
+        })
+        .collect()
+}
+
+fn is_kill_line(i: &Input) -> bool {
+    matches!(
+        i,
+        Input::Kmsg(KmsgSighting {
+            line: OomLine::Killed { .. },
+            ..
+        })
+    )
+}
+
+fn first_kill(inputs: Vec<Input>) -> Vec<Input> {
+    // Up to and including the first kill line.
+    let mut out = Vec::new();
+    for i in inputs {
+        let last = is_kill_line(&i);
+        out.push(i);
+        if last {
+            break;
+        }
+    }
+    out
+}
+
+fn name(s: &str) -> [u8; NAME_LEN] {
+    let mut n = [0u8; NAME_LEN];
+    n[..s.len()].copy_from_slice(s.as_bytes());
+    n
+}
+
+fn walk(levels: &[(&str, u64, u64)]) -> CgroupWalk {
+    let mut w = CgroupWalk {
+        depth: levels.len() as u32,
+        flags: 0,
+        levels: [CgroupLevel {
+            id: 0,
+            usage_pages: 0,
+            max_pages: 0,
+            name: [0; NAME_LEN],
+        }; MAX_DEPTH],
+    };
+    for (i, (n, usage, max)) in levels.iter().enumerate() {
+        w.levels[i] = CgroupLevel {
+            id: i as u64 + 1,
+            usage_pages: *usage,
+            max_pages: *max,
+            name: name(n),
+        };
+    }
+    w
+}
+
+const UNLIMITED: u64 = i64::MAX as u64 / 4096;
+
+fn expect(tracepoint: bool, tp_btf: bool, kmsg: bool, decision: bool) -> Expect {
+    Expect {
+        tracepoint,
+        tp_btf,
+        kmsg,
+        decision,
+        proc: false,
+    }
+}
+
+fn header(kind: u16, len: usize, ktime_ns: u64, tid: u32) -> Header {
+    let mut h = Header::zeroed();
+    h.version = ABI_VERSION;
+    h.kind = kind;
+    h.len = len as u32;
+    h.ktime_ns = ktime_ns;
+    h.trigger_tid = tid;
+    h.trigger_tgid = tid;
+    h.trigger_comm[..2].copy_from_slice(b"dd");
+    h
+}
+
+/// Records go through the real ring decoder, as in the agent.
+fn decode<T: Copy>(record: &T) -> Input {
+    Decoder {
+        layout: None,
+        page_size: 4096,
+    }
+    .decode(as_bytes(record))
+    .expect("decodable record")
+}
+
+fn btf_record(pid: u32, ktime_ns: u64, trigger: u32, memcg: CgroupWalk) -> BtfVictim {
+    BtfVictim {
+        header: header(KIND_BTF_VICTIM, size_of::<BtfVictim>(), ktime_ns, trigger),
+        pid,
+        tgid: pid,
+        comm: *b"dd\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        oom_score_adj: 500,
+        uid: 0,
+        flags: VICTIM_HAS_ADJ,
+        _pad: 0,
+        memcg,
+    }
+}
+
+fn btf_victim(pid: u32, ktime_ns: u64, memcg: CgroupWalk) -> Input {
+    decode(&btf_record(pid, ktime_ns, pid, memcg))
+}
+
+fn tp_input(pid: u32, ktime_ns: u64, trigger: u32, fields: MarkVictimFields) -> Input {
+    Input::Tracepoint(TpSighting {
+        meta: RecordMeta {
+            ktime_ns,
+            trigger: Trigger {
+                tid: trigger,
+                tgid: trigger,
+                comm: "dd".into(),
+            },
+        },
+        fields: MarkVictimFields {
+            pid: Some(pid),
+            ..fields
+        },
+    })
+}
+
+/// What the extended tracepoint reports of a `dd` victim.
+fn dd_fields() -> MarkVictimFields {
+    MarkVictimFields {
+        comm: Some("dd".into()),
+        anon_rss_kb: Some(32_512),
+        oom_score_adj: Some(500),
+        uid: Some(0),
+        ..MarkVictimFields::default()
+    }
+}
+
+fn tp_victim(pid: u32, ktime_ns: u64) -> Input {
+    tp_input(pid, ktime_ns, pid, dd_fields())
+}
+
+#[test]
+fn the_kernel_log_alone_gives_the_verdict_of_a_real_memcg_kill() {
+    let mut c = Correlator::new(
+        expect(false, false, true, false),
+        Duration::from_millis(500),
+        4096,
+        "b".into(),
+    );
+    let now = Instant::now();
+    let out: Vec<Correlated> = first_kill(kmsg_inputs(HOST))
+        .into_iter()
+        .flat_map(|i| c.push(i, now))
+        .collect();
+    assert_eq!(out.len(), 1, "a complete kill is emitted at once");
+    let k = &out[0].kill;
+    assert_eq!(k.verdict_source, Some(VerdictSource::Kmsg));
+    assert_eq!(k.scope, Some(Scope::Cgroup));
+    assert_eq!(k.constraint, Some(Constraint::Memcg));
+    assert_eq!(k.oom_cgroup.as_deref(), Some("/kmsgsample"));
+    assert_eq!(k.victim.cgroup.as_deref(), Some("/kmsgsample"));
+    assert_eq!(k.victim.comm.as_deref(), Some("python3"));
+    assert_eq!(k.trigger.comm.as_deref(), Some("python3"));
+    assert_eq!(k.trigger.gfp_mask.as_deref(), Some("0xcc0(GFP_KERNEL)"));
+    assert_eq!(k.sources, vec!["kmsg"]);
+    assert!(k.victim.anon_rss_kb.is_some_and(|kb| kb > 0));
+}
+
+#[test]
+fn every_source_of_one_kill_makes_one_event_and_no_duplicate() {
+    let active = expect(true, true, true, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let kmsg = first_kill(kmsg_inputs(HOST));
+    let pid = kmsg
+        .iter()
+        .find_map(|i| match i {
+            Input::Kmsg(KmsgSighting {
+                line: OomLine::Killed { pid, .. },
+                ..
+            }) => *pid,
+            _ => None,
+        })
+        .expect("kill line");
+    let w = walk(&[("kmsgsample", 16_384, 16_384), ("", 90_000, UNLIMITED)]);
+    assert!(c.push(tp_victim(pid, 1_000), now).is_empty());
+    assert!(c.push(btf_victim(pid, 1_001, w), now).is_empty());
+    let out: Vec<_> = kmsg.into_iter().flat_map(|i| c.push(i, now)).collect();
+    assert_eq!(out.len(), 1);
+    let k = &out[0].kill;
+    assert_eq!(k.sources, vec!["tracepoint", "tp_btf", "kmsg"]);
+    assert_eq!(k.memcg.victim_limit_bytes, Some(16_384 * 4096));
+    assert_eq!(k.memcg.oom_limit_bytes, Some(16_384 * 4096));
+    assert_eq!(k.victim.oom_score_adj, Some(500));
+    // A late duplicate source for the same pid is dropped and counted.
+    assert!(c.push(tp_victim(pid, 1_002), now).is_empty());
+    assert_eq!(c.late, 1);
+    assert!(c.tick(now + Duration::from_secs(5)).is_empty());
+}
+
+#[test]
+fn a_kill_missing_a_source_is_emitted_after_the_wait_with_what_is_missing() {
+    let active = expect(true, true, true, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    // The summary was rate-limited and the kill line did not arrive: only BPF.
+    let w = walk(&[
+        ("child", 1_000, UNLIMITED),
+        ("parent", 8_190, 8_192),
+        ("", 90_000, UNLIMITED),
+    ]);
+    assert!(c.push(tp_victim(42, 1_000), now).is_empty());
+    assert!(c.push(btf_victim(42, 1_001, w), now).is_empty());
+    assert!(
+        c.tick(now + Duration::from_millis(100)).is_empty(),
+        "not before the wait"
+    );
+    let out = c.tick(now + Duration::from_millis(600));
+    assert_eq!(out.len(), 1);
+    let k = &out[0].kill;
+    assert_eq!(k.verdict_source, Some(VerdictSource::CgroupUsage));
+    assert_eq!(k.oom_cgroup.as_deref(), Some("/parent"));
+    assert_eq!(k.victim.cgroup.as_deref(), Some("/parent/child"));
+    assert!(
+        k.missing.iter().any(|m| m.contains("kernel log kill line")),
+        "{:?}",
+        k.missing
+    );
+    assert_eq!(c.pending_count(), 0);
+}
+
+#[test]
+fn victims_of_one_decision_share_an_incident_and_the_decision_decides() {
+    let active = expect(true, true, false, true);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let domain = walk(&[("grp", 12_800, 12_800), ("", 90_000, UNLIMITED)]);
+    let member = walk(&[
+        ("w1", 6_000, UNLIMITED),
+        ("grp", 12_800, 12_800),
+        ("", 90_000, UNLIMITED),
+    ]);
+    let mut d = Decision {
+        header: header(KIND_DECISION, size_of::<Decision>(), 500, 7),
+        flags: DECISION_HAS_MEMCG | DECISION_HAS_CHOSEN,
+        constraint: 3,
+        order: 0,
+        gfp_mask: 0xcc0,
+        totalpages: 12_800,
+        chosen_points: 7_000,
+        chosen_pid: 100,
+        chosen_tgid: 100,
+        chosen_comm: [0; 16],
+        chosen_adj: 0,
+        _pad: 0,
+        domain,
+        chosen_memcg: member,
+        trigger_memcg: member,
+    };
+    d.chosen_comm[..2].copy_from_slice(b"dd");
+    assert!(c.push(decode(&d), now).is_empty());
+    let mut kills = Vec::new();
+    for (pid, t) in [(100u32, 600u64), (101, 700), (102, 800)] {
+        // The trigger (tid 7) ran the OOM killer for all three.
+        let tp = tp_input(pid, t, 7, dd_fields());
+        let bv = decode(&btf_record(pid, t, 7, member));
+        kills.extend(c.push(tp, now));
+        kills.extend(c.push(bv, now));
+    }
+    assert_eq!(kills.len(), 3);
+    let incidents: std::collections::HashSet<_> =
+        kills.iter().map(|k| k.kill.incident.clone()).collect();
+    assert_eq!(incidents.len(), 1, "one decision, one incident");
+    for k in &kills {
+        assert_eq!(k.kill.verdict_source, Some(VerdictSource::OomControl));
+        assert_eq!(k.kill.oom_cgroup.as_deref(), Some("/grp"));
+        assert_eq!(k.kill.trigger.pid, Some(7));
+    }
+    assert_eq!(kills[0].kill.victim.points, Some(7_000));
+    assert_eq!(
+        kills[1].kill.victim.points, None,
+        "group members are not scored"
+    );
+    assert_eq!(kills[0].kill.memcg.total_bytes, Some(12_800 * 4096));
+}
+
+#[test]
+fn group_members_get_their_cgroup_from_the_kernels_scan_on_pid_only_kernels() {
+    // 5.10: pid-only tracepoint, no tp_btf, fentry on oom_kill_process and
+    // oom_kill_memcg_member. The kernel scans the group (chosen task
+    // included) before marking each member.
+    let active = expect(true, false, false, true);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let grp = walk(&[("grp", 24_576, 24_576), ("", 90_000, UNLIMITED)]);
+    let leaf = walk(&[
+        ("w1", 6_000, UNLIMITED),
+        ("grp", 24_576, 24_576),
+        ("", 90_000, UNLIMITED),
+    ]);
+    let pid_only = |pid: u32, t: u64| tp_input(pid, t, 7, MarkVictimFields::default());
+    let member = |pid: u32, w: CgroupWalk| {
+        let mut v = btf_record(pid, 650, 7, w);
+        v.header.kind = KIND_GROUP_MEMBER;
+        v.uid = u32::MAX;
+        decode(&v)
+    };
+    // The chosen task (pid 135) is marked first, then the scan: two
+    // members and one task the kernel skipped (no mm), never marked.
+    let mut kills = c.push(pid_only(135, 600), now);
+    for (pid, w) in [(132, grp), (133, leaf), (134, grp), (140, grp)] {
+        assert!(
+            c.push(member(pid, w), now).is_empty(),
+            "a scan alone is no kill"
+        );
+    }
+    for (pid, t) in [(132u32, 700u64), (133, 710), (134, 720)] {
+        kills.extend(c.push(pid_only(pid, t), now));
+    }
+    assert_eq!(kills.len(), 4);
+    let by_pid = |pid: u32| {
+        &kills
+            .iter()
+            .find(|k| k.kill.victim.pid == Some(pid))
+            .expect("reported")
+            .kill
+    };
+    assert_eq!(by_pid(133).victim.cgroup.as_deref(), Some("/grp/w1"));
+    assert_eq!(by_pid(132).victim.cgroup.as_deref(), Some("/grp"));
+    assert_eq!(by_pid(132).victim.oom_score_adj, Some(500));
+    assert!(by_pid(132).sources.contains(&"oom_group_scan"));
+    // The chosen task was marked before the scan: nothing named its cgroup.
+    assert_eq!(by_pid(135).victim.cgroup, None);
+    assert!(
+        by_pid(135)
+            .missing
+            .iter()
+            .any(|m| m.starts_with("victim cgroup")),
+        "{:?}",
+        by_pid(135).missing
+    );
+    // The skipped task is never reported and is forgotten.
+    assert!(c.tick(now + Duration::from_secs(61)).is_empty());
+    assert!(c.members.is_empty());
+}
+
+#[test]
+fn separate_decisions_are_separate_incidents() {
+    let active = expect(true, false, false, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    // Two processes each triggering their own OOM, 50 ms apart.
+    let a = c.push(tp_victim(1, 1_000_000), now);
+    let b = c.push(tp_victim(2, 51_000_000), now);
+    assert_eq!(a.len() + b.len(), 2);
+    assert_ne!(a[0].kill.incident, b[0].kill.incident);
+}
