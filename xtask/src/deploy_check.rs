@@ -128,15 +128,17 @@ pub fn check(repo_root: &Path) -> anyhow::Result<()> {
         }
         None => failures.push("deploy/components/dashboard is missing".to_owned()),
     }
-    let mut used = BTreeSet::new();
-    rules::check_queries(&queries, &mut used, &mut failures);
-    let registered = contract::registered_metrics(&repo_root.join("oomtrace/src"))?;
-    failures.extend(contract::check_registered(&used, &registered));
+    let (mut used, mut used_labels) = (BTreeSet::new(), BTreeSet::new());
+    rules::check_queries(&queries, &mut used, &mut used_labels, &mut failures);
+    let registered = contract::registered(&repo_root.join("oomtrace/src"))?;
+    failures.extend(contract::check_registered(&used, &registered.metrics));
+    failures.extend(contract::check_labels(&used_labels, &registered.labels));
     println!(
-        "deploy-check: {} queries use {} metrics: {}",
+        "deploy-check: {} queries use {} metrics: {}; the agent's labels: {}",
         queries.len(),
         used.len(),
-        used.iter().cloned().collect::<Vec<_>>().join(", ")
+        used.iter().cloned().collect::<Vec<_>>().join(", "),
+        used_labels.iter().cloned().collect::<Vec<_>>().join(", ")
     );
 
     if let Err(e) = licences::check(repo_root) {

@@ -100,6 +100,10 @@ pub const EXTERNAL_METRICS: &[Metric] = &[
 /// is removed then.
 pub const AWAITING_AGENT: &[&str] = &["oomtrace_kills_unreported_total"];
 
+/// Contract labels of the agent's metrics that no label struct of its
+/// source has yet; same rule as [`AWAITING_AGENT`].
+pub const AWAITING_LABELS: &[&str] = &["killer"];
+
 fn find(name: &str) -> Option<&'static Metric> {
     AGENT_METRICS
         .iter()
@@ -137,12 +141,21 @@ pub fn check_names(at: &str, names: &Names, problems: &mut Vec<String>) {
     }
 }
 
-/// The metric names the agent registers with prometheus-client, read from
-/// its source: the first string literal after each `.register(` or
-/// `.register_with_unit(` in every `.rs` file under `src`. prometheus-client
-/// exposes a counter registered as `x` as `x_total`.
-pub fn registered_metrics(src: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let mut found = BTreeSet::new();
+/// What the agent's source registers with prometheus-client.
+#[derive(Debug, Default)]
+pub struct Registered {
+    /// Metric names as registered (a counter `x` is exposed as `x_total`).
+    pub metrics: BTreeSet<String>,
+    /// Field names of every `#[derive(EncodeLabelSet)]` struct: the label
+    /// names any metric can have.
+    pub labels: BTreeSet<String>,
+}
+
+/// Reads [`Registered`] from every `.rs` file under `src`: the first string
+/// literal after each `.register(` or `.register_with_unit(`, and the fields
+/// of the label structs.
+pub fn registered(src: &Path) -> anyhow::Result<Registered> {
+    let mut found = Registered::default();
     let mut dirs = vec![src.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -152,7 +165,8 @@ pub fn registered_metrics(src: &Path) -> anyhow::Result<BTreeSet<String>> {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                found.extend(registrations(&text));
+                found.metrics.extend(registrations(&text));
+                found.labels.extend(label_fields(&text));
             }
         }
     }
@@ -172,6 +186,84 @@ fn registrations(source: &str) -> Vec<String> {
         }
     }
     names
+}
+
+/// The fields of the structs deriving `EncodeLabelSet` in `source`.
+fn label_fields(source: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    for (at, _) in source.match_indices("EncodeLabelSet") {
+        let rest = &source[at..];
+        // The derive's own line, then the struct it applies to.
+        let Some(open) = rest.find('{') else { continue };
+        if !rest[..open].contains("struct ") || rest[..open].contains(';') {
+            continue;
+        }
+        let Some(close) = rest[open..].find('}') else {
+            continue;
+        };
+        for line in rest[open + 1..open + close].lines() {
+            let line = line.trim();
+            if line.starts_with("#[") || line.starts_with("//") {
+                continue;
+            }
+            let line = line.strip_prefix("pub ").unwrap_or(line);
+            if let Some((name, _)) = line.split_once(':') {
+                let name = name.trim();
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    fields.push(name.to_owned());
+                }
+            }
+        }
+    }
+    fields
+}
+
+/// The labels of the agent's metrics that `names` uses (matchers on them,
+/// and groupings by one of their contract labels), target labels aside.
+pub fn agent_labels(names: &Names) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
+    for (metric, label) in &names.matchers {
+        if AGENT_METRICS.iter().any(|m| m.name == metric)
+            && !TARGET_LABELS.contains(&label.as_str())
+        {
+            labels.insert(label.clone());
+        }
+    }
+    for label in &names.grouping {
+        let of_agent = names.metrics.iter().any(|metric| {
+            AGENT_METRICS
+                .iter()
+                .any(|m| m.name == metric && m.labels.contains(&label.as_str()))
+        });
+        if of_agent {
+            labels.insert(label.clone());
+        }
+    }
+    labels
+}
+
+/// Compares the agent labels `used` with the source's label structs.
+pub fn check_labels(used: &BTreeSet<String>, registered: &BTreeSet<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for label in used {
+        let awaited = AWAITING_LABELS.contains(&label.as_str());
+        match (registered.contains(label), awaited) {
+            (true, false) => {}
+            (false, true) => println!(
+                "deploy-check: label {label} is used but no label struct of oomtrace/src has it yet \
+                 (awaited from another branch)"
+            ),
+            (false, false) => problems.push(format!(
+                "label {label} is used by the alerts or the dashboard but no EncodeLabelSet struct \
+                 of oomtrace/src has such a field"
+            )),
+            (true, true) => problems.push(format!(
+                "label {label} is in oomtrace/src now: remove it from AWAITING_LABELS in \
+                 xtask/src/deploy_check/contract.rs"
+            )),
+        }
+    }
+    problems
 }
 
 /// Compares the agent metrics `used` (by rules and dashboard) with what the
@@ -239,6 +331,24 @@ mod tests {
         );
         registry.register("oomtrace_hook_active", "1 for each capture hook attached", hook_active.clone());
         registry.register_with_unit("oomtrace_ready", "1 once ready", Unit::Other("x".into()), g);
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct KillLabels {
+            pub scope: String,
+            pub oom_domain: String,
+            // The victim's namespace.
+            pub namespace: String,
+        }
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct HookLabels {
+            hook: String,
+        }
+
+        #[derive(Debug)]
+        pub struct Metrics {
+            registry: Registry,
+        }
     "#;
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -256,6 +366,32 @@ mod tests {
                 "oomtrace_ready"
             ]
         );
+    }
+
+    #[test]
+    fn label_structs_are_read_from_the_source() {
+        assert_eq!(
+            label_fields(METRICS_RS),
+            ["scope", "oom_domain", "namespace", "hook"]
+        );
+    }
+
+    #[test]
+    fn used_labels_must_be_in_a_label_struct_or_awaited() {
+        let n = promql::names(
+            r#"sum by (killer, namespace, node) (oomtrace_kills_total{scope="node", job="oomtrace"}) + on (instance) up"#,
+        )
+        .expect("scans");
+        let used = agent_labels(&n);
+        assert_eq!(used, set(&["killer", "namespace", "scope"]));
+        let registered: BTreeSet<String> = label_fields(METRICS_RS).into_iter().collect();
+        assert!(check_labels(&used, &registered).is_empty());
+        assert_eq!(check_labels(&set(&["qos_class"]), &registered).len(), 1);
+        let mut landed = registered.clone();
+        landed.insert("killer".to_owned());
+        let problems = check_labels(&used, &landed);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("remove it from AWAITING_LABELS"));
     }
 
     #[test]

@@ -153,12 +153,19 @@ fn promtool(args: &[&str], file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The names each query uses, checked against the contract.
-pub fn check_queries(queries: &[Query], used: &mut BTreeSet<String>, problems: &mut Vec<String>) {
+/// The names each query uses, checked against the contract; collects the
+/// metrics and the agent's labels used.
+pub fn check_queries(
+    queries: &[Query],
+    used: &mut BTreeSet<String>,
+    used_labels: &mut BTreeSet<String>,
+    problems: &mut Vec<String>,
+) {
     for q in queries {
         match promql::names(&q.expr) {
             Ok(names) => {
                 super::contract::check_names(&q.at, &names, problems);
+                used_labels.extend(super::contract::agent_labels(&names));
                 used.extend(names.metrics);
             }
             Err(e) => problems.push(format!("{}: {e}", q.at)),
