@@ -1,11 +1,28 @@
-//! Checks the Kubernetes manifests in `deploy/`: renders the kustomize base
-//! and every component in `deploy/components/` with `kubectl kustomize`
-//! (offline, no cluster), asserts the least-privilege rules of the DaemonSet,
-//! and validates every rendered object against the Kubernetes JSON schemas
-//! bundled by the PyPI package `kubernetes-validate` (offline once installed).
+//! The `deploy` test stage: everything a cluster installs, checked without a
+//! cluster.
 //!
-//! Needs `kubectl` and `python3` on PATH; the validator is installed on first
-//! use into `target/tools/kubernetes-validate-<version>/` (a venv) from PyPI.
+//! - Renders the kustomize base, every component in `deploy/components/`,
+//!   all of them together and the example overlay of README "Deployment"
+//!   with `kubectl kustomize`, asserts the least-privilege rules of the
+//!   DaemonSet, and validates every rendered object against the Kubernetes
+//!   JSON schemas bundled by the PyPI package `kubernetes-validate`.
+//! - Checks the image reference (registry/organisation/name, tag = the
+//!   workspace version) and that the README overlay's overrides take effect.
+//! - Alerts ([`rules`]): `promtool check rules` and `promtool test rules` on
+//!   the PrometheusRule's spec. Dashboard ([`dashboard`]): its shape, and
+//!   every query parsed by promtool. Both only use the metrics and labels of
+//!   [`contract`], and the agent's source registers the metrics they use.
+//! - Licences ([`licences`]): `cargo deny check licenses`.
+//!
+//! Needs `kubectl`, `python3`, `promtool` and `cargo-deny` (setup installs
+//! them); the validator is installed on first use into
+//! `target/tools/kubernetes-validate-<version>/` (a venv) from PyPI.
+
+mod contract;
+mod dashboard;
+mod licences;
+mod promql;
+mod rules;
 
 use std::{
     collections::BTreeSet,
@@ -30,16 +47,121 @@ const COMPONENT_CAPABILITIES: &[(&str, &[&str])] =
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 const SCHEMA_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 
-/// Renders and checks `deploy/` and each of its components. Fails with every
-/// problem found, one per line.
-pub fn check_manifests(repo_root: &Path) -> anyhow::Result<()> {
-    let deploy = repo_root.join("deploy");
+/// The image the base deploys, without its tag (the tag is the version).
+const IMAGE_REPOSITORY: &str = "ghcr.io/oomtrace/oomtrace";
+
+/// The first line of README's example overlay, which the check renders.
+const README_OVERLAY_MARKER: &str = "# my-cluster/kustomization.yaml";
+/// The path to deploy/ as the README overlay writes it.
+const README_OVERLAY_DEPLOY: &str = "../oomtrace/deploy";
+/// What the README overlay's overrides must produce.
+const README_IMAGE: &str = "registry.example.com/mirror/oomtrace:0.1.0";
+const README_MONITORING_NAMESPACE: &str = "observability";
+const README_RELEASE_LABEL: &str = "kube-prometheus-stack";
+
+/// A rendered variant: its label and its objects.
+struct Rendered {
+    label: String,
+    objects: Vec<Value>,
+}
+
+/// Runs every check of the deploy stage. Fails with every problem found,
+/// one per line.
+pub fn check(repo_root: &Path) -> anyhow::Result<()> {
     let work = repo_root.join("target").join("deploy-check");
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     }
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
+    let mut failures = Vec::new();
+    let rendered = render_and_validate(repo_root, &work, &mut failures)?;
+    let find = |label: &str| rendered.iter().find(|r| r.label == label);
+
+    if let Some(base) = find("base") {
+        let version = workspace_version(repo_root)?;
+        let expected = format!("{IMAGE_REPOSITORY}:{version}");
+        for problem in check_image(&base.objects, &expected) {
+            failures.push(format!("base: {problem}"));
+        }
+    }
+    if let Some(readme) = find("README overlay") {
+        for problem in check_readme_overlay(&readme.objects) {
+            failures.push(format!("README overlay: {problem}"));
+        }
+    }
+
+    // Alerts and dashboard, from the component renders.
+    let mut queries = Vec::new();
+    match find("component alerts").map(|r| rules::rule_spec(&r.objects)) {
+        Some(Ok(spec)) => {
+            queries.extend(rules::check_spec(spec, &mut failures));
+            let tests = repo_root.join("deploy/components/alerts/rules.test.yaml");
+            if let Err(e) = rules::promtool_rules(spec, &tests, &work.join("alerts")) {
+                failures.push(format!("alerts: {e:#}"));
+            }
+        }
+        Some(Err(e)) => failures.push(format!("component alerts: {e:#}")),
+        None => failures.push("deploy/components/alerts is missing".to_owned()),
+    }
+    match find("component dashboard") {
+        Some(r) => {
+            let boards = dashboard::dashboards(&r.objects, &mut failures);
+            if boards.is_empty() {
+                failures.push(
+                    "component dashboard: no ConfigMap labelled grafana_dashboard: \"1\" with a dashboard"
+                        .to_owned(),
+                );
+            }
+            let mut board_queries = Vec::new();
+            for (at, board) in &boards {
+                board_queries.extend(dashboard::check(at, board, &mut failures));
+            }
+            if let Err(e) = rules::promtool_parse(
+                &board_queries,
+                &work.join("dashboard"),
+                "queries.rules.yaml",
+            ) {
+                failures.push(format!("dashboard: {e:#}"));
+            }
+            queries.extend(board_queries);
+        }
+        None => failures.push("deploy/components/dashboard is missing".to_owned()),
+    }
+    let (mut used, mut used_labels) = (BTreeSet::new(), BTreeSet::new());
+    rules::check_queries(&queries, &mut used, &mut used_labels, &mut failures);
+    let registered = contract::registered(&repo_root.join("oomtrace/src"))?;
+    failures.extend(contract::check_registered(&used, &registered.metrics));
+    failures.extend(contract::check_labels(&used_labels, &registered.labels));
+    println!(
+        "deploy-check: {} queries use {} metrics: {}; the agent's labels: {}",
+        queries.len(),
+        used.len(),
+        used.iter().cloned().collect::<Vec<_>>().join(", "),
+        used_labels.iter().cloned().collect::<Vec<_>>().join(", ")
+    );
+
+    if let Err(e) = licences::check(repo_root) {
+        failures.push(format!("{e:#}"));
+    }
+
+    if !failures.is_empty() {
+        bail!(
+            "deploy/ manifests, alerts, dashboard or licences break the rules:\n  {}",
+            failures.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Renders the base, each component, all components together and the README
+/// overlay; applies the workload rules and the schemas to each.
+fn render_and_validate(
+    repo_root: &Path,
+    work: &Path,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<Vec<Rendered>> {
+    let deploy = repo_root.join("deploy");
     let mut variants: Vec<(String, PathBuf, Vec<&str>)> = vec![(
         "base".to_owned(),
         deploy.clone(),
@@ -53,7 +175,7 @@ pub fn check_manifests(repo_root: &Path) -> anyhow::Result<()> {
             .find(|(name, _)| *name == component)
             .map(|(_, caps)| caps.to_vec())
             .unwrap_or_default();
-        let dir = overlay(&work, &component, &[component.as_str()])?;
+        let dir = overlay(work, &component, &[component.as_str()])?;
         let mut allowed = BASE_CAPABILITIES.to_vec();
         allowed.extend(&extra);
         all_capabilities.extend(extra);
@@ -62,16 +184,30 @@ pub fn check_manifests(repo_root: &Path) -> anyhow::Result<()> {
     }
     if all_components.len() > 1 {
         let names: Vec<&str> = all_components.iter().map(String::as_str).collect();
-        let dir = overlay(&work, "all-components", &names)?;
+        let dir = overlay(work, "all-components", &names)?;
         variants.push(("all components".to_owned(), dir, all_capabilities));
+    }
+    let readme = fs::read_to_string(repo_root.join("README.md")).context("reading README.md")?;
+    match readme_overlay(&readme) {
+        Some(text) => {
+            let dir = work.join("readme-overlay");
+            fs::create_dir_all(&dir)?;
+            // work is <repo>/target/deploy-check, so deploy/ is three levels up.
+            let text = text.replace(README_OVERLAY_DEPLOY, "../../../deploy");
+            fs::write(dir.join("kustomization.yaml"), text)?;
+            variants.push(("README overlay".to_owned(), dir, BASE_CAPABILITIES.to_vec()));
+        }
+        None => failures.push(format!(
+            "README.md has no ```yaml block starting with {README_OVERLAY_MARKER:?}"
+        )),
     }
 
     let validator = ensure_kubernetes_validate(&repo_root.join("target").join("tools"))?;
-    let mut failures = Vec::new();
+    let mut rendered = Vec::new();
     for (label, dir, allowed) in &variants {
-        let rendered = kubectl_kustomize(dir).with_context(|| format!("rendering {label}"))?;
+        let text = kubectl_kustomize(dir).with_context(|| format!("rendering {label}"))?;
         let file = work.join(format!("{}.yaml", label.replace(' ', "-")));
-        fs::write(&file, &rendered).with_context(|| format!("writing {}", file.display()))?;
+        fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
         let objects = to_json(&file).with_context(|| format!("converting {label} to JSON"))?;
         for problem in check_objects(&objects, allowed) {
             failures.push(format!("{label}: {problem}"));
@@ -82,14 +218,124 @@ pub fn check_manifests(repo_root: &Path) -> anyhow::Result<()> {
             }
         }
         println!("deploy-check: {label}: {} objects checked", objects.len());
+        rendered.push(Rendered {
+            label: label.clone(),
+            objects,
+        });
     }
-    if !failures.is_empty() {
-        bail!(
-            "deploy/ manifests break the rules:\n  {}",
-            failures.join("\n  ")
-        );
+    Ok(rendered)
+}
+
+/// The example overlay in README "Deployment": the ```yaml block whose first
+/// line is [`README_OVERLAY_MARKER`].
+fn readme_overlay(readme: &str) -> Option<&str> {
+    readme.split("```yaml\n").skip(1).find_map(|block| {
+        let block = &block[..block.find("```")?];
+        block.starts_with(README_OVERLAY_MARKER).then_some(block)
+    })
+}
+
+/// `version` of `[workspace.package]` in the root Cargo.toml.
+fn workspace_version(repo_root: &Path) -> anyhow::Result<String> {
+    let text = fs::read_to_string(repo_root.join("Cargo.toml")).context("reading Cargo.toml")?;
+    let section = text
+        .split("\n[")
+        .find(|s| s.starts_with("workspace.package]"))
+        .context("Cargo.toml has no [workspace.package]")?;
+    section
+        .lines()
+        .find_map(|l| {
+            let value = l.strip_prefix("version")?.trim_start().strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .context("[workspace.package] has no version")
+}
+
+/// The images of every container of every workload.
+fn images(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .flat_map(|o| array(&o["spec"]["template"]["spec"]["containers"]).iter())
+        .filter_map(|c| c["image"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The base deploys `expected` (a fully qualified, pinned reference).
+fn check_image(objects: &[Value], expected: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let images = images(objects);
+    if images.is_empty() {
+        problems.push("no container image".to_owned());
     }
-    Ok(())
+    for image in images {
+        if let Err(e) = qualified(&image) {
+            problems.push(format!("image {image}: {e}"));
+        } else if image != expected {
+            problems.push(format!(
+                "image {image} is not {expected} (the workspace version): update deploy/daemonset.yaml"
+            ));
+        }
+    }
+    problems
+}
+
+/// A reference a node can pull as is: registry host, at least one path
+/// component, and a pinned tag (not `latest`) or a digest.
+fn qualified(image: &str) -> Result<(), String> {
+    let (name, pin) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => match image.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+            _ => (image, None),
+        },
+    };
+    let parts: Vec<&str> = name.split('/').collect();
+    let host = parts[0];
+    if parts.len() < 3 || !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Err("name it as <registry host>/<organisation>/<name>".to_owned());
+    }
+    match pin {
+        None | Some("latest") => Err("pin a tag other than latest, or a digest".to_owned()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The README overlay's three overrides took effect.
+fn check_readme_overlay(objects: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let images = images(objects);
+    if images != [README_IMAGE] {
+        problems.push(format!("images {images:?}, expected [{README_IMAGE:?}]"));
+    }
+    let policy = objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some("NetworkPolicy"));
+    let admitted: Vec<&str> = policy
+        .map(|p| array(&p["spec"]["ingress"]))
+        .unwrap_or(&[])
+        .iter()
+        .flat_map(|rule| array(&rule["from"]).iter())
+        .filter_map(|peer| {
+            peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str()
+        })
+        .collect();
+    if admitted != [README_MONITORING_NAMESPACE] {
+        problems.push(format!(
+            "the NetworkPolicy admits namespaces {admitted:?}, expected [{README_MONITORING_NAMESPACE:?}]"
+        ));
+    }
+    for kind in ["PodMonitor", "PrometheusRule"] {
+        let label = objects
+            .iter()
+            .find(|o| o["kind"].as_str() == Some(kind))
+            .and_then(|o| o["metadata"]["labels"]["release"].as_str());
+        if label != Some(README_RELEASE_LABEL) {
+            problems.push(format!(
+                "{kind} has release label {label:?}, expected {README_RELEASE_LABEL:?}"
+            ));
+        }
+    }
+    problems
 }
 
 /// The names of the kustomize components under `deploy/components/`.
@@ -506,6 +752,86 @@ mod tests {
     fn manifests_without_a_workload_fail() {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "oomtrace"}});
         assert_eq!(check_objects(&[ns], BASE_CAPABILITIES).len(), 1);
+    }
+
+    #[test]
+    fn image_references_must_be_pullable_and_pinned() {
+        assert_eq!(qualified("ghcr.io/oomtrace/oomtrace:0.1.0"), Ok(()));
+        assert_eq!(qualified("localhost:5000/team/oomtrace:0.1.0"), Ok(()));
+        assert_eq!(
+            qualified("registry.example.com/a/b/oomtrace@sha256:0123abcd"),
+            Ok(())
+        );
+        // The reference the issue found in the base: no registry.
+        assert!(qualified("oomtrace:0.1.0").is_err());
+        assert!(qualified("oomtrace/oomtrace:0.1.0").is_err());
+        assert!(qualified("ghcr.io/oomtrace:0.1.0").is_err());
+        assert!(qualified("ghcr.io/oomtrace/oomtrace").is_err());
+        assert!(qualified("ghcr.io/oomtrace/oomtrace:latest").is_err());
+        assert!(qualified("localhost:5000/team/oomtrace").is_err());
+
+        let ds = |image: &str| json!({"kind": "DaemonSet", "spec": {"template": {"spec": {"containers": [{"image": image}]}}}});
+        let expected = "ghcr.io/oomtrace/oomtrace:0.1.0";
+        assert!(check_image(&[ds(expected)], expected).is_empty());
+        assert_eq!(
+            check_image(&[ds("ghcr.io/oomtrace/oomtrace:0.0.9")], expected),
+            [
+                "image ghcr.io/oomtrace/oomtrace:0.0.9 is not ghcr.io/oomtrace/oomtrace:0.1.0 (the workspace version): update deploy/daemonset.yaml"
+            ]
+        );
+        assert_eq!(check_image(&[], expected), ["no container image"]);
+    }
+
+    #[test]
+    fn the_workspace_version_is_read_from_cargo_toml() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let version = workspace_version(&root).expect("reads Cargo.toml");
+        assert!(
+            version.split('.').count() == 3 && version.split('.').all(|p| p.parse::<u32>().is_ok()),
+            "{version:?}"
+        );
+    }
+
+    #[test]
+    fn the_readme_holds_the_overlay_the_check_renders() {
+        let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+        let overlay = readme_overlay(&readme).expect("README has the example overlay");
+        for needle in [
+            README_OVERLAY_DEPLOY,
+            README_IMAGE.split(':').next().unwrap_or_default(),
+            README_MONITORING_NAMESPACE,
+            README_RELEASE_LABEL,
+        ] {
+            assert!(overlay.contains(needle), "{needle:?} not in {overlay}");
+        }
+        assert_eq!(
+            readme_overlay(
+                "```yaml\nother: 1\n```\n```yaml\n# my-cluster/kustomization.yaml\nk: v\n```"
+            ),
+            Some("# my-cluster/kustomization.yaml\nk: v\n")
+        );
+        assert_eq!(readme_overlay("```yaml\nother: 1\n```"), None);
+    }
+
+    #[test]
+    fn the_readme_overlay_overrides_are_checked() {
+        let objects = [
+            json!({"kind": "DaemonSet", "spec": {"template": {"spec": {"containers": [{"image": README_IMAGE}]}}}}),
+            json!({"kind": "NetworkPolicy", "spec": {"ingress": [{"from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": README_MONITORING_NAMESPACE}}}
+            ]}]}}),
+            json!({"kind": "PodMonitor", "metadata": {"labels": {"release": README_RELEASE_LABEL}}}),
+            json!({"kind": "PrometheusRule", "metadata": {"labels": {"release": README_RELEASE_LABEL}}}),
+        ];
+        assert!(check_readme_overlay(&objects).is_empty());
+        let mut unchanged = objects.clone();
+        unchanged[0]["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!("ghcr.io/oomtrace/oomtrace:0.1.0");
+        unchanged[1]["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] =
+            json!("monitoring");
+        unchanged[3]["metadata"]["labels"] = json!({});
+        assert_eq!(check_readme_overlay(&unchanged).len(), 3);
     }
 
     #[test]

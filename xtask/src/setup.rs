@@ -8,6 +8,8 @@
 //! - `bpf-linker`, built against the nightly's own libLLVM (see
 //!   [`BpfLinker`]);
 //! - the Debian packages the tests need (root only; otherwise the command);
+//! - `cargo-deny`, pinned, for the licence check of the deploy stage;
+//! - `kubectl` (checked, not installed: see [`kubectl`]);
 //! - tracefs mounted at `/sys/kernel/tracing`.
 
 use std::{
@@ -26,6 +28,10 @@ use crate::{
 
 /// Pinned: newer releases may need another rustc or LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Pinned licence checker (MIT OR Apache-2.0; needs rustc >= 1.88). Built
+/// from the crate registry once: about 5 minutes of CPU on 2 cores.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// What the tests need from Debian: qemu, busybox and cpio for the VM tests'
 /// guests, kmod for loading modules, python3 for test helpers, prometheus
@@ -67,6 +73,8 @@ pub fn setup() -> anyhow::Result<Outcome> {
     musl_target()?;
     BpfLinker::probe(&sysroot)?.ensure()?;
     outcome.to_do += debian_packages()?;
+    cargo_deny()?;
+    outcome.to_do += kubectl();
     outcome.to_do += tracefs()?;
     let elapsed = util::human(started.elapsed());
     if outcome.to_do == 0 {
@@ -462,6 +470,51 @@ fn debian_packages() -> anyhow::Result<usize> {
         report(&format!("package {package}"), "installed");
     }
     Ok(0)
+}
+
+/// `cargo deny check licenses` runs in the deploy test stage.
+fn cargo_deny() -> anyhow::Result<()> {
+    let item = format!("cargo-deny {CARGO_DENY_VERSION}");
+    let version = util::read(cmd!("cargo", "deny", "--version")).unwrap_or_default();
+    if version.split_whitespace().any(|w| w == CARGO_DENY_VERSION) {
+        report(&item, "present");
+        return Ok(());
+    }
+    let mut install = cmd!(
+        "cargo",
+        "install",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--locked",
+        "--force",
+    );
+    // Build in cargo's own temporary directory, not in a workspace's.
+    install.env_remove("CARGO_TARGET_DIR");
+    util::run(install).context("building cargo-deny failed")?;
+    report(&item, "installed");
+    Ok(())
+}
+
+/// The deploy stage renders the manifests with `kubectl kustomize`
+/// (kustomize v5; tested with kubectl 1.32). No package registry reachable here ships a
+/// current kubectl (Debian's kubernetes-client is 1.20, whose kustomize
+/// knows no components), so it is only checked. Returns 1 when missing.
+fn kubectl() -> usize {
+    match util::read(cmd!("kubectl", "version", "--client")) {
+        Ok(version) => {
+            let client = version.lines().next().unwrap_or("").trim();
+            report("kubectl", format!("present ({client})"));
+            0
+        }
+        Err(_) => {
+            report(
+                "kubectl",
+                "missing: the deploy test stage needs kubectl with kustomize v5 on PATH (tested with 1.32)",
+            );
+            1
+        }
+    }
 }
 
 /// Returns 1 when tracefs is not mounted and we may not mount it.

@@ -118,7 +118,7 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
             c.current_dir(&root);
             util::run(c)?;
         }
-        Stage::Deploy => deploy_check::check_manifests(&root)?,
+        Stage::Deploy => deploy_check::check(&root)?,
         Stage::Host => {
             if !util::is_root() {
                 let why = "the privileged host tests load eBPF programs and cause OOM kills \
