@@ -34,9 +34,15 @@ enum Task {
         /// Build with optimisations.
         #[arg(long)]
         release: bool,
+        /// Show the nested eBPF build's output.
+        #[arg(short, long)]
+        verbose: bool,
     },
     /// Set up, build (release), then run `oomtrace ARGS` as root.
     Run {
+        /// Show the nested eBPF build's output.
+        #[arg(short, long)]
+        verbose: bool,
         /// Arguments for oomtrace, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -53,8 +59,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::setup().map(|_| 0),
-        Task::Build { release } => run::build(release).map(|()| 0),
-        Task::Run { args } => run::run(&args),
+        Task::Build { release, verbose } => run::build(release, verbose).map(|()| 0),
+        Task::Run { verbose, args } => run::run(&args, verbose),
         Task::Test(args) => test::test(&args),
         Task::Vm(args) => vm::vm_command(args),
         Task::Bench(args) => bench::bench(&args),
@@ -86,13 +92,31 @@ mod tests {
             &["xtask", "run", "--format", "text", "--count", "1"][..],
         ] {
             let Ok(Cli {
-                task: Task::Run { args },
+                task:
+                    Task::Run {
+                        args,
+                        verbose: false,
+                    },
             }) = Cli::try_parse_from(argv)
             else {
                 panic!("{argv:?} did not parse as `run`");
             };
             assert_eq!(args, ["--format", "text", "--count", "1"]);
         }
+    }
+
+    #[test]
+    fn verbose_shows_the_ebpf_build_and_is_not_passed_to_the_agent() {
+        let Ok(Cli {
+            task: Task::Run {
+                args,
+                verbose: true,
+            },
+        }) = Cli::try_parse_from(["xtask", "run", "-v", "--", "--format", "json"])
+        else {
+            panic!("`run -v` did not parse");
+        };
+        assert_eq!(args, ["--format", "json"]);
     }
 
     #[test]

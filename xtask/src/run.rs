@@ -10,16 +10,20 @@ use anyhow::{Context as _, bail};
 
 use crate::{cmd, setup, util};
 
-/// Builds the agent; returns nothing but fails as cargo did.
-pub fn build(release: bool) -> anyhow::Result<()> {
+/// Builds the agent; returns nothing but fails as cargo did. With
+/// `verbose`, the nested eBPF build's output is shown (oomtrace/build.rs).
+pub fn build(release: bool, verbose: bool) -> anyhow::Result<()> {
     setup::setup()?;
-    cargo_build(release)
+    cargo_build(release, verbose)
 }
 
-fn cargo_build(release: bool) -> anyhow::Result<()> {
+fn cargo_build(release: bool, verbose: bool) -> anyhow::Result<()> {
     let mut c = cmd!("cargo", "build", "--package", "oomtrace");
     if release {
         c.arg("--release");
+    }
+    if verbose {
+        c.env("OOMTRACE_BUILD_VERBOSE", "1");
     }
     c.current_dir(util::repo_root());
     util::run(c)
@@ -27,9 +31,9 @@ fn cargo_build(release: bool) -> anyhow::Result<()> {
 
 /// Sets up, builds (release) and runs `oomtrace ARGS` as root; returns its
 /// exit code (128 + signal when a signal ended it).
-pub fn run(args: &[String]) -> anyhow::Result<i32> {
+pub fn run(args: &[String], verbose: bool) -> anyhow::Result<i32> {
     setup::setup()?;
-    cargo_build(true)?;
+    cargo_build(true, verbose)?;
     let agent = util::target_dir().join("release/oomtrace");
     let mut command = if util::is_root() {
         cmd!(&agent, ..args)

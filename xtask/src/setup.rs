@@ -4,7 +4,7 @@
 //!
 //! Items:
 //! - the `nightly` toolchain (the installed one is used, never updated) and its
-//!   `rust-src` (aya-build compiles the eBPF crate with `-Z build-std=core`);
+//!   `rust-src` (oomtrace/build.rs compiles the eBPF crate with `-Z build-std=core`);
 //! - `bpf-linker`, built against the nightly's own libLLVM (see
 //!   [`BpfLinker`]);
 //! - the Debian packages the tests need (root only; otherwise the command);
@@ -119,7 +119,7 @@ fn nightly() -> anyhow::Result<PathBuf> {
     Ok(sysroot)
 }
 
-/// The `nightly-<host>` toolchain (not a dated `nightly-2026-05-19-...`: aya-build
+/// The `nightly-<host>` toolchain (not a dated `nightly-2026-05-19-...`: oomtrace/build.rs
 /// runs `rustup run nightly`) and its sysroot, read from `rustup toolchain
 /// list -v` (much faster than asking rustc).
 fn find_nightly() -> anyhow::Result<Option<(String, PathBuf)>> {
