@@ -292,7 +292,7 @@ fn qos_word(word: &str) -> Option<QosClass> {
     }
 }
 
-/// The pod UID, with dashes, of a pod cgroup name.
+/// The pod UID, with dashes, of a pod cgroup name below a known kubepods unit.
 fn pod_uid(comp: &str, kp: Kubepods<'_>, parent_unit: &str) -> Option<String> {
     let raw = match kp {
         Kubepods::Cgroupfs => comp.strip_prefix("pod")?,
@@ -303,14 +303,44 @@ fn pod_uid(comp: &str, kp: Kubepods<'_>, parent_unit: &str) -> Option<String> {
                 .or_else(|| unit.rsplit_once("-pod").map(|(_, uid)| uid))?
         }
     };
-    valid_uid(raw).then(|| raw.replace('_', "-"))
+    uid_from(raw)
 }
 
-fn valid_uid(raw: &str) -> bool {
-    raw.len() >= 8
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_')
+/// A pod UID as the kubelet writes it into cgroup names, with dashes: a
+/// UUID (`_` for `-` in systemd unit names), or a static pod's UID, the
+/// kubelet's 32-hex hash of its manifest (`pod8b1e9057c80f383869339e73f7286d7b`).
+fn uid_from(raw: &str) -> Option<String> {
+    let uid = raw.replace('_', "-");
+    let uuid = uid.len() == 36
+        && uid.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    let static_hash = uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit());
+    (uuid || static_hash).then_some(uid)
+}
+
+/// The pod UID of a pod cgroup directory name, wherever it sits: `pod<uid>`
+/// (cgroupfs driver) or `…kubepods…-pod<uid_>.slice` (systemd driver).
+pub fn pod_uid_of_dir(name: &str) -> Option<String> {
+    if let Some(raw) = name.strip_prefix("pod") {
+        return uid_from(raw);
+    }
+    let unit = name.strip_suffix(".slice")?;
+    if !unit.contains("kubepods") {
+        return None;
+    }
+    uid_from(unit.rsplit_once("-pod")?.1)
+}
+
+/// The pod part of a cgroup path: (index of the pod component, pod UID).
+pub fn pod_component(path: &str) -> Option<(usize, String)> {
+    path.split('/')
+        .enumerate()
+        .find_map(|(i, c)| pod_uid_of_dir(c).map(|uid| (i, uid)))
 }
 
 fn is_hex_id(id: &str, min_len: usize) -> bool {
@@ -352,7 +382,7 @@ fn colon_form(comp: &str) -> Option<Identity> {
     } else {
         return None;
     };
-    if !valid_uid(uid) || !is_hex_id(id, 12) {
+    if uid_from(uid).is_none() || !is_hex_id(id, 12) {
         return None;
     }
     let (level, runtime) = match kind {
@@ -588,6 +618,49 @@ pub fn oom_domain(oom_cgroup: Option<&str>, victim_cgroup: Option<&str>) -> OomD
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_pod_dir(name: &str) -> bool {
+        pod_uid_of_dir(name).is_some()
+    }
+
+    fn qos_of_path(path: &str) -> Option<&'static str> {
+        pod_component(path)?;
+        parse(path).qos.map(QosClass::as_str)
+    }
+
+    #[test]
+    fn pod_dirs_and_qos_from_paths_as_node_memory_sees_them() {
+        assert!(is_pod_dir("pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"));
+        assert!(is_pod_dir(
+            "kubepods-burstable-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"
+        ));
+        assert!(!is_pod_dir("kubepods-burstable.slice"));
+        assert!(!is_pod_dir("podman.service"));
+        // Static pods: the 32-hex manifest hash (fluent/fluent-operator#855's kube-apiserver).
+        assert!(is_pod_dir("pod8b1e9057c80f383869339e73f7286d7b"));
+        assert!(is_pod_dir(
+            "kubepods-burstable-pod8b1e9057c80f383869339e73f7286d7b.slice"
+        ));
+        assert_eq!(
+            qos_of_path("/kubepods/burstable/pod8b1e9057c80f383869339e73f7286d7b"),
+            Some("Burstable")
+        );
+        let p = "/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/0123";
+        assert_eq!(qos_of_path(p), Some("Burstable"));
+        assert_eq!(
+            qos_of_path("/x/kubepods/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"),
+            Some("Guaranteed")
+        );
+        assert_eq!(
+            qos_of_path(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"
+            ),
+            Some("BestEffort")
+        );
+        assert_eq!(qos_of_path("/system.slice/containerd.service"), None);
+    }
+
+
 
     /// Real paths with the expected identity, from `tests/data/identity/paths.txt`
     /// (each with its `# source:`). Format: `path|level|uid|id|qos|runtime`.

@@ -14,7 +14,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::report::{Consumer, NodeMemory};
+use crate::{
+    identity,
+    report::{Consumer, NodeMemory},
+};
 
 /// Which cgroup hierarchy holds the memory controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,8 +318,7 @@ pub fn psi(text: &str) -> Option<Psi> {
 ///
 /// `proc_root` is normally `/proc` (`/host/proc` in a container). `name_of`
 /// turns a consumer's cgroup path into a display name (`namespace/pod` for a
-/// pod, the path otherwise) and its QoS class; [`path_name`] is a fallback
-/// that knows no pod names.
+/// pod, the path otherwise) and its QoS class.
 pub fn node_memory(
     cgfs: &CgroupFs,
     proc_root: &Path,
@@ -380,7 +382,7 @@ pub fn top_consumers(
         let mut pods = Vec::new();
         find_pods(cgfs, group, depth, &mut budget, &mut pods);
         let in_pods: u64 = pods.iter().map(|(_, u)| *u).sum();
-        if pod_component(group).is_none()
+        if identity::pod_component(group).is_none()
             && let Some(usage) = cgfs.usage(group)
         {
             let own = usage.saturating_sub(in_pods);
@@ -415,7 +417,7 @@ fn find_pods(
     out: &mut Vec<(String, u64)>,
 ) {
     let last = path.rsplit('/').next().unwrap_or_default();
-    if is_pod_dir(last) {
+    if identity::pod_uid_of_dir(last).is_some() {
         if let Some(u) = cgfs.usage(path).filter(|&u| u > 0) {
             out.push((path.to_owned(), u));
         }
@@ -443,68 +445,6 @@ fn subdirs(dir: &Path) -> Vec<String> {
         .collect();
     names.sort_unstable();
     names
-}
-
-/// Whether a cgroup directory name is a Kubernetes pod cgroup: `pod<uid>`
-/// (cgroupfs driver) or `kubepods[-qos]-pod<uid_>.slice` (systemd driver).
-pub fn is_pod_dir(name: &str) -> bool {
-    pod_uid_of_dir(name).is_some()
-}
-
-/// The pod UID (with `-`) of a pod cgroup directory name.
-fn pod_uid_of_dir(name: &str) -> Option<String> {
-    let raw = if let Some(rest) = name.strip_prefix("pod") {
-        rest
-    } else if name.starts_with("kubepods") {
-        let slice = name.strip_suffix(".slice")?;
-        let at = slice.rfind("-pod")?;
-        &slice[at + 4..]
-    } else {
-        return None;
-    };
-    let uid = raw.replace('_', "-");
-    let uuid = uid.len() == 36
-        && uid.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        });
-    // Static pods (kube-apiserver, etcd, ...) have the kubelet's 32-hex hash
-    // of their manifest as UID: `pod8b1e9057c80f383869339e73f7286d7b`.
-    let static_hash = uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit());
-    (uuid || static_hash).then_some(uid)
-}
-
-/// The pod part of a cgroup path: (index of the pod component, pod UID).
-pub(crate) fn pod_component(path: &str) -> Option<(usize, String)> {
-    path.split('/')
-        .enumerate()
-        .find_map(|(i, c)| pod_uid_of_dir(c).map(|uid| (i, uid)))
-}
-
-/// The QoS class a kubelet cgroup path implies: a pod under a `burstable` or
-/// `besteffort` level, else Guaranteed; `None` when the path holds no pod.
-pub fn qos_of_path(path: &str) -> Option<&'static str> {
-    let (i, _) = pod_component(path)?;
-    let parts: Vec<&str> = path.split('/').collect();
-    let pod = parts.get(i).copied().unwrap_or_default();
-    let parent = if i > 0 { parts[i - 1] } else { "" };
-    let qos = if pod.starts_with("kubepods-burstable-") || parent == "burstable" {
-        "Burstable"
-    } else if pod.starts_with("kubepods-besteffort-") || parent == "besteffort" {
-        "BestEffort"
-    } else {
-        "Guaranteed"
-    };
-    Some(qos)
-}
-
-/// A `name_of` for [`node_memory`] that knows no pod names: the cgroup path,
-/// with the QoS class read from the path.
-pub fn path_name(path: &str) -> (String, Option<String>) {
-    (path.to_owned(), qos_of_path(path).map(str::to_owned))
 }
 
 #[cfg(test)]
@@ -645,36 +585,10 @@ mod tests {
         assert_eq!(psi(""), None);
     }
 
-    #[test]
-    fn pod_dirs_and_qos_from_paths() {
-        assert!(is_pod_dir("pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"));
-        assert!(is_pod_dir(
-            "kubepods-burstable-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"
-        ));
-        assert!(!is_pod_dir("kubepods-burstable.slice"));
-        assert!(!is_pod_dir("podman.service"));
-        // Static pods: the 32-hex manifest hash (fluent/fluent-operator#855's kube-apiserver).
-        assert!(is_pod_dir("pod8b1e9057c80f383869339e73f7286d7b"));
-        assert!(is_pod_dir(
-            "kubepods-burstable-pod8b1e9057c80f383869339e73f7286d7b.slice"
-        ));
-        assert_eq!(
-            qos_of_path("/kubepods/burstable/pod8b1e9057c80f383869339e73f7286d7b"),
-            Some("Burstable")
-        );
-        let p = "/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/0123";
-        assert_eq!(qos_of_path(p), Some("Burstable"));
-        assert_eq!(
-            qos_of_path("/x/kubepods/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7"),
-            Some("Guaranteed")
-        );
-        assert_eq!(
-            qos_of_path(
-                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod3e61aa2b_7c1d_4c7e_9d39_2c1f0a6b8e11.slice"
-            ),
-            Some("BestEffort")
-        );
-        assert_eq!(qos_of_path("/system.slice/containerd.service"), None);
+    /// Names consumers by their path, with the QoS class the path implies.
+    fn path_name(path: &str) -> (String, Option<String>) {
+        let qos = crate::identity::parse(path).qos;
+        (path.to_owned(), qos.map(|q| q.as_str().to_owned()))
     }
 
     fn write(dir: &Path, file: &str, text: &str) {
