@@ -176,7 +176,11 @@ pub async fn run_until(
     let ring_task = ring.map(|ring| {
         tokio::spawn(drain_ring(
             ring,
-            decoder.clone(),
+            RingReader {
+                decoder: decoder.clone(),
+                record_dir: args.record_dir.clone(),
+                recorded: 0,
+            },
             input_tx.clone(),
             stop.clone(),
         ))
@@ -466,7 +470,7 @@ pub fn cgroup_fs(args: &TraceArgs) -> Option<CgroupFs> {
 /// is readable; on stop, drains what is left and ends.
 async fn drain_ring(
     mut ring: AsyncFd<RingBuf<MapData>>,
-    decoder: Decoder,
+    mut reader: RingReader,
     inputs: mpsc::Sender<Input>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -481,14 +485,14 @@ async fn drain_ring(
                         return;
                     }
                 };
-                drain_into(guard.get_inner_mut(), &decoder, &mut batch);
+                reader.drain(guard.get_inner_mut(), &mut batch);
                 guard.clear_ready();
                 false
             }
             _ = stop.wait_for(|s| *s) => true,
         };
         if stopping {
-            drain_into(ring.get_mut(), &decoder, &mut batch);
+            reader.drain(ring.get_mut(), &mut batch);
             for input in batch {
                 let _ = inputs.send(input).await;
             }
@@ -502,13 +506,38 @@ async fn drain_ring(
     }
 }
 
-fn drain_into(ring: &mut RingBuf<MapData>, decoder: &Decoder, batch: &mut Vec<Input>) {
-    while let Some(item) = ring.next() {
-        match decoder.decode(&item) {
-            Ok(input) => batch.push(input),
-            Err(e) => warn!(
-                "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
-            ),
+/// Decodes ring-buffer records (and writes them out with `--record-dir`).
+struct RingReader {
+    decoder: Decoder,
+    record_dir: Option<std::path::PathBuf>,
+    recorded: u64,
+}
+
+impl RingReader {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, batch: &mut Vec<Input>) {
+        while let Some(item) = ring.next() {
+            self.record(&item);
+            match self.decoder.decode(&item) {
+                Ok(input) => batch.push(input),
+                Err(e) => warn!(
+                    "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
+                ),
+            }
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        let Some(dir) = &self.record_dir else {
+            return;
+        };
+        let path = dir.join(format!("ring-{:06}.bin", self.recorded));
+        self.recorded += 1;
+        if let Err(e) = fs::create_dir_all(dir).and_then(|()| fs::write(&path, bytes)) {
+            warn!(
+                "--record-dir: cannot write {}: {e}; recording stopped",
+                path.display()
+            );
+            self.record_dir = None;
         }
     }
 }

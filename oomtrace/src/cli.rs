@@ -157,6 +157,11 @@ pub struct TraceArgs {
     #[arg(long, env = "OOMTRACE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Debugging aid: also write every raw eBPF ring-buffer record to this
+    /// directory (`ring-<n>.bin`), e.g. to attach to a bug report.
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub paths: Paths,
 }

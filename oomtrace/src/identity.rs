@@ -660,8 +660,6 @@ mod tests {
         assert_eq!(qos_of_path("/system.slice/containerd.service"), None);
     }
 
-
-
     /// Real paths with the expected identity, from `tests/data/identity/paths.txt`
     /// (each with its `# source:`). Format: `path|level|uid|id|qos|runtime`.
     const PATHS: &str = include_str!("../tests/data/identity/paths.txt");
