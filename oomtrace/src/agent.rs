@@ -27,7 +27,7 @@ use crate::{
     node::{self, CgroupFs},
     podnames::PodNames,
     probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
-    qos,
+    proc, qos,
     report::{Kill, NodeMemory, OomDomain, Scope},
     sink::Sink,
     tracefs::{MarkVictimFields, MarkVictimLayout},
@@ -267,7 +267,9 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
                     enricher.snapshot_node(line.received);
                 }
                 let proc_cgroup = match &line.line {
-                    OomLine::Killed { pid: Some(pid), .. } if walk_proc => victim_cgroup(&proc_root, *pid),
+                    OomLine::Killed { pid: Some(pid), .. } if walk_proc => {
+                        proc::victim_cgroup(&proc_root, *pid, Some(Duration::from_micros(line.ts_usec)))
+                    }
                     _ => None,
                 };
                 ready.extend(correlator.push(Input::Kmsg { ts_usec: line.ts_usec, line: line.line, proc_cgroup }, line.received));
@@ -334,37 +336,6 @@ fn lost_total(stats: Option<&Stats>, kmsg: &KmsgStats) -> u64 {
     stats.map(|s| s.snapshot().lost()).unwrap_or(0) + kmsg.lost_records.load(Ordering::Relaxed)
 }
 
-/// The memory cgroup of a (dying) process, from `/proc/<pid>/cgroup`.
-/// Paths relative to a cgroup namespace (`/..`) are not the node's: ignored.
-/// An exited task has been moved to the root cgroup (cgroup v1 shows `/` for
-/// zombies), so a zombie, or an exiting task that shows `/`, gives `None`:
-/// better missing than wrong.
-fn victim_cgroup(proc_root: &Path, pid: u32) -> Option<String> {
-    let dir = proc_root.join(pid.to_string());
-    let exiting = || -> Option<(bool, bool)> {
-        let stat = fs::read_to_string(dir.join("stat")).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        let mut f = after.split_whitespace();
-        let state = f.next()?;
-        // Fields after the comm: state, ppid, pgrp, session, tty_nr, tpgid, flags.
-        let flags: u64 = f.nth(5)?.parse().ok()?;
-        const PF_EXITING: u64 = 0x4;
-        Some((matches!(state, "Z" | "X"), flags & PF_EXITING != 0))
-    };
-    let (dead, _) = exiting()?;
-    if dead {
-        return None;
-    }
-    let text = fs::read_to_string(dir.join("cgroup")).ok()?;
-    let path =
-        crate::rank::parse_cgroup(&text).filter(|p| p.starts_with('/') && !p.contains("/.."))?;
-    let (dead, leaving) = exiting()?;
-    if dead || (leaving && path == "/") {
-        return None;
-    }
-    Some(path)
-}
-
 /// Decodes a ring-buffer record; `proc_root` is given when the victim's
 /// cgroup must be read from /proc (no tp_btf walk).
 fn decode(
@@ -375,8 +346,10 @@ fn decode(
     match oomtrace_common::decode(bytes) {
         Ok(Record::TpVictim(ev)) => {
             let fields = tp_fields(&ev, layout);
-            let proc_cgroup =
-                proc_root.and_then(|root| victim_cgroup(root, fields.pid.unwrap_or(ev.pid)));
+            let killed_at = Duration::from_nanos(ev.header.ktime_ns);
+            let proc_cgroup = proc_root.and_then(|root| {
+                proc::victim_cgroup(root, fields.pid.unwrap_or(ev.pid), Some(killed_at))
+            });
             Some(Input::Tracepoint {
                 header: ev.header,
                 fields,
@@ -660,18 +633,6 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
-    /// A real `/proc/<pid>/stat` of a sleeping process on the 6.18 host.
-    const STAT: &str = include_str!("../tests/data/node/host-6.18.proc-sleep.stat");
-
-    fn proc_with(pid: u32, stat: &str, cgroup: &str) -> tempfile::TempDir {
-        let root = tempfile::tempdir().expect("tmp");
-        let dir = root.path().join(pid.to_string());
-        fs::create_dir(&dir).expect("mkdir");
-        fs::write(dir.join("stat"), stat).expect("stat");
-        fs::write(dir.join("cgroup"), cgroup).expect("cgroup");
-        root
-    }
-
     #[test]
     fn node_snapshots_come_faster_as_available_memory_shrinks() {
         // MemTotal and MemAvailable of the 512 MiB test VM, idle and near its OOM.
@@ -686,32 +647,5 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(pressure_interval(0, 0), None, "no MemTotal: no pressure");
-    }
-
-    #[test]
-    fn a_dying_victims_cgroup_is_read_but_never_the_root_an_exited_task_shows() {
-        let v1 = "12:memory:/oomtrace-test/app\n4:pids:/\n";
-        let live = proc_with(15239, STAT, v1);
-        assert_eq!(
-            victim_cgroup(live.path(), 15239).as_deref(),
-            Some("/oomtrace-test/app")
-        );
-        // A zombie: cgroup v1 moved it to the root; nothing is better than "/".
-        let zombie = proc_with(15239, &STAT.replacen(" S ", " Z ", 1), "12:memory:/\n");
-        assert_eq!(victim_cgroup(zombie.path(), 15239), None);
-        // Exiting (PF_EXITING, 0x4, in the flags field 4194304 -> 4194308) and showing "/".
-        let exiting = STAT.replacen(" 4194304 ", " 4194308 ", 1);
-        let leaving = proc_with(15239, &exiting, "12:memory:/\n");
-        assert_eq!(victim_cgroup(leaving.path(), 15239), None);
-        // Exiting but still in its own cgroup: the path is right.
-        let still = proc_with(15239, &exiting, v1);
-        assert_eq!(
-            victim_cgroup(still.path(), 15239).as_deref(),
-            Some("/oomtrace-test/app")
-        );
-        // Inside a cgroup namespace the path is not the node's.
-        let ns = proc_with(15239, STAT, "0::/../../kubepods.slice\n");
-        assert_eq!(victim_cgroup(ns.path(), 15239), None);
-        assert_eq!(victim_cgroup(live.path(), 1), None, "gone");
     }
 }
