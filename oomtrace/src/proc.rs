@@ -250,7 +250,7 @@ pub fn victim_cgroup(proc_root: &Path, pid: u32, killed_at: Option<Duration>) ->
     if is_dead(&p.stat) || killed_at.is_some_and(|t| p.started_after(t)) {
         return None;
     }
-    let path = p.memory_cgroup().ok()??.to_owned();
+    let path = p.memory_cgroup().ok()??;
     if !path.starts_with('/') || path.contains("/..") {
         return None;
     }

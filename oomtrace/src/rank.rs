@@ -58,9 +58,9 @@ const MAX_FIND_DIRS: usize = 20_000;
 /// Errors of `oomtrace rank`.
 #[derive(Debug, thiserror::Error)]
 pub enum RankError {
-    #[error("{0}")]
+    #[error(transparent)]
     Proc(#[from] proc::ProcError),
-    #[error("{0}")]
+    #[error(transparent)]
     Node(#[from] node::NodeError),
     #[error(
         "no memory cgroup controller found in /proc/self/mounts: pass the memory controller's mount with --cgroup-root"
