@@ -233,7 +233,7 @@ pub async fn run_until(
         pod_names: PodNames::new()
             .with_pods_dir(args.paths.pod_logs.clone())
             .with_containers_dir(args.paths.container_logs.clone()),
-        mem_total: node::read_meminfo(&args.paths.proc_root.join("meminfo"))
+        mem_total: node::read_meminfo(&args.paths.proc_root)
             .ok()
             .and_then(|m| m.total_bytes),
         clock: WallClock::now(),
@@ -605,7 +605,11 @@ impl CorrelateStage<'_> {
             s.kill_seen(now);
         }
         for pid in self.correlator.take_new_victims() {
-            let asked = self.lookup.as_ref().is_some_and(|l| l.request(pid));
+            let killed_at = self.correlator.kill_time(pid);
+            let asked = self
+                .lookup
+                .as_ref()
+                .is_some_and(|l| l.request(pid, killed_at));
             if !asked {
                 self.correlator.lookup_failed(pid);
             }

@@ -22,7 +22,8 @@ pub enum Command {
     /// Print what this kernel offers (BTF, tracepoint ABI, kprobe/fentry,
     /// kmsg, cgroups, capabilities) and what oomtrace will use.
     Doctor(DoctorArgs),
-    /// Show the order in which the kernel would kill in a node-level OOM, now.
+    /// Show the order in which the kernel would kill, now: in a node-level
+    /// OOM, or at the limit of one cgroup (--cgroup, --pod, --allocatable).
     Rank(crate::rank::RankArgs),
 }
 

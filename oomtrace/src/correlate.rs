@@ -145,6 +145,12 @@ impl Correlator {
         std::mem::take(&mut self.new_victims)
     }
 
+    /// When the pending victim `pid` was killed (CLOCK_MONOTONIC), if known.
+    pub fn kill_time(&self, pid: u32) -> Option<Duration> {
+        let ns = self.pending.get(&pid)?.at_ns();
+        (ns > 0).then(|| Duration::from_nanos(ns))
+    }
+
     /// A `/proc` lookup for `pid` could not be made: do not wait for it.
     pub fn lookup_failed(&mut self, pid: u32) {
         if let Some(p) = self.pending.get_mut(&pid) {

@@ -40,19 +40,19 @@ const CAPS: &[(&str, u32)] = &[
     ("CAP_BPF", 39),
 ];
 
-/// Names of the capabilities set in a `CapEff:` hex mask.
-pub fn effective_caps(status: &str) -> Option<Vec<&'static str>> {
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    let mask = u64::from_str_radix(hex, 16).ok()?;
-    Some(
-        CAPS.iter()
-            .filter(|(_, bit)| mask & (1u64 << bit) != 0)
-            .map(|(name, _)| *name)
-            .collect(),
-    )
+/// Names of the capabilities oomtrace cares about that are set in an
+/// effective set (`CapEff` of `/proc/<pid>/status`).
+pub fn effective_caps(cap_eff: u64) -> Vec<&'static str> {
+    CAPS.iter()
+        .filter(|(_, bit)| cap_eff & (1u64 << bit) != 0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// This process's effective capabilities, from `/proc/self/status`.
+fn own_caps() -> Option<Vec<&'static str>> {
+    let status = procfs::process::Process::myself().ok()?.status().ok()?;
+    Some(effective_caps(status.capeff))
 }
 
 pub fn collect(trace: &TraceArgs) -> Report {
@@ -166,9 +166,7 @@ pub fn collect(trace: &TraceArgs) -> Report {
             None => "no memory cgroup controller mounted: OOM domains cannot be named".to_string(),
         },
     });
-    let caps = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| effective_caps(&s));
+    let caps = own_caps();
     checks.push(Check {
         name: "capabilities",
         ok: caps.as_ref().is_some_and(|c| {
@@ -245,23 +243,44 @@ pub fn run(args: &DoctorArgs, trace: &TraceArgs) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use procfs::FromRead as _;
+
     use super::*;
 
+    fn cap_eff(name: &str) -> u64 {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/node")
+            .join(name);
+        procfs::process::Status::from_file(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .capeff
+    }
+
     #[test]
-    fn capabilities_from_a_real_status_line() {
-        // Root with the full set (CapEff of a root shell on a 6.x kernel: 41 capabilities).
-        let root = "Name:\tbash\nCapEff:\t000001ffffffffff\n";
-        let caps = effective_caps(root).expect("caps");
-        assert!(caps.contains(&"CAP_BPF") && caps.contains(&"CAP_SYSLOG"));
-        // The DaemonSet's set: BPF, PERFMON, SYSLOG only.
-        let ds = format!(
-            "CapEff:\t{:016x}\n",
-            (1u64 << 39) | (1u64 << 38) | (1u64 << 34)
-        );
+    fn capabilities_from_real_status_files() {
+        // Root on the CI host: every capability but CAP_SYS_RESOURCE (a sandbox policy).
+        let root = effective_caps(cap_eff("host-6.18.proc-sleep.status"));
         assert_eq!(
-            effective_caps(&ds).expect("caps"),
+            root,
+            vec!["CAP_SYS_ADMIN", "CAP_SYSLOG", "CAP_PERFMON", "CAP_BPF"]
+        );
+        // kthreadd: the full set.
+        assert!(
+            effective_caps(cap_eff("host-6.18.proc-kthreadd.status")).contains(&"CAP_SYS_RESOURCE")
+        );
+        // The DaemonSet's set (setpriv --bounding-set=-all,+bpf,+perfmon,+syslog): BPF, PERFMON, SYSLOG only.
+        assert_eq!(
+            effective_caps(cap_eff("host-6.18.proc-daemonset-caps.status")),
             vec!["CAP_SYSLOG", "CAP_PERFMON", "CAP_BPF"]
         );
-        assert_eq!(effective_caps("Name:\tx\n"), None);
+        assert!(effective_caps(0).is_empty());
+    }
+
+    #[test]
+    fn own_capabilities_are_read() {
+        assert!(
+            own_caps().is_some(),
+            "/proc/self/status of the test process"
+        );
     }
 }

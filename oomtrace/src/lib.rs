@@ -21,6 +21,7 @@
 //! - [`podnames`]: pod UID → namespace, pod and container names, from the node's log directories.
 //! - [`qos`]: the kubelet's oom_score_adj policy and its inverse.
 //! - [`node`]: node memory, pressure and the largest consumers at the moment of a kill.
+//! - [`proc`]: processes of the node's `/proc`, each read through one pinned handle (procfs).
 //! - [`explain`]: the explanation and advice for each OOM domain.
 //! - [`report`]: the event a user reads (JSON field names are a contract).
 //! - [`sink`]: JSON lines and text output.

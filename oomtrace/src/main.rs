@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             if args.proc_root == std::path::Path::new("/proc") {
                 args.proc_root = cli.trace.paths.proc_root.clone();
             }
+            args.cgroup_root = cli.trace.paths.cgroup_root.clone();
             let names = rank::WithPodNames::new(
                 PodNames::new()
                     .with_pods_dir(cli.trace.paths.pod_logs.clone())

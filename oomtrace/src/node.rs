@@ -14,6 +14,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use procfs::FromRead as _;
+
 use crate::{
     identity,
     report::{Consumer, NodeMemory},
@@ -187,6 +189,7 @@ impl CgroupFs {
 }
 
 /// `/proc/mounts` escapes space, tab, newline and backslash as `\ooo`.
+// Kept by hand: procfs 0.18 leaves `\040` (space) escaped in mount points.
 fn unescape_mount_path(field: &str) -> PathBuf {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -245,6 +248,19 @@ pub fn parse_procs(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// Errors reading the node's memory figures.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot read {}: {source}; pass the host's /proc with --proc", path.display())]
+    MemInfo {
+        path: PathBuf,
+        #[source]
+        source: procfs::ProcError,
+    },
+    #[error("{} has no MemTotal: pass the host's /proc with --proc", path.display())]
+    NoMemTotal { path: PathBuf },
+}
+
 /// The figures of `/proc/meminfo` that describe the node, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemInfo {
@@ -254,36 +270,38 @@ pub struct MemInfo {
     pub swap_free_bytes: Option<u64>,
 }
 
-/// Parses `/proc/meminfo` (`MemTotal:       24684084 kB`).
-pub fn meminfo(text: &str) -> MemInfo {
-    let mut m = MemInfo::default();
-    for line in text.lines() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let Some(value) = words.next().and_then(|v| v.parse::<u64>().ok()) else {
-            continue;
-        };
-        let bytes = match words.next() {
-            Some("kB") => value.saturating_mul(1024),
-            _ => value,
-        };
-        let slot = match key {
-            "MemTotal" => &mut m.total_bytes,
-            "MemAvailable" => &mut m.available_bytes,
-            "SwapTotal" => &mut m.swap_total_bytes,
-            "SwapFree" => &mut m.swap_free_bytes,
-            _ => continue,
-        };
-        *slot = Some(bytes);
+impl From<&procfs::Meminfo> for MemInfo {
+    fn from(m: &procfs::Meminfo) -> Self {
+        // procfs gives bytes.
+        Self {
+            total_bytes: Some(m.mem_total),
+            available_bytes: m.mem_available,
+            swap_total_bytes: Some(m.swap_total),
+            swap_free_bytes: Some(m.swap_free),
+        }
     }
-    m
 }
 
-/// Reads and parses a `meminfo` file (the node's: `<proc>/meminfo`).
-pub fn read_meminfo(path: &Path) -> std::io::Result<MemInfo> {
-    fs::read_to_string(path).map(|t| meminfo(&t))
+/// The text of `/proc/meminfo` (`MemTotal:       24684084 kB`), parsed by
+/// procfs; all `None` when it is not a meminfo file.
+pub fn meminfo(text: &str) -> MemInfo {
+    procfs::Meminfo::from_read(text.as_bytes())
+        .map(|m| MemInfo::from(&m))
+        .unwrap_or_default()
+}
+
+/// `<proc_root>/meminfo` (not `Current::current()`, which always reads the
+/// reader's own `/proc`).
+pub fn read_meminfo(proc_root: &Path) -> Result<MemInfo, NodeError> {
+    let path = proc_root.join("meminfo");
+    let m = procfs::Meminfo::from_file(&path).map_err(|source| NodeError::MemInfo {
+        path: path.clone(),
+        source,
+    })?;
+    if m.mem_total == 0 {
+        return Err(NodeError::NoMemTotal { path });
+    }
+    Ok(MemInfo::from(&m))
 }
 
 /// Memory pressure (`/proc/pressure/memory`), the share of the last 10 s in
@@ -294,24 +312,31 @@ pub struct Psi {
     pub full_avg10: Option<f64>,
 }
 
-/// Parses `/proc/pressure/memory`; `None` when it has no `some` line (PSI
-/// absent or disabled gives no usable text).
-pub fn psi(text: &str) -> Option<Psi> {
-    let mut p = Psi::default();
-    let mut seen = false;
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let slot = match words.next() {
-            Some("some") => &mut p.some_avg10,
-            Some("full") => &mut p.full_avg10,
-            _ => continue,
-        };
-        *slot = words
-            .find_map(|w| w.strip_prefix("avg10="))
-            .and_then(|v| v.parse().ok());
-        seen |= slot.is_some();
+impl From<&procfs::MemoryPressure> for Psi {
+    fn from(p: &procfs::MemoryPressure) -> Self {
+        // The kernel prints two decimals; procfs keeps an f32. Rounding to
+        // two decimals gives back the printed value (0.08, not 0.0799999982).
+        let printed = |v: f32| (f64::from(v) * 100.0).round() / 100.0;
+        Self {
+            some_avg10: Some(printed(p.some.avg10)),
+            full_avg10: Some(printed(p.full.avg10)),
+        }
     }
-    seen.then_some(p)
+}
+
+/// The text of `/proc/pressure/memory`, parsed by procfs; `None` when it is
+/// not one (PSI absent or disabled gives no usable text).
+pub fn psi(text: &str) -> Option<Psi> {
+    procfs::MemoryPressure::from_read(text.as_bytes())
+        .ok()
+        .map(|p| Psi::from(&p))
+}
+
+/// `<proc_root>/pressure/memory`; `None` without PSI.
+pub fn read_psi(proc_root: &Path) -> Option<Psi> {
+    procfs::MemoryPressure::from_file(proc_root.join("pressure/memory"))
+        .ok()
+        .map(|p| Psi::from(&p))
 }
 
 /// Node memory and the `top_n` largest consumers, read now.
@@ -325,12 +350,8 @@ pub fn node_memory(
     top_n: usize,
     name_of: impl Fn(&str) -> (String, Option<String>),
 ) -> NodeMemory {
-    let mem = fs::read_to_string(proc_root.join("meminfo"))
-        .map(|t| meminfo(&t))
-        .unwrap_or_default();
-    let pressure = fs::read_to_string(proc_root.join("pressure/memory"))
-        .ok()
-        .and_then(|t| psi(&t));
+    let mem = read_meminfo(proc_root).unwrap_or_default();
+    let pressure = read_psi(proc_root);
     NodeMemory {
         total_bytes: mem.total_bytes,
         available_bytes: mem.available_bytes,
@@ -434,7 +455,8 @@ fn find_pods(
     }
 }
 
-fn subdirs(dir: &Path) -> Vec<String> {
+/// The names of the subdirectories of `dir`, sorted; empty when unreadable.
+pub(crate) fn subdirs(dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -583,6 +605,36 @@ mod tests {
             }
         );
         assert_eq!(psi(""), None);
+    }
+
+    #[test]
+    fn readers_take_the_hosts_proc_root() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        write(tmp.path(), "meminfo", &data("host-6.18.meminfo.txt"));
+        write(
+            &tmp.path().join("pressure"),
+            "memory",
+            &data("host-6.18.pressure-memory.txt"),
+        );
+        let m = read_meminfo(tmp.path()).expect("meminfo");
+        assert_eq!(m, meminfo(&data("host-6.18.meminfo.txt")));
+        assert_eq!(m.total_bytes, Some(24_684_084 * 1024));
+        assert_eq!(
+            read_psi(tmp.path()),
+            Some(Psi {
+                some_avg10: Some(0.08),
+                full_avg10: Some(0.02)
+            })
+        );
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = read_meminfo(empty.path()).expect_err("no meminfo");
+        assert!(
+            err.to_string()
+                .contains("pass the host's /proc with --proc"),
+            "{err}"
+        );
+        assert_eq!(read_psi(empty.path()), None, "no PSI");
+        assert_eq!(meminfo("not meminfo"), MemInfo::default());
     }
 
     /// Names consumers by their path, with the QoS class the path implies.

@@ -167,6 +167,24 @@ impl PodNames {
         })
     }
 
+    /// The UIDs of the pod `namespace/pod`, after a rescan: more than one
+    /// when a pod of that name was re-created and the old one's log
+    /// directory is still there. Sorted; empty when not found (see
+    /// [`PodNames::last_error`] for an unreadable directory).
+    pub fn uids_of(&mut self, namespace: &str, pod: &str) -> Vec<String> {
+        if let Err(err) = self.refresh() {
+            tracing::debug!("pod names: {err}");
+        }
+        let mut uids: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.namespace == namespace && p.pod == pod)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        uids.sort_unstable();
+        uids
+    }
+
     /// Rescans both directories now and drops names not seen for longer
     /// than the retention. Reads what it can: an unreadable directory is
     /// reported after the other one was scanned.
@@ -353,6 +371,31 @@ mod tests {
             names.lookup("00000000-0000-0000-0000-000000000000", None),
             None
         );
+    }
+
+    #[test]
+    fn finds_the_uids_of_a_pod_by_namespace_and_name() {
+        let n = node();
+        add(&n, APISERVER_DIR, "kube-apiserver", APISERVER_LINK);
+        // The same name re-created: the old pod's directory is still there.
+        fs::create_dir_all(n.pods.join(
+            "kube-system_kube-apiserver-pa-drs-cluster_0f2c4d3e-1111-4e6f-9d39-2c1f0a6b8e11",
+        ))
+        .expect("mkdir");
+        let mut names = names(&n);
+        assert_eq!(
+            names.uids_of("kube-system", "kube-apiserver-pa-drs-cluster"),
+            vec![
+                "0f2c4d3e-1111-4e6f-9d39-2c1f0a6b8e11".to_owned(),
+                "8b1e9057c80f383869339e73f7286d7b".to_owned()
+            ]
+        );
+        assert!(
+            names
+                .uids_of("default", "kube-apiserver-pa-drs-cluster")
+                .is_empty()
+        );
+        assert!(names.uids_of("kube-system", "kube-apiserver").is_empty());
     }
 
     #[test]

@@ -12,10 +12,17 @@ use std::fmt;
 pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
+    /// Honours width and alignment (`{:>8}`), for tables.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.text())
+    }
+}
+
+impl Bytes {
+    fn text(self) -> String {
         const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
         if self.0 < 1024 {
-            return write!(f, "{} B", self.0);
+            return format!("{} B", self.0);
         }
         let mut value = self.0 as f64 / 1024.0;
         let mut unit = 0;
@@ -23,13 +30,13 @@ impl fmt::Display for Bytes {
             value /= 1024.0;
             unit += 1;
         }
-        // Rounding up into the next unit ("1024 MiB") reads as the next unit.
         let decimals = usize::from(value < 9.95 || (unit >= 2 && value < 99.95));
         let shown = format!("{value:.decimals$}");
+        // Rounding up into the next unit ("1024 MiB") reads as the next unit.
         if shown == "1024" && unit + 1 < UNITS.len() {
-            return write!(f, "1.0 {}", UNITS[unit + 1]);
+            return format!("1.0 {}", UNITS[unit + 1]);
         }
-        write!(f, "{shown} {}", UNITS[unit])
+        format!("{shown} {}", UNITS[unit])
     }
 }
 
@@ -120,6 +127,7 @@ mod tests {
         for (bytes, want) in cases {
             assert_eq!(Bytes(*bytes).to_string(), *want, "{bytes}");
         }
+        assert_eq!(format!("[{:>8}]", Bytes(32 << 20)), "[  32 MiB]");
     }
 
     #[test]

@@ -108,10 +108,10 @@ impl NodeSnapshots {
         }));
         let (poke, pokes) = mpsc::sync_channel(64);
         let watch = Arc::clone(&shared);
-        let meminfo = cfg.proc_root.join("meminfo");
+        let proc_root = cfg.proc_root.clone();
         thread::Builder::new()
             .name("node-watch".into())
-            .spawn(move || watch_loop(&watch, &pokes, &meminfo))?;
+            .spawn(move || watch_loop(&watch, &pokes, &proc_root))?;
         Ok(Self {
             shared,
             max_age: cfg.max_age,
@@ -152,12 +152,16 @@ fn keep(kept: &mut VecDeque<(Instant, NodeMemory)>, at: Instant, snap: NodeMemor
     }
 }
 
-fn watch_loop(shared: &Mutex<Shared>, pokes: &mpsc::Receiver<Instant>, meminfo: &std::path::Path) {
+fn watch_loop(
+    shared: &Mutex<Shared>,
+    pokes: &mpsc::Receiver<Instant>,
+    proc_root: &std::path::Path,
+) {
     let mut warned = false;
     loop {
         let interval = match pokes.recv_timeout(PRESSURE_POLL) {
             Ok(_) => Some(SIGHTING_INTERVAL),
-            Err(RecvTimeoutError::Timeout) => match node::read_meminfo(meminfo) {
+            Err(RecvTimeoutError::Timeout) => match node::read_meminfo(proc_root) {
                 Ok(m) => m
                     .total_bytes
                     .zip(m.available_bytes)

@@ -402,3 +402,68 @@ pub fn mem_available_mib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024)
 }
+
+/// A process in `cg` that grows by 4 MiB steps, up to `mib`, until any of
+/// `pids` has been killed (a zombie, or gone), then holds what it has: it
+/// pushes a cgroup past its limit for one OOM kill, whoever the kernel picks.
+pub fn spawn_grower_until_any_killed(cg: &Memcg, adj: i32, mib: u64, pids: &[u32]) -> Child {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    spawn_in(
+        cg,
+        adj,
+        &format!(
+            "python3 -c '
+import time
+def dead(p):
+    try:
+        with open(\"/proc/%d/stat\" % p) as f:
+            return f.read().rsplit(\")\", 1)[1].split()[0] in \"ZX\"
+    except OSError:
+        return True
+pids = [{pids}]
+l = []
+while len(l) * 4 < {mib} and not any(dead(p) for p in pids):
+    l.append(b\"x\" * (4 << 20))
+    time.sleep(0.005)
+time.sleep(3600)'",
+            pids = pids.join(", ")
+        ),
+    )
+}
+
+/// `oomtrace rank --format json --all ARGS`: the rows.
+pub fn rank_json(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
+        .args(["rank", "--format", "json", "--all"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run oomtrace rank");
+    assert!(
+        out.status.success(),
+        "oomtrace rank {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    rows.as_array().expect("a JSON array of rows").clone()
+}
+
+pub fn pid_of(row: &Value) -> u32 {
+    row["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("pid")
+}
+
+/// Waits until `pid` has exec'd `comm` (and so is in its cgroup with its adj).
+pub fn wait_for_comm(pid: u32, comm: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    panic!("pid {pid} did not become {comm}");
+}
