@@ -9,6 +9,8 @@ use serde::Serialize;
 /// One OOM-killed task.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Kill {
+    /// The record kind: always `"oom_kill"` (other records have other kinds).
+    pub kind: RecordKind,
     /// RFC 3339, UTC, of the moment the kernel marked the victim.
     pub time: String,
     /// Host name, or `NODE_NAME` when set.
@@ -25,6 +27,8 @@ pub struct Kill {
     /// Which source decided `scope` and `oom_cgroup`.
     pub verdict_source: Option<VerdictSource>,
     pub victim: Victim,
+    /// Who killed: the kernel's OOM killer, a userspace OOM killer, or the kubelet.
+    pub killer: Killer,
     pub trigger: Trigger,
     pub memcg: Memcg,
     /// Kubernetes identity of the victim (`null` when it is not in a pod).
@@ -45,6 +49,48 @@ pub struct Kill {
     pub missing: Vec<String>,
     /// Kernel ring-buffer records lost so far (all kinds), as counted in the kernel.
     pub lost_events: u64,
+}
+
+/// What a JSON line is.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A process killed for memory.
+    #[default]
+    OomKill,
+}
+
+/// Who killed the victim.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Killer {
+    pub kind: KillerKind,
+    /// The killing process (`null` for the kernel).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum KillerKind {
+    /// The kernel's OOM killer (a cgroup limit or the node ran out).
+    #[default]
+    KernelOom,
+    /// A userspace OOM killer (systemd-oomd, earlyoom, ...).
+    UserspaceOom,
+    /// The kubelet evicted the pod for node memory pressure.
+    KubeletEviction,
+}
+
+impl KillerKind {
+    /// The JSON word (also the metrics label value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KernelOom => "kernel_oom",
+            Self::UserspaceOom => "userspace_oom",
+            Self::KubeletEviction => "kubelet_eviction",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]

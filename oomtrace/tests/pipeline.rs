@@ -237,6 +237,12 @@ fn two_recorded_kills_come_out_as_the_json_a_user_reads() {
     let events = run_pipeline(&node);
     assert_eq!(events.len(), 2, "{events:#?}");
 
+    for e in &events {
+        assert_eq!(s(e, &["kind"]), Some("oom_kill"), "{e:#}");
+        assert_eq!(s(e, &["killer", "kind"]), Some("kernel_oom"), "{e:#}");
+        assert!(e["killer"]["pid"].is_null(), "the kernel has no pid: {e:#}");
+    }
+
     // Kill 1: the container's own 32 MiB limit.
     let e = &events[0];
     assert_eq!(s(e, &["scope"]), Some("cgroup"), "{e:#}");
