@@ -133,167 +133,230 @@ pub async fn run_until(
     let metrics = start_metrics(&args).await?;
     let sources = Sources::start(&args)?;
     sources.announce(metrics.as_deref());
+    let context = NodeContext::start(&args, &node)?;
+    let running = Running::start(&args, node, sources, context, metrics)?;
+    running.until(shutdown).await
+}
 
-    let (stop_tx, stop) = watch::channel(false);
-    let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
-    let (out_tx, out_rx) = mpsc::channel::<Correlated>(1024);
-    let cgfs = cgroup_fs(&args);
-    let snapshots = match &cgfs {
-        Some(cgfs) => Some(
-            NodeSnapshots::spawn(SnapshotConfig {
-                cgfs: cgfs.clone(),
-                proc_root: args.paths.proc_root.clone(),
-                top: args.top,
-                pod_logs: args.paths.pod_logs.clone(),
-                container_logs: args.paths.container_logs.clone(),
-                max_age: args.wait_ms + Duration::from_secs(10),
-            })
-            .map_err(|source| AgentError::Thread {
-                what: "node memory watch",
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    let api = args.kube.then(|| ApiClient::start(args.kubeconfig.clone()));
-    let pods = api
-        .as_ref()
-        .map(|api| PodMetadata::watch(api, node.clone()));
+/// What enrichment reads besides the kill: the cgroup tree, node memory
+/// snapshots, and with `--kube` the API client and the pod watch.
+struct NodeContext {
+    cgfs: Option<CgroupFs>,
+    snapshots: Option<NodeSnapshots>,
+    api: Option<ApiClient>,
+    pods: Option<(PodMetadata, JoinHandle<()>)>,
+}
 
-    let Sources {
-        probe,
-        ring,
-        kmsg_rx,
-        kmsg_stats,
-        expect,
-        decoder,
-        ..
-    } = sources;
-    let losses = Losses {
-        kernel: probe.as_ref().and_then(|p| p.stats.clone()),
-        kmsg: kmsg_stats,
-    };
-    let ring_task = ring.map(|ring| {
-        tokio::spawn(drain_ring(
+impl NodeContext {
+    fn start(args: &TraceArgs, node: &str) -> Result<Self, AgentError> {
+        let cgfs = cgroup_fs(args);
+        let snapshots = match &cgfs {
+            Some(cgfs) => Some(
+                NodeSnapshots::spawn(SnapshotConfig {
+                    cgfs: cgfs.clone(),
+                    proc_root: args.paths.proc_root.clone(),
+                    top: args.top,
+                    pod_logs: args.paths.pod_logs.clone(),
+                    container_logs: args.paths.container_logs.clone(),
+                    max_age: args.wait_ms + Duration::from_secs(10),
+                })
+                .map_err(|source| AgentError::Thread {
+                    what: "node memory watch",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let api = args.kube.then(|| ApiClient::start(args.kubeconfig.clone()));
+        let pods = api
+            .as_ref()
+            .map(|api| PodMetadata::watch(api, node.to_string()));
+        Ok(Self {
+            cgfs,
+            snapshots,
+            api,
+            pods,
+        })
+    }
+}
+
+/// The running stages, and what shutdown needs to end them in order.
+struct Running {
+    stop_tx: watch::Sender<bool>,
+    correlate: JoinHandle<u64>,
+    output: thread::JoinHandle<(u64, Option<SinkError>)>,
+    monitor: JoinHandle<()>,
+    pod_watch: Option<JoinHandle<()>>,
+    poster: Option<EventsPoster>,
+    losses: Losses,
+    /// Keeps the eBPF programs attached until the end.
+    probe: Option<LoadedProbe>,
+}
+
+impl Running {
+    /// Starts capture, correlation and output, joined by bounded channels.
+    fn start(
+        args: &TraceArgs,
+        node: String,
+        sources: Sources,
+        context: NodeContext,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, AgentError> {
+        let (stop_tx, stop) = watch::channel(false);
+        let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
+        let (out_tx, out_rx) = mpsc::channel::<Correlated>(1024);
+        let Sources {
+            probe,
             ring,
-            RingReader {
-                decoder: decoder.clone(),
+            kmsg_rx,
+            kmsg_stats,
+            expect,
+            decoder,
+            ..
+        } = sources;
+        let losses = Losses {
+            kernel: probe.as_ref().and_then(|p| p.stats.clone()),
+            kmsg: kmsg_stats,
+        };
+        let ring_task = ring.map(|ring| {
+            let reader = RingReader {
+                decoder,
                 record_dir: args.record_dir.clone(),
                 recorded: 0,
-            },
-            input_tx.clone(),
-            stop.clone(),
-        ))
-    });
-    let lookup = if expect.proc {
-        Some(
-            ProcLookup::spawn(args.paths.proc_root.clone(), input_tx.clone()).map_err(
-                |source| AgentError::Thread {
-                    what: "/proc lookup",
-                    source,
-                },
-            )?,
-        )
-    } else {
-        None
-    };
-    drop(input_tx);
-    let mut correlator = Correlator::new(expect, args.wait_ms, units::page_size(), boot_id());
-    let correlate_task = tokio::spawn({
-        let stop = stop.clone();
-        let snapshots = snapshots.clone();
-        async move {
-            let mut stage = CorrelateStage {
-                correlator: &mut correlator,
-                lookup,
-                snapshots,
-                out: out_tx,
             };
-            stage.run(input_rx, kmsg_rx, stop, ring_task).await;
-            correlator.late
-        }
-    });
+            tokio::spawn(drain_ring(ring, reader, input_tx.clone(), stop.clone()))
+        });
+        let lookup = match expect.proc {
+            true => Some(
+                ProcLookup::spawn(args.paths.proc_root.clone(), input_tx.clone()).map_err(
+                    |source| AgentError::Thread {
+                        what: "/proc lookup",
+                        source,
+                    },
+                )?,
+            ),
+            false => None,
+        };
+        drop(input_tx);
+        let mut correlator = Correlator::new(expect, args.wait_ms, units::page_size(), boot_id());
+        let mut stage = CorrelateStage {
+            lookup,
+            snapshots: context.snapshots.clone(),
+            out: out_tx,
+        };
+        let correlate = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                stage
+                    .run(&mut correlator, input_rx, kmsg_rx, stop, ring_task)
+                    .await;
+                correlator.late
+            }
+        });
+        let (sinks, poster) = sinks(args, metrics.as_ref(), context.api.as_ref());
+        let (pods, pod_watch) = context.pods.unzip();
+        let output = OutputStage {
+            enricher: Enricher {
+                node,
+                cgfs: context.cgfs,
+                pod_names: PodNames::new()
+                    .with_pods_dir(args.paths.pod_logs.clone())
+                    .with_containers_dir(args.paths.container_logs.clone()),
+                mem_total: node::read_meminfo(&args.paths.proc_root)
+                    .ok()
+                    .and_then(|m| m.total_bytes),
+                clock: WallClock::now(),
+                snapshots: context.snapshots,
+                pods,
+            },
+            sinks,
+            losses: losses.clone(),
+            count: args.count,
+            stop: stop_tx.clone(),
+        };
+        let output = thread::Builder::new()
+            .name("output".into())
+            .spawn(move || output.run(out_rx))
+            .map_err(|source| AgentError::Thread {
+                what: "output",
+                source,
+            })?;
+        let monitor = tokio::spawn(monitor_losses(losses.clone(), metrics));
+        Ok(Self {
+            stop_tx,
+            correlate,
+            output,
+            monitor,
+            pod_watch,
+            poster,
+            losses,
+            probe,
+        })
+    }
 
+    /// Runs until `shutdown`, `--count` or a broken output, then stops the
+    /// stages in order: capture drains, correlation flushes what is pending,
+    /// output writes it, Events get a grace period.
+    async fn until(self, shutdown: impl Future<Output = ()>) -> Result<Summary, AgentError> {
+        let mut stopped = self.stop_tx.subscribe();
+        tokio::select! {
+            () = shutdown => {}
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+        let _ = self.stop_tx.send(true);
+        let late = self.correlate.await.unwrap_or(0);
+        let output = self.output;
+        let written = tokio::task::spawn_blocking(move || output.join())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.monitor.abort();
+        if let Some(watch) = self.pod_watch {
+            watch.abort();
+        }
+        if let Some(p) = self.poster {
+            p.close(Duration::from_secs(2)).await;
+        }
+        let (kills, error) = written.unwrap_or((0, None));
+        let summary = Summary {
+            kills,
+            lost_kernel: self.losses.kernel_lost(),
+            lost_kmsg: self.losses.kmsg_lost(),
+        };
+        let read_errors = self
+            .losses
+            .kernel
+            .as_ref()
+            .map_or(0, |s| s.snapshot().read_errors);
+        eprintln!(
+            "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {late} late sources dropped",
+            summary.kills, summary.lost_kernel, summary.lost_kmsg, read_errors
+        );
+        drop(self.probe);
+        match error {
+            Some(e) => Err(e.into()),
+            None => Ok(summary),
+        }
+    }
+}
+
+/// Every sink of this run, in order: metrics, Events, stdout.
+fn sinks(
+    args: &TraceArgs,
+    metrics: Option<&Arc<Metrics>>,
+    api: Option<&ApiClient>,
+) -> (Sinks, Option<EventsPoster>) {
     let mut sinks = Sinks::default();
-    if let Some(m) = &metrics {
+    if let Some(m) = metrics {
         sinks.push(MetricsSink::new(Arc::clone(m)));
     }
-    let poster: Option<EventsPoster> = match &api {
-        Some(api) => {
-            let (sink, poster) = EventsSink::start(api.clone());
-            sinks.push(sink);
-            Some(poster)
-        }
-        None => None,
-    };
+    let poster = api.map(|api| {
+        let (sink, poster) = EventsSink::start(api.clone());
+        sinks.push(sink);
+        poster
+    });
     sinks.push(Stdout::new(args.format(), io::stdout()));
-    let enricher = Enricher {
-        node,
-        cgfs,
-        pod_names: PodNames::new()
-            .with_pods_dir(args.paths.pod_logs.clone())
-            .with_containers_dir(args.paths.container_logs.clone()),
-        mem_total: node::read_meminfo(&args.paths.proc_root)
-            .ok()
-            .and_then(|m| m.total_bytes),
-        clock: WallClock::now(),
-        snapshots,
-        pods: pods.as_ref().map(|(p, _)| p.clone()),
-    };
-    let output = OutputStage {
-        enricher,
-        sinks,
-        losses: losses.clone(),
-        count: args.count,
-        stop: stop_tx.clone(),
-    };
-    let output_thread = thread::Builder::new()
-        .name("output".into())
-        .spawn(move || output.run(out_rx))
-        .map_err(|source| AgentError::Thread {
-            what: "output",
-            source,
-        })?;
-    let monitor = tokio::spawn(monitor_losses(losses.clone(), metrics.clone()));
-
-    // Run until a signal, `--count` or a broken output stops the stages.
-    let mut stopped = stop.clone();
-    tokio::select! {
-        () = shutdown => {}
-        _ = stopped.wait_for(|s| *s) => {}
-    }
-    let _ = stop_tx.send(true);
-    let late = correlate_task.await.unwrap_or(0);
-    let written = tokio::task::spawn_blocking(move || output_thread.join())
-        .await
-        .ok()
-        .and_then(Result::ok);
-    monitor.abort();
-    if let Some((_, watch)) = pods {
-        watch.abort();
-    }
-    if let Some(p) = poster {
-        p.close(Duration::from_secs(2)).await;
-    }
-    let (kills, error) = written.unwrap_or((0, None));
-    let summary = Summary {
-        kills,
-        lost_kernel: losses.kernel_lost(),
-        lost_kmsg: losses.kmsg_lost(),
-    };
-    let read_errors = losses
-        .kernel
-        .as_ref()
-        .map_or(0, |s| s.snapshot().read_errors);
-    eprintln!(
-        "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {late} late sources dropped",
-        summary.kills, summary.lost_kernel, summary.lost_kmsg, read_errors
-    );
-    drop(probe);
-    match error {
-        Some(e) => Err(e.into()),
-        None => Ok(summary),
-    }
+    (sinks, poster)
 }
 
 async fn start_metrics(args: &TraceArgs) -> Result<Option<Arc<Metrics>>, AgentError> {
@@ -543,16 +606,16 @@ impl RingReader {
 }
 
 /// The correlation stage: inputs in, complete kills out.
-struct CorrelateStage<'a> {
-    correlator: &'a mut Correlator,
+struct CorrelateStage {
     lookup: Option<ProcLookup>,
     snapshots: Option<NodeSnapshots>,
     out: mpsc::Sender<Correlated>,
 }
 
-impl CorrelateStage<'_> {
+impl CorrelateStage {
     async fn run(
         &mut self,
+        correlator: &mut Correlator,
         mut inputs: mpsc::Receiver<Input>,
         mut kmsg: Option<mpsc::Receiver<KmsgOom>>,
         mut stop: watch::Receiver<bool>,
@@ -561,9 +624,9 @@ impl CorrelateStage<'_> {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             let ready = tokio::select! {
-                Some(input) = inputs.recv() => self.push(input),
-                Some(line) = recv(&mut kmsg) => self.push(kmsg_input(line)),
-                _ = tick.tick() => self.correlator.tick(Instant::now()),
+                Some(input) = inputs.recv() => self.push(correlator, input),
+                Some(line) = recv(&mut kmsg) => self.push(correlator, kmsg_input(line)),
+                _ = tick.tick() => correlator.tick(Instant::now()),
                 _ = stop.wait_for(|s| *s) => break,
             };
             if !self.send(ready).await {
@@ -578,18 +641,18 @@ impl CorrelateStage<'_> {
         }
         let mut ready = Vec::new();
         while let Ok(input) = inputs.try_recv() {
-            ready.extend(self.push(input));
+            ready.extend(self.push(correlator, input));
         }
         if let Some(rx) = kmsg.as_mut() {
             while let Ok(line) = rx.try_recv() {
-                ready.extend(self.push(kmsg_input(line)));
+                ready.extend(self.push(correlator, kmsg_input(line)));
             }
         }
-        ready.extend(self.correlator.flush());
+        ready.extend(correlator.flush());
         self.send(ready).await;
     }
 
-    fn push(&mut self, input: Input) -> Vec<Correlated> {
+    fn push(&mut self, correlator: &mut Correlator, input: Input) -> Vec<Correlated> {
         let now = Instant::now();
         let sighting = matches!(
             &input,
@@ -600,18 +663,18 @@ impl CorrelateStage<'_> {
                     ..
                 })
         );
-        let ready = self.correlator.push(input, now);
+        let ready = correlator.push(input, now);
         if sighting && let Some(s) = &self.snapshots {
             s.kill_seen(now);
         }
-        for pid in self.correlator.take_new_victims() {
-            let killed_at = self.correlator.kill_time(pid);
+        for pid in correlator.take_new_victims() {
+            let killed_at = correlator.kill_time(pid);
             let asked = self
                 .lookup
                 .as_ref()
                 .is_some_and(|l| l.request(pid, killed_at));
             if !asked {
-                self.correlator.lookup_failed(pid);
+                correlator.lookup_failed(pid);
             }
         }
         ready

@@ -120,8 +120,34 @@ pub fn check(
     observed_adj: i32,
     node_capacity_bytes: Option<u64>,
 ) -> QosCheck {
+    let mut out = special_values(qos, observed_adj);
+    let Some(qos) = qos else {
+        if out.note.is_none() {
+            out.note = Some(match observed_adj {
+                0 => "oom_score_adj 0 is the default: nothing adjusted this process".into(),
+                -1000 => "oom_score_adj -1000 exempts the process from the OOM killer".into(),
+                _ => format!(
+                    "oom_score_adj {observed_adj}; the QoS class is unknown, so it cannot be checked"
+                ),
+            });
+        }
+        return out;
+    };
+    out.expected = Some(expected(qos));
+    if out.fits.is_some() {
+        return out;
+    }
+    match qos {
+        QosClass::Guaranteed => check_guaranteed(&mut out, observed_adj),
+        QosClass::BestEffort => check_best_effort(&mut out, observed_adj),
+        QosClass::Burstable => check_burstable(&mut out, observed_adj, node_capacity_bytes),
+    }
+    out
+}
+
+/// Values no pod container gets from the kubelet: its own, and the sandbox's.
+fn special_values(qos: Option<QosClass>, observed_adj: i32) -> QosCheck {
     let mut out = QosCheck::default();
-    // Values no pod container gets from the kubelet.
     match observed_adj {
         KUBELET_OOM_SCORE_ADJ => {
             out.note = Some(
@@ -137,92 +163,78 @@ pub fn check(
         }
         _ => {}
     }
-    let Some(qos) = qos else {
-        if out.note.is_none() {
-            out.note = Some(match observed_adj {
-                0 => "oom_score_adj 0 is the default: nothing adjusted this process".into(),
-                -1000 => "oom_score_adj -1000 exempts the process from the OOM killer".into(),
-                _ => format!(
-                    "oom_score_adj {observed_adj}; the QoS class is unknown, so it cannot be checked"
-                ),
-            });
-        }
-        return out;
-    };
-    if out.fits.is_some() {
-        out.expected = Some(expected(qos));
-        return out;
-    }
-    out.expected = Some(expected(qos));
-    let critical = observed_adj == GUARANTEED_OOM_SCORE_ADJ;
-    match qos {
-        QosClass::Guaranteed => {
-            out.fits = Some(critical);
-            if !critical {
-                out.note = Some(format!(
-                    "a Guaranteed pod's containers get -997, this one has {observed_adj}: something changed it after \
-                     the kubelet set it (raising oom_score_adj needs no privilege)"
-                ));
-            }
-        }
-        QosClass::BestEffort => {
-            out.fits = Some(observed_adj == BEST_EFFORT_OOM_SCORE_ADJ || critical);
-            out.note = if critical {
-                Some(
-                    "-997 on a BestEffort pod: a system-node-critical pod (e.g. kube-proxy)".into(),
-                )
-            } else if observed_adj != BEST_EFFORT_OOM_SCORE_ADJ {
-                Some(format!(
-                    "a BestEffort pod's containers get 1000, this one has {observed_adj}: something changed it after \
-                     the kubelet set it"
-                ))
-            } else {
-                None
-            };
-        }
-        QosClass::Burstable => {
-            let in_range =
-                (BURSTABLE_MIN_OOM_SCORE_ADJ..=BURSTABLE_MAX_OOM_SCORE_ADJ).contains(&observed_adj);
-            out.fits = Some(in_range || critical);
-            if critical {
-                out.note = Some("-997 on a Burstable pod: a system-node-critical pod".into());
-            } else if !in_range {
-                out.note = Some(format!(
-                    "a Burstable pod's containers get 3..=999, this one has {observed_adj}{}: something changed it \
-                     after the kubelet set it",
-                    if observed_adj == BEST_EFFORT_OOM_SCORE_ADJ {
-                        " (1000 is BestEffort's; the kubelet turns 1000 into 999)"
-                    } else {
-                        ""
-                    }
-                ));
-            } else {
-                match node_capacity_bytes.and_then(|cap| estimate_request(observed_adj, cap)) {
-                    Some((min, max)) if max == u64::MAX => {
-                        out.estimated_request_bytes = Some(min);
-                        out.note = Some(format!(
-                            "oom_score_adj 3 means a memory request of at least {} (99.7% of the node's memory or more)",
-                            Bytes(min)
-                        ));
-                    }
-                    Some((min, max)) => {
-                        out.estimated_request_bytes = Some(min + (max - min) / 2);
-                        out.note = Some(format!(
-                            "oom_score_adj {observed_adj} means a memory request between {} and {}",
-                            Bytes(min),
-                            Bytes(max)
-                        ));
-                    }
-                    None => {
-                        out.note = Some(
-                            "the node's memory capacity is unknown, so the request cannot be estimated".into(),
-                        );
-                    }
-                }
-            }
-        }
-    }
     out
+}
+
+fn check_guaranteed(out: &mut QosCheck, observed_adj: i32) {
+    let critical = observed_adj == GUARANTEED_OOM_SCORE_ADJ;
+    out.fits = Some(critical);
+    if !critical {
+        out.note = Some(format!(
+            "a Guaranteed pod's containers get -997, this one has {observed_adj}: something changed it after \
+             the kubelet set it (raising oom_score_adj needs no privilege)"
+        ));
+    }
+}
+
+fn check_best_effort(out: &mut QosCheck, observed_adj: i32) {
+    let critical = observed_adj == GUARANTEED_OOM_SCORE_ADJ;
+    out.fits = Some(observed_adj == BEST_EFFORT_OOM_SCORE_ADJ || critical);
+    out.note = if critical {
+        Some("-997 on a BestEffort pod: a system-node-critical pod (e.g. kube-proxy)".into())
+    } else if observed_adj != BEST_EFFORT_OOM_SCORE_ADJ {
+        Some(format!(
+            "a BestEffort pod's containers get 1000, this one has {observed_adj}: something changed it after \
+             the kubelet set it"
+        ))
+    } else {
+        None
+    };
+}
+
+fn check_burstable(out: &mut QosCheck, observed_adj: i32, node_capacity_bytes: Option<u64>) {
+    let critical = observed_adj == GUARANTEED_OOM_SCORE_ADJ;
+    let in_range =
+        (BURSTABLE_MIN_OOM_SCORE_ADJ..=BURSTABLE_MAX_OOM_SCORE_ADJ).contains(&observed_adj);
+    out.fits = Some(in_range || critical);
+    if critical {
+        out.note = Some("-997 on a Burstable pod: a system-node-critical pod".into());
+        return;
+    }
+    if !in_range {
+        out.note = Some(format!(
+            "a Burstable pod's containers get 3..=999, this one has {observed_adj}{}: something changed it \
+             after the kubelet set it",
+            if observed_adj == BEST_EFFORT_OOM_SCORE_ADJ {
+                " (1000 is BestEffort's; the kubelet turns 1000 into 999)"
+            } else {
+                ""
+            }
+        ));
+        return;
+    }
+    match node_capacity_bytes.and_then(|cap| estimate_request(observed_adj, cap)) {
+        Some((min, max)) if max == u64::MAX => {
+            out.estimated_request_bytes = Some(min);
+            out.note = Some(format!(
+                "oom_score_adj 3 means a memory request of at least {} (99.7% of the node's memory or more)",
+                Bytes(min)
+            ));
+        }
+        Some((min, max)) => {
+            out.estimated_request_bytes = Some(min + (max - min) / 2);
+            out.note = Some(format!(
+                "oom_score_adj {observed_adj} means a memory request between {} and {}",
+                Bytes(min),
+                Bytes(max)
+            ));
+        }
+        None => {
+            out.note = Some(
+                "the node's memory capacity is unknown, so the request cannot be estimated".into(),
+            );
+        }
+    }
 }
 
 fn expected(qos: QosClass) -> String {
