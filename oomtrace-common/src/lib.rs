@@ -34,7 +34,10 @@ pub const PROG_FENTRY_GROUP_MEMBER: &str = "fentry_oom_kill_memcg_member";
 pub const PROG_KPROBE_GROUP_MEMBER: &str = "kprobe_oom_kill_memcg_member";
 
 /// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
-pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
+/// 1 MiB holds the records of some 450 kills (tracepoint + tp_btf), 120 with
+/// the decision hook, before userspace drains them; the agent maps it twice
+/// (the kernel's wrap-around mapping), so it costs twice its size in RSS.
+pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
 
 /// Levels of the memory cgroup hierarchy captured per walk (leaf first).
 pub const MAX_DEPTH: usize = 12;
