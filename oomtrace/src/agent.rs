@@ -37,10 +37,10 @@ use crate::{
     enrich::{
         Enricher, WallClock,
         kube::PodMetadata,
-        snapshots::{NodeSnapshots, SnapshotConfig},
+        snapshots::{self, NodeSnapshots, SnapshotConfig},
     },
     explain,
-    kmsg::{self, KmsgOom, KmsgStats, OomLine},
+    kmsg::{self, KmsgOom, KmsgStats},
     kube::ApiClient,
     metrics::{self, Metrics, MetricsError, MetricsSink},
     node::{self, CgroupFs},
@@ -655,15 +655,7 @@ impl CorrelateStage {
 
     fn push(&mut self, correlator: &mut Correlator, input: Input) -> Vec<Correlated> {
         let now = Instant::now();
-        let sighting = matches!(
-            &input,
-            Input::Tracepoint(_)
-                | Input::TpBtf(_)
-                | Input::Kmsg(KmsgSighting {
-                    line: OomLine::Header { .. } | OomLine::Killed { .. },
-                    ..
-                })
-        );
+        let sighting = snapshots::worth_a_snapshot(&input);
         let ready = correlator.push(input, now);
         if sighting && let Some(s) = &self.snapshots {
             s.kill_seen(now);

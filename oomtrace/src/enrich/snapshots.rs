@@ -23,7 +23,9 @@ use std::{
 use tracing::warn;
 
 use crate::{
-    identity,
+    capture::{Input, KmsgSighting},
+    identity::{self, Level},
+    kmsg::OomLine,
     node::{self, CgroupFs},
     podnames::PodNames,
     report::NodeMemory,
@@ -196,6 +198,37 @@ fn watch_loop(
     }
 }
 
+/// Whether a first sighting says the kill may be node-level or at the
+/// node's allocatable (the kubepods cgroup or a QoS level): the kills whose
+/// report lists the node's largest consumers, so the moment is worth a
+/// snapshot (a walk of the cgroup tree). A container or pod limit is not.
+pub fn worth_a_snapshot(input: &Input) -> bool {
+    let allocatable =
+        |path: &str| matches!(identity::parse(path).level, Level::Kubepods | Level::Qos);
+    match input {
+        Input::TpBtf(task) => task
+            .walk
+            .as_ref()
+            .is_some_and(|w| w.at_limit().is_none_or(|l| allocatable(&l.path))),
+        Input::Decision(d) => {
+            !d.memcg
+                || d.domain
+                    .as_ref()
+                    .and_then(|w| w.leaf())
+                    .is_some_and(|l| allocatable(&l.path))
+        }
+        Input::Kmsg(KmsgSighting { line, .. }) => match line {
+            OomLine::Killed { global, .. } => *global,
+            OomLine::Summary {
+                global, oom_memcg, ..
+            } => *global || oom_memcg.as_deref().is_some_and(allocatable),
+            OomLine::TaskInMemcg { limit_cgroup, .. } => allocatable(limit_cgroup),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// How often to keep node snapshots with `avail` of `total` bytes available:
 /// every second below 20%, four times a second below 10%.
 fn pressure_interval(total: u64, avail: u64) -> Option<Duration> {
@@ -210,7 +243,32 @@ fn pressure_interval(total: u64, avail: u64) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::kmsg::parse_oom_line;
+
+    fn kmsg(line: &str) -> Input {
+        Input::Kmsg(KmsgSighting {
+            seq: 1,
+            ts_usec: 1,
+            line: parse_oom_line(line).expect("an OOM line"),
+            received: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn only_node_and_allocatable_kills_walk_the_cgroup_tree() {
+        // Real lines of the host's kubepods recording and a 6.16 global OOM.
+        let container = "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/oomtrace-sample/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/4b3f1d9a7c2e8f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a,task_memcg=/oomtrace-sample/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/4b3f1d9a7c2e8f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a,task=dd,pid=17469,uid=0";
+        let allocatable = "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/oomtrace-sample/kubepods,task_memcg=/oomtrace-sample/kubepods/besteffort/pod3e61aa2b-7c1d-4c7e-9d39-2c1f0a6b8e11/9c1e2d3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d,task=dd,pid=17473,uid=0";
+        let memcg_kill = "Memory cgroup out of memory: Killed process 17469 (dd) total-vm:134048kB, anon-rss:32512kB, file-rss:1684kB, shmem-rss:0kB, UID:0 pgtables:124kB oom_score_adj:985";
+        let global_kill = "Out of memory: Killed process 2423 (python3) total-vm:221368kB, anon-rss:50816kB, file-rss:6584kB, shmem-rss:0kB, UID:0 pgtables:156kB oom_score_adj:985";
+        assert!(!worth_a_snapshot(&kmsg(container)));
+        assert!(worth_a_snapshot(&kmsg(allocatable)));
+        assert!(!worth_a_snapshot(&kmsg(memcg_kill)));
+        assert!(worth_a_snapshot(&kmsg(global_kill)));
+    }
 
     #[test]
     fn node_snapshots_come_faster_as_available_memory_shrinks() {
