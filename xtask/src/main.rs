@@ -3,8 +3,9 @@
 //! - `setup`: install what building and testing needs ([`setup`]);
 //! - `build`, `run`: build the agent, run it as root ([`run`]);
 //! - `test`: unit, privileged host and VM tests ([`test`]);
-//! - `vm`: run a command inside a throwaway VM ([`vm`]).
+//! - `vm`: run a command inside a throwaway VM, amd64 or arm64 ([`vm`], [`arch`]).
 
+mod arch;
 mod bench;
 mod deploy_check;
 mod run;
