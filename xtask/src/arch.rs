@@ -294,10 +294,12 @@ fn embedded_ebpf(data: &[u8]) -> Option<&[u8]> {
     let mut from = 1;
     while let Some(pos) = data.get(from..)?.windows(4).position(|w| w == b"\x7fELF") {
         let at = from + pos;
-        let object = &data[at..];
-        let machine = object.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
-        if machine == Some(elf::EM_BPF) && Elf::parse(object).is_ok() {
-            return Some(object);
+        let rest = &data[at..];
+        let machine = rest.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
+        if machine == Some(elf::EM_BPF)
+            && let Ok(object) = Elf::parse(rest)
+        {
+            return Some(&rest[..object.file_size()]);
         }
         from = at + 1;
     }
@@ -396,7 +398,7 @@ mod tests {
         binary.extend_from_slice(KPROBES_ARM64);
         binary.extend_from_slice(b"more code");
         let object = embedded_ebpf(&binary).expect("found");
-        assert!(object.starts_with(KPROBES_ARM64));
+        assert_eq!(object, KPROBES_ARM64);
         assert_eq!(embedded_ebpf(b"\x7fELF no object here"), None);
     }
 

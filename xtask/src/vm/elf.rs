@@ -19,6 +19,8 @@ pub const EM_BPF: u16 = 247;
 pub struct Elf<'a> {
     data: &'a [u8],
     machine: u16,
+    /// Where the file's last part (a section or the section header table) ends.
+    end: usize,
     sections: Vec<Section>,
     /// (offset, size) of every PT_NOTE segment.
     note_segments: Vec<(usize, usize)>,
@@ -112,6 +114,12 @@ impl<'a> Elf<'a> {
                 u32_at(data, sh + 0x28)? as usize,
             ));
         }
+        let mut end = shoff.saturating_add(shnum * shentsize);
+        for &(_, kind, offset, size, _) in &raw {
+            if kind != 8 {
+                end = end.max(offset.saturating_add(size));
+            }
+        }
         let mut sections = Vec::with_capacity(shnum);
         if let Some(&(_, _, str_off, str_size, _)) = raw.get(shstrndx) {
             let strtab = data
@@ -140,6 +148,7 @@ impl<'a> Elf<'a> {
         Ok(Self {
             data,
             machine,
+            end,
             sections,
             note_segments,
             interp,
@@ -149,6 +158,12 @@ impl<'a> Elf<'a> {
     /// `e_machine`: [`EM_X86_64`], [`EM_AARCH64`], [`EM_BPF`], ...
     pub fn machine(&self) -> u16 {
         self.machine
+    }
+
+    /// The file's size as its headers describe it (an ELF file embedded in
+    /// another ends there).
+    pub fn file_size(&self) -> usize {
+        self.end.min(self.data.len())
     }
 
     /// The program interpreter of a dynamically linked executable (None: static).
