@@ -192,8 +192,30 @@ fn podman() -> Command {
 
 /// Builds the images for amd64 and arm64 and their manifest list `tag` with
 /// `cargo xtask image` (the same code as a release), in the test's podman store.
+///
+/// It runs as from a shell: without the variables `cargo test` gives this
+/// process (`CARGO_PKG_*`, `RUSTUP_TOOLCHAIN`, `LD_LIBRARY_PATH`, ...). With
+/// them, cargo took every crate for changed and rebuilt both release
+/// builds (7 min here), which the VM stage then built again.
 fn build_image(root: &Path, tag: &str) {
-    let status = Command::new(env!("CARGO"))
+    let mut cargo = Command::new("cargo");
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let from_cargo_test =
+            (k.starts_with("CARGO") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                || matches!(
+                    k.as_ref(),
+                    "OUT_DIR"
+                        | "LD_LIBRARY_PATH"
+                        | "RUSTUP_TOOLCHAIN"
+                        | "RUSTUP_TOOLCHAIN_SOURCE"
+                        | "RUST_RECURSION_COUNT"
+                );
+        if from_cargo_test {
+            cargo.env_remove(&key);
+        }
+    }
+    let status = cargo
         .current_dir(root)
         .args(["xtask", "image", "--arch", "amd64,arm64", "--tag", tag])
         .arg(format!("--podman-args={}", PODMAN.join(" ")))
