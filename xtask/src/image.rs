@@ -92,8 +92,9 @@ pub fn build(args: &ImageArgs) -> anyhow::Result<Vec<Built>> {
             facts.kprobes.join(", "),
             util::human(started.elapsed())
         );
-        // A build context of exactly the Dockerfile and the binary.
-        let ctx = contexts.join(arch.name());
+        // A build context of exactly the Dockerfile and the binary, this
+        // run's own (two runs in one checkout must not share it).
+        let ctx = contexts.join(format!("{arch}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&ctx);
         fs::create_dir_all(&ctx).with_context(|| format!("creating {}", ctx.display()))?;
         fs::copy(&dockerfile, ctx.join("Dockerfile"))
@@ -104,7 +105,7 @@ pub fn build(args: &ImageArgs) -> anyhow::Result<Vec<Built>> {
         let started = Instant::now();
         // --no-cache: buildah's layer cache ignores --platform, and would
         // hand the other architecture's image back for an identical context.
-        podman.run(&[
+        let result = podman.run(&[
             "build",
             "--no-cache",
             "--network",
@@ -119,7 +120,9 @@ pub fn build(args: &ImageArgs) -> anyhow::Result<Vec<Built>> {
             "-t",
             &image,
             &ctx.display().to_string(),
-        ])?;
+        ]);
+        let _ = fs::remove_dir_all(&ctx);
+        result?;
         let found = podman.read(&["image", "inspect", "--format", "{{.Architecture}}", &image])?;
         if found.trim() != arch.name() {
             bail!("podman built {image} for {}, not {arch}", found.trim());
