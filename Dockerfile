@@ -1,19 +1,22 @@
 # oomtrace container image: one static binary on an empty base.
 #
+# Build it with `cargo xtask image` (xtask/src/image.rs): for amd64 and arm64
+# it builds the static musl agent (cross compiling the other architecture with
+# Debian's gcc; the eBPF object inside is built for the same architecture),
+# checks it, builds one image per architecture from this file with podman
+# (`--platform linux/<arch> --build-arg BINARY=oomtrace`), tagged
+# `<tag>-<arch>`, and the manifest list `<tag>`
+# (default ghcr.io/oomtrace/oomtrace:0.1.0). Then publish with
+#   podman manifest push --all ghcr.io/oomtrace/oomtrace:0.1.0 docker://ghcr.io/oomtrace/oomtrace:0.1.0
+#
 # No builder stage: base images come from container registries, which the
 # build machines cannot reach (only the package registries). The binary is
 # built on the host, statically linked, and copied in, so the image build
-# needs no network at all:
+# needs no network at all. By hand, for this machine's architecture:
 #
 #   rustup target add x86_64-unknown-linux-musl
 #   cargo build --release --target x86_64-unknown-linux-musl --package oomtrace
 #   podman build --network none --pull=never -t oomtrace:0.1.0 .
-#
-# Without the musl target, a glibc static build works for this pure-Rust
-# binary (no NSS lookups, no dlopen):
-#   RUSTFLAGS="-C target-feature=+crt-static" \
-#     cargo build --release --target x86_64-unknown-linux-gnu --package oomtrace
-#   podman build --build-arg BINARY=target/x86_64-unknown-linux-gnu/release/oomtrace ...
 #
 # Nothing else is needed inside: the eBPF object is embedded in the binary,
 # and with --kube the API server's CA comes from the service account mount.

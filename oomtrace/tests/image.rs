@@ -1,7 +1,10 @@
 //! The DaemonSet's capability set (BPF, PERFMON, SYSLOG; nothing else) is
 //! enough to capture a real memcg kill: once with `setpriv` on the plain
 //! binary, once from the container image under podman with the DaemonSet's
-//! capabilities, read-only root and read-only host mounts.
+//! capabilities, read-only root and read-only host mounts. The image is the
+//! multi-arch one `cargo xtask image` builds (amd64 and arm64 from static
+//! musl binaries, and a manifest list); the test runs the list, as a node
+//! pulling it would, and podman picks this host's architecture.
 //! Privileged (root, BPF, memory cgroup); run by `cargo xtask test`.
 
 mod support;
@@ -9,7 +12,7 @@ mod support;
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -187,30 +190,69 @@ fn podman() -> Command {
     c
 }
 
-/// The static binary for the image: `OOMTRACE_IMAGE_BINARY`, else built for
-/// x86_64-unknown-linux-musl (as the Dockerfile expects).
-fn static_binary(root: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("OOMTRACE_IMAGE_BINARY") {
-        return PathBuf::from(p);
+/// Builds the images for amd64 and arm64 and their manifest list `tag` with
+/// `cargo xtask image` (the same code as a release), in the test's podman store.
+///
+/// It runs as from a shell: without the variables `cargo test` gives this
+/// process (`CARGO_PKG_*`, `RUSTUP_TOOLCHAIN`, `LD_LIBRARY_PATH`, ...). With
+/// them, cargo took every crate for changed and rebuilt both release
+/// builds (7 min here), which the VM stage then built again.
+fn build_image(root: &Path, tag: &str) {
+    let mut cargo = Command::new("cargo");
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let from_cargo_test =
+            (k.starts_with("CARGO") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR")
+                || matches!(
+                    k.as_ref(),
+                    "OUT_DIR"
+                        | "LD_LIBRARY_PATH"
+                        | "RUSTUP_TOOLCHAIN"
+                        | "RUSTUP_TOOLCHAIN_SOURCE"
+                        | "RUST_RECURSION_COUNT"
+                );
+        if from_cargo_test {
+            cargo.env_remove(&key);
+        }
     }
-    let target = "x86_64-unknown-linux-musl";
-    let status = Command::new(env!("CARGO"))
+    let status = cargo
         .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "oomtrace",
-            "--target",
-            target,
-        ])
+        .args(["xtask", "image", "--arch", "amd64,arm64", "--tag", tag])
+        .arg(format!("--podman-args={}", PODMAN.join(" ")))
         .status()
-        .expect("cargo build");
+        .expect("cargo xtask image");
     assert!(
         status.success(),
-        "building the static binary failed (rustup target add {target})"
+        "cargo xtask image failed: {status} (its output says why)"
     );
-    root.join(format!("target/{target}/release/oomtrace"))
+}
+
+/// `os/arch` of each image in the manifest list `tag`.
+fn platforms(tag: &str) -> Vec<String> {
+    let out = podman()
+        .args(["manifest", "inspect", tag])
+        .output()
+        .expect("podman manifest inspect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("manifest JSON");
+    let mut p: Vec<String> = v["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or("?"),
+                m["platform"]["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    p.sort();
+    p
 }
 
 #[test]
@@ -230,46 +272,21 @@ fn the_image_run_with_the_daemonsets_capabilities_reports_a_real_kill() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
-    let binary = static_binary(root);
-    let elf = fs::read(&binary).expect("read binary");
-    assert!(
-        !elf.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
-        "{} is dynamically linked: the image has no libc",
-        binary.display()
-    );
-
-    // A build context of exactly the Dockerfile and the binary.
-    let ctx = tempfile::tempdir().expect("tempdir");
-    fs::copy(root.join("Dockerfile"), ctx.path().join("Dockerfile")).expect("copy Dockerfile");
-    fs::copy(&binary, ctx.path().join("oomtrace")).expect("copy binary");
-    let tag = format!("localhost/oomtrace-test:{}", std::process::id());
-    let out = podman()
-        .args([
-            "build",
-            "--network",
-            "none",
-            "--pull=never",
-            "--build-arg",
-            "BINARY=oomtrace",
-            "-t",
-            &tag,
-        ])
-        .arg(ctx.path())
-        .output()
-        .expect("podman build");
-    assert!(
-        out.status.success(),
-        "podman build failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tag = format!("localhost/oomtrace-test:0.1.0-{}", std::process::id());
     struct Image(String);
     impl Drop for Image {
         fn drop(&mut self) {
-            let _ = podman().args(["rmi", "-f", &self.0]).output();
+            let _ = podman().args(["manifest", "rm", &self.0]).output();
+            for arch in ["amd64", "arm64"] {
+                let _ = podman()
+                    .args(["rmi", "-f", &format!("{}-{arch}", self.0)])
+                    .output();
+            }
         }
     }
     let _image = Image(tag.clone());
+    build_image(root, &tag);
+    assert_eq!(platforms(&tag), ["linux/amd64", "linux/arm64"]);
 
     // deploy/daemonset.yaml: the same capabilities, read-only root, no privilege
     // escalation, the same read-only host mounts and arguments (--kube aside:

@@ -3,10 +3,13 @@
 //! - `setup`: install what building and testing needs ([`setup`]);
 //! - `build`, `run`: build the agent, run it as root ([`run`]);
 //! - `test`: unit, privileged host and VM tests ([`test`]);
-//! - `vm`: run a command inside a throwaway VM ([`vm`]).
+//! - `vm`: run a command inside a throwaway VM, amd64 or arm64 ([`vm`]);
+//! - `image`: the multi-arch container image ([`image`], [`arch`]).
 
+mod arch;
 mod bench;
 mod deploy_check;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -53,6 +56,9 @@ enum Task {
     Vm(vm::VmArgs),
     /// Benchmark the agent on real OOM kills: throughput, losses, delay, memory, CPU.
     Bench(bench::BenchArgs),
+    /// Set up, then build the container image for each architecture from
+    /// static musl binaries, and a multi-arch manifest list, with podman.
+    Image(image::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::test(&args),
         Task::Vm(args) => vm::vm_command(args),
         Task::Bench(args) => bench::bench(&args),
+        Task::Image(args) => image::image(&args),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -125,5 +132,38 @@ mod tests {
         assert!(Cli::try_parse_from(["xtask", "test", "--only", "host"]).is_ok());
         assert!(Cli::try_parse_from(["xtask", "test", "--only", "vm", "--no-vm"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "test", "--only", "bench"]).is_err());
+    }
+
+    #[test]
+    fn image_options() {
+        let Ok(Cli {
+            task: Task::Image(args),
+        }) = Cli::try_parse_from(["xtask", "image"])
+        else {
+            panic!("`image` did not parse");
+        };
+        assert_eq!(
+            args.arches,
+            [crate::arch::Arch::Amd64, crate::arch::Arch::Arm64]
+        );
+        assert_eq!(args.tag, "ghcr.io/oomtrace/oomtrace:0.1.0");
+        let Ok(Cli {
+            task: Task::Image(args),
+        }) = Cli::try_parse_from([
+            "xtask",
+            "image",
+            "--arch",
+            "aarch64",
+            "--tag",
+            "localhost/o:1",
+            "--podman-args",
+            "--root /x --storage-driver vfs",
+        ])
+        else {
+            panic!("`image --arch aarch64` did not parse");
+        };
+        assert_eq!(args.arches, [crate::arch::Arch::Arm64]);
+        assert_eq!(args.podman_args, "--root /x --storage-driver vfs");
+        assert!(Cli::try_parse_from(["xtask", "image", "--arch", "riscv64"]).is_err());
     }
 }

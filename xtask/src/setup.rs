@@ -4,7 +4,10 @@
 //!
 //! Items:
 //! - the `nightly` toolchain (the installed one is used, never updated) and its
-//!   `rust-src` (oomtrace/build.rs compiles the eBPF crate with `-Z build-std=core`);
+//!   `rust-src` (oomtrace/build.rs compiles the eBPF crate with `-Z build-std=core`;
+//!   the eBPF target needs nothing per CPU architecture);
+//! - the static musl targets of the default toolchain, for the image and the
+//!   arm64 VM tests (`cargo xtask image`, [`crate::arch`]);
 //! - `bpf-linker`, built against the nightly's own libLLVM (see
 //!   [`BpfLinker`]);
 //! - the Debian packages the tests need (root only; otherwise the command);
@@ -34,13 +37,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// What the tests need from Debian: qemu, busybox and cpio for the VM tests'
-/// guests, kmod for loading modules, python3 for test helpers, prometheus
-/// for `promtool` and the server in the metrics tests, podman and runc to
-/// build and run the container image, musl-tools for its static binary (ring
-/// compiles C), util-linux for setpriv, bpftool as the independent check of
-/// the kernel struct offsets oomtrace reads from BTF.
+/// guests (qemu-system-arm brings qemu-system-aarch64 for the arm64 guest),
+/// kmod for loading modules, python3 for test helpers, prometheus for
+/// `promtool` and the server in the metrics tests, podman and runc to build
+/// and run the container image, musl-tools for its static amd64 binary and
+/// gcc-aarch64-linux-gnu with libc6-dev-arm64-cross (not a recommendation
+/// when installed without them) for the arm64 one (ring compiles C),
+/// util-linux for setpriv, bpftool as the independent check of the kernel
+/// struct offsets oomtrace reads from BTF.
 const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-system-arm",
     "busybox-static",
     "kmod",
     "cpio",
@@ -49,12 +56,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "musl-tools",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
     "util-linux",
     "bpftool",
 ];
 
-/// The static target of the container image's binary.
-const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The static targets of the container image's binaries (and of the arm64
+/// VM tests).
+const MUSL_TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -70,7 +80,7 @@ pub fn setup() -> anyhow::Result<Outcome> {
     let mut outcome = Outcome::default();
     let sysroot = nightly()?;
     rust_src(&sysroot)?;
-    musl_target()?;
+    musl_targets()?;
     BpfLinker::probe(&sysroot)?.ensure()?;
     outcome.to_do += debian_packages()?;
     cargo_deny()?;
@@ -171,15 +181,17 @@ fn rust_src(sysroot: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The musl target of the default toolchain, for the image's static binary.
-fn musl_target() -> anyhow::Result<()> {
+/// The musl targets of the default toolchain, for the images' static binaries.
+fn musl_targets() -> anyhow::Result<()> {
     let out = cmd!("rustc", "--print", "sysroot").output()?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if sysroot.join("lib/rustlib").join(MUSL_TARGET).is_dir() {
-        report(MUSL_TARGET, "present");
-    } else {
-        util::run(rustup_args(&["target", "add", MUSL_TARGET]))?;
-        report(MUSL_TARGET, "installed");
+    for &target in MUSL_TARGETS {
+        if sysroot.join("lib/rustlib").join(target).is_dir() {
+            report(target, "present");
+        } else {
+            util::run(rustup_args(&["target", "add", target]))?;
+            report(target, "installed");
+        }
     }
     Ok(())
 }

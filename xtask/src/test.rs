@@ -4,7 +4,9 @@
 //! 2. `host`: the privileged tests (`#[ignore]`d, root only), one at a time
 //!    since they share kernel state (tracepoints, cgroups, kmsg);
 //! 3. `vm`: the qemu tests across kernels ([`crate::vm`]), with a fresh
-//!    debug build of the agent unless `--oomtrace-bin` names one.
+//!    debug build of the agent unless `--oomtrace-bin` names one, and on an
+//!    arm64 guest with the static aarch64 release build of the agent and of
+//!    tests/vm.rs ([`crate::arch::build_static`], the image's binary).
 //!
 //! A failed stage does not stop the later ones; the exit code is non-zero if
 //! any stage failed.
@@ -14,7 +16,7 @@ use std::time::Instant;
 use anyhow::bail;
 use clap::ValueEnum;
 
-use crate::{cmd, deploy_check, setup, util, vm};
+use crate::{arch, cmd, deploy_check, setup, util, vm};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -147,6 +149,24 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
         }
         Stage::Vm => {
             let mut opts = args.vm.clone();
+            for a in opts.arches().into_iter().filter(|&a| !vm::host_root(a)) {
+                let begun = Instant::now();
+                let build = arch::build_static(a)?;
+                let facts = arch::check_agent(a, &build.agent)?;
+                eprintln!(
+                    "test: static {a} agent ({:.1} MiB, eBPF object {} KiB whose kprobes {} read \
+                     pt_regs as on {a}) and tests/vm.rs built in {}",
+                    facts.bytes as f64 / 1048576.0,
+                    facts.ebpf_bytes / 1024,
+                    facts.kprobes.join(", "),
+                    util::human(begun.elapsed())
+                );
+                opts.builds.push((a, build));
+            }
+            if !opts.arches().into_iter().any(vm::host_root) {
+                vm::run_vm_tests(&opts)?;
+                return Ok(Outcome::Passed);
+            }
             if opts.oomtrace_bin.is_none() {
                 // The agent the scenarios run, fresh (after the unit stage the
                 // debug build is nearly free).

@@ -3,13 +3,19 @@
 //! 9p and a writable scratch directory; and the host side of the VM test
 //! matrix (`run_vm_tests`).
 //!
+//! `--arch arm64` boots Debian's arm64 kernel under qemu-system-aarch64 (TCG
+//! on an x86_64 host). Such a guest cannot run the host's programs: its root
+//! is its initramfs, with Debian's arm64 busybox-static, and it sees the
+//! repository (and the build output in it) over 9p at the same path as the
+//! host, so static aarch64 builds of the agent and of the tests run there.
+//!
 //! Kernels are downloaded with `apt-get download` under a private apt
 //! configuration, extracted with `dpkg-deb -x` and cached in
 //! `target/vm-cache` (override with `OOMTRACE_VM_CACHE`). Guest-side files
 //! live in `xtask/vm/`: `init` (PID 1 of the initramfs), `run-scenarios.sh`,
 //! `lib.sh` and `scenarios/*.sh`.
 
-mod elf;
+pub(crate) mod elf;
 mod initramfs;
 mod kernel;
 mod qemu;
@@ -23,6 +29,8 @@ use std::time::{Duration, Instant};
 
 pub use kernel::Kernel;
 
+use crate::arch::{Arch, StaticBuild};
+
 /// Exit status of `cargo xtask vm` when the timeout killed the VM.
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status when the VM failed: no boot, no exit code reported.
@@ -33,6 +41,19 @@ pub const EXIT_VM_FAILURE: i32 = 125;
 /// skipped with a warning when it cannot be downloaded).
 pub const DEFAULT_MATRIX: &[(&str, bool)] = &[("6.1", true), ("6.12", true), ("5.10", false)];
 
+/// The arm64 part of the matrix: bookworm's 6.1 under TCG, where emulation
+/// is slow; the scenarios that prove the arm64 build: the VM smoke test, the
+/// container, pod and allocatable limits, and the oom_kill_process decision
+/// hook, whose kprobe reads `struct pt_regs` the arm64 way.
+pub const ARM64_MATRIX: &[(&str, bool)] = &[("6.1", true)];
+pub const ARM64_SCENARIOS: &[&str] = &["smoke", "k8s-limits", "oom-control"];
+
+/// Whether an `arch` guest mounts the host's root (same architecture) or
+/// keeps its initramfs as root (another architecture).
+pub fn host_root(arch: Arch) -> bool {
+    Arch::host() == Some(arch)
+}
+
 /// Where the guest sees the scratch share.
 const GUEST_SCRATCH: &str = "/run/oomtrace-scratch";
 /// Host memory one guest costs beyond its RAM (qemu, TCG code cache).
@@ -41,6 +62,11 @@ const QEMU_OVERHEAD_MIB: u64 = 400;
 /// `cargo xtask vm [--kernel K] [--memory M] [--timeout S] -- COMMAND...`
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmArgs {
+    /// The guest's architecture: amd64 or arm64 (TCG on an x86_64 host; the
+    /// guest's root is then busybox in its initramfs, and the repository is
+    /// shared at its host path for static builds of that architecture).
+    #[arg(long, default_value = "amd64")]
+    pub arch: Arch,
     /// Kernel: 6.1 (bookworm), 6.12 (bookworm-backports), 5.10 (bullseye
     /// 5.10.223-1, pid-only mark_victim), bullseye, a Debian package name
     /// (linux-image-6.1.0-41-amd64[=VERSION]), or a path to a vmlinux/bzImage
@@ -88,8 +114,12 @@ pub struct VmArgs {
 /// Options of the VM part of `cargo xtask test`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmTestOpts {
-    /// Kernels to test (comma-separated; default: 6.1,6.12,5.10, where 5.10 is
-    /// skipped with a warning if it cannot be downloaded).
+    /// Guest architectures (comma-separated; default: amd64,arm64).
+    #[arg(long = "vm-arch", value_delimiter = ',')]
+    pub arches: Vec<Arch>,
+    /// Kernels to test on each architecture (comma-separated; default: amd64
+    /// 6.1,6.12,5.10, where 5.10 is skipped with a warning if it cannot be
+    /// downloaded; arm64 6.1 with the scenarios smoke, k8s-limits, oom-control).
     #[arg(long = "vm-kernels", value_delimiter = ',')]
     pub kernels: Vec<String>,
     /// Guest RAM in MiB.
@@ -114,11 +144,27 @@ pub struct VmTestOpts {
     /// Re-resolve kernel aliases against fresh package lists.
     #[arg(long = "vm-refresh")]
     pub refresh: bool,
+    /// Static builds for guests of another architecture than the host's
+    /// (made by `cargo xtask test`).
+    #[arg(skip)]
+    pub builds: Vec<(Arch, StaticBuild)>,
+}
+
+impl VmTestOpts {
+    /// The guest architectures to test.
+    pub fn arches(&self) -> Vec<Arch> {
+        if self.arches.is_empty() {
+            Arch::ALL.to_vec()
+        } else {
+            self.arches.clone()
+        }
+    }
 }
 
 impl Default for VmTestOpts {
     fn default() -> Self {
         Self {
+            arches: Vec::new(),
             kernels: Vec::new(),
             memory: 512,
             timeout: 900,
@@ -127,6 +173,7 @@ impl Default for VmTestOpts {
             oomtrace_bin: None,
             verbose: false,
             refresh: false,
+            builds: Vec::new(),
         }
     }
 }
@@ -152,7 +199,12 @@ fn parse_mib(s: &str) -> Result<u64, String> {
 /// Run `args.command` in a VM; returns the exit status to exit with (the
 /// command's, or 124 on timeout, 125 when the VM failed).
 pub fn vm_command(args: VmArgs) -> Result<i32> {
-    let kernel = kernel::prepare(&args.kernel, args.modules.as_deref(), args.refresh)?;
+    let kernel = kernel::prepare(
+        &args.kernel,
+        args.arch,
+        args.modules.as_deref(),
+        args.refresh,
+    )?;
     let initramfs = initramfs::build(&kernel, &guest_dir()?.join("init"))?;
     let (scratch, temporary) = match &args.scratch {
         Some(s) => {
@@ -304,37 +356,109 @@ struct KernelResult {
     error: Option<String>,
 }
 
+/// One VM of the test matrix.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// `6.1` on the host's architecture, `arm64/6.1` on another.
+    name: String,
+    spec: String,
+    arch: Arch,
+    required: bool,
+    /// `OOMTRACE_SCENARIOS` (empty: every scenario).
+    scenarios: Vec<String>,
+    /// `OOMTRACE_BIN`: the agent the scenarios run.
+    bin: String,
+    /// `OOMTRACE_VM_TESTS`: the compiled tests/vm.rs (None: xtask/vm/lib.sh
+    /// takes the newest host build).
+    vm_tests: Option<String>,
+}
+
+/// The VMs to boot: for each architecture its kernels (`--vm-kernels`, else
+/// [`DEFAULT_MATRIX`] / [`ARM64_MATRIX`]); another architecture's VMs come
+/// first, as they take longest under TCG.
+fn matrix(opts: &VmTestOpts) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    let mut arches = opts.arches();
+    arches.sort_by_key(|&a| host_root(a));
+    for arch in arches {
+        let kernels: Vec<(String, bool)> = match (opts.kernels.is_empty(), arch) {
+            (false, _) => opts.kernels.iter().map(|k| (k.clone(), true)).collect(),
+            (true, Arch::Amd64) => DEFAULT_MATRIX
+                .iter()
+                .map(|&(k, r)| (k.to_owned(), r))
+                .collect(),
+            (true, Arch::Arm64) => ARM64_MATRIX
+                .iter()
+                .map(|&(k, r)| (k.to_owned(), r))
+                .collect(),
+        };
+        let (bin, vm_tests, scenarios) = if host_root(arch) {
+            (oomtrace_bin(opts)?, None, opts.scenarios.clone())
+        } else {
+            let build = opts
+                .builds
+                .iter()
+                .find(|(a, _)| *a == arch)
+                .map(|(_, b)| b)
+                .with_context(|| {
+                    format!(
+                        "no static {arch} build of the agent and tests for the {arch} guests: \
+                         run them through `cargo xtask test --only vm --vm-arch {arch}`, which makes it"
+                    )
+                })?;
+            let scenarios = if opts.scenarios.is_empty() {
+                ARM64_SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+            } else {
+                opts.scenarios.clone()
+            };
+            (
+                build.agent.display().to_string(),
+                Some(build.vm_tests.display().to_string()),
+                scenarios,
+            )
+        };
+        for (spec, required) in kernels {
+            entries.push(Entry {
+                name: if host_root(arch) {
+                    spec.clone()
+                } else {
+                    format!("{arch}/{spec}")
+                },
+                spec,
+                arch,
+                required,
+                scenarios: scenarios.clone(),
+                bin: bin.clone(),
+                vm_tests: vm_tests.clone(),
+            });
+        }
+    }
+    Ok(entries)
+}
+
 /// Boot one VM per kernel of the matrix, run `xtask/vm/run-scenarios.sh`
 /// in it, and fail if any scenario failed (or a VM did).
 pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
     let wall = Instant::now();
-    let matrix: Vec<(String, bool)> = if opts.kernels.is_empty() {
-        DEFAULT_MATRIX
-            .iter()
-            .map(|&(k, req)| (k.to_owned(), req))
-            .collect()
-    } else {
-        opts.kernels.iter().map(|k| (k.clone(), true)).collect()
-    };
+    let matrix = matrix(opts)?;
     let runner = guest_dir()?.join("run-scenarios.sh");
     if !runner.is_file() {
         bail!("{} is missing", runner.display());
     }
-    let bin = oomtrace_bin(opts)?;
 
     // Downloads first, one at a time (apt and the network do not like parallel runs).
     let mut results = Vec::new();
     let mut ready = Vec::new();
-    for (spec, required) in &matrix {
-        let prepared = kernel::prepare(spec, None, opts.refresh)
+    for entry in &matrix {
+        let prepared = kernel::prepare(&entry.spec, entry.arch, None, opts.refresh)
             .and_then(|k| initramfs::build(&k, &guest_dir()?.join("init")).map(|i| (k, i)));
         match prepared {
-            Ok(ki) => ready.push((spec.clone(), ki)),
-            Err(e) if !required => {
-                eprintln!("vm-test: WARNING: skipping kernel {spec}: {e:#}");
+            Ok(ki) => ready.push((entry.clone(), ki)),
+            Err(e) if !entry.required => {
+                eprintln!("vm-test: WARNING: skipping kernel {}: {e:#}", entry.name);
             }
             Err(e) => results.push(KernelResult {
-                name: spec.clone(),
+                name: entry.name.clone(),
                 kernel: None,
                 boot: None,
                 total: Duration::ZERO,
@@ -349,13 +473,28 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         .unwrap_or_else(|| auto_jobs(opts.memory))
         .clamp(1, ready.len().max(1));
     eprintln!(
-        "vm-test: {} kernel(s), {} at a time, {} MiB each, accel {}, OOMTRACE_BIN={}",
+        "vm-test: {} VM(s) ({}), {} at a time, {} MiB each",
         ready.len(),
+        ready
+            .iter()
+            .map(|(e, _)| format!("{} accel {}", e.name, qemu::choose_accel(e.arch)))
+            .collect::<Vec<_>>()
+            .join(", "),
         jobs,
         opts.memory,
-        qemu::choose_accel(),
-        if bin.is_empty() { "(none)" } else { &bin }
     );
+    for arch in opts.arches() {
+        if let Some((e, _)) = ready.iter().find(|(e, _)| e.arch == arch) {
+            eprintln!(
+                "vm-test: {arch}: OOMTRACE_BIN={}{}",
+                if e.bin.is_empty() { "(none)" } else { &e.bin },
+                e.vm_tests
+                    .as_ref()
+                    .map(|t| format!(", OOMTRACE_VM_TESTS={t}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     let queue = Mutex::new(ready.into_iter());
     let done = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -364,11 +503,11 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
             #[allow(clippy::while_let_loop)]
             s.spawn(|| {
                 loop {
-                    let Some((spec, (k, initrd))) = queue.lock().ok().and_then(|mut q| q.next())
+                    let Some((entry, (k, initrd))) = queue.lock().ok().and_then(|mut q| q.next())
                     else {
                         break;
                     };
-                    let r = run_one(opts, &spec, &k, &initrd, &bin, &runner);
+                    let r = run_one(opts, &entry, &k, &initrd, &runner);
                     if let Ok(mut d) = done.lock() {
                         d.push(r);
                     }
@@ -377,11 +516,13 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         }
     });
     results.extend(done.into_inner().unwrap_or_default());
+    // The host's architecture first, in matrix order.
     let order = |n: &str| {
         matrix
             .iter()
-            .position(|(k, _)| k == n)
-            .unwrap_or(usize::MAX)
+            .position(|e| e.name == n)
+            .map(|i| (!host_root(matrix[i].arch), i))
+            .unwrap_or((true, usize::MAX))
     };
     results.sort_by_key(|r| order(&r.name));
 
@@ -396,7 +537,7 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         let skip = r.scenarios.iter().filter(|s| s.0 == "SKIP").count();
         let run_s: f64 = r.scenarios.iter().map(|s| s.2).sum();
         println!(
-            "  {:<6} {:<55} boot {:>5}  scenarios {:>6.1} s  VM {:>6.1} s  {pass} passed, {fail} failed, {skip} skipped{}",
+            "  {:<9} {:<55} boot {:>5}  scenarios {:>6.1} s  VM {:>6.1} s  {pass} passed, {fail} failed, {skip} skipped{}",
             r.name,
             r.kernel.as_deref().unwrap_or("-"),
             r.boot
@@ -410,11 +551,11 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
                 .unwrap_or_default()
         );
         for (st, name, secs) in &r.scenarios {
-            println!("           {st} {name} ({secs:.1} s)");
+            println!("              {st} {name} ({secs:.1} s)");
         }
         if fail > 0 {
             println!(
-                "           console: {}",
+                "              console: {}",
                 runs_dir()?
                     .join(format!("test-{}", kernel::sanitize(&r.name)))
                     .join("console.log")
@@ -440,12 +581,13 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
 
 fn run_one(
     opts: &VmTestOpts,
-    spec: &str,
+    entry: &Entry,
     k: &Kernel,
     initrd: &Path,
-    bin: &str,
     runner: &Path,
 ) -> KernelResult {
+    let spec = entry.name.as_str();
+    let bin = entry.bin.as_str();
     let mut r = KernelResult {
         name: spec.to_owned(),
         kernel: Some(format!("{} [{}]", k.describe(), k.boot_notes())),
@@ -458,16 +600,22 @@ fn run_one(
         let scratch = runs_dir()?.join(format!("test-{}", kernel::sanitize(spec)));
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch)?;
-        // The guest's /tmp and /run are its own tmpfs: a binary there must travel via scratch.
-        let bin = if bin.starts_with("/tmp/") || bin.starts_with("/run/") {
+        // The guest's /tmp and /run are its own tmpfs: a binary there must
+        // travel via scratch (a guest with its own root mounts the repository
+        // and target shares at their paths, after its tmpfs).
+        let bin = if host_root(entry.arch) && (bin.starts_with("/tmp/") || bin.starts_with("/run/"))
+        {
             fs::copy(bin, scratch.join("oomtrace")).with_context(|| format!("copying {bin}"))?;
             format!("{GUEST_SCRATCH}/oomtrace")
         } else {
             bin.to_owned()
         };
         let mut env = guest_env(k, Some(&bin))?;
-        if !opts.scenarios.is_empty() {
-            env.push(("OOMTRACE_SCENARIOS".into(), opts.scenarios.join(" ")));
+        if !entry.scenarios.is_empty() {
+            env.push(("OOMTRACE_SCENARIOS".into(), entry.scenarios.join(" ")));
+        }
+        if let Some(t) = &entry.vm_tests {
+            env.push(("OOMTRACE_VM_TESTS".into(), t.clone()));
         }
         write_guest_command(
             &scratch,
@@ -667,4 +815,42 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
 
 fn tool_missing_hint(tool: &str, package: &str) -> String {
     format!("is `{tool}` installed? install the {package} package")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm64_guests_need_a_static_build_and_run_their_scenarios() {
+        let opts = VmTestOpts {
+            arches: vec![Arch::Arm64],
+            ..VmTestOpts::default()
+        };
+        let err = format!("{:#}", matrix(&opts).expect_err("no build"));
+        assert!(err.contains("--vm-arch arm64"), "{err}");
+
+        let build = StaticBuild {
+            agent: PathBuf::from("/w/target/aarch64-unknown-linux-musl/release/oomtrace"),
+            vm_tests: PathBuf::from("/w/target/aarch64-unknown-linux-musl/release/deps/vm-1"),
+        };
+        let opts = VmTestOpts {
+            builds: vec![(Arch::Arm64, build)],
+            ..opts
+        };
+        let m = matrix(&opts).expect("matrix");
+        assert_eq!(m.len(), ARM64_MATRIX.len());
+        let e = &m[0];
+        assert_eq!((e.name.as_str(), e.spec.as_str()), ("arm64/6.1", "6.1"));
+        assert_eq!(e.scenarios, ARM64_SCENARIOS);
+        assert_eq!(
+            e.bin,
+            "/w/target/aarch64-unknown-linux-musl/release/oomtrace"
+        );
+        assert_eq!(
+            e.vm_tests.as_deref(),
+            Some("/w/target/aarch64-unknown-linux-musl/release/deps/vm-1")
+        );
+        assert!(!host_root(Arch::Arm64) || Arch::host() == Some(Arch::Arm64));
+    }
 }

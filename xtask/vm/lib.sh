@@ -3,10 +3,10 @@
 # boots, never on a real machine.
 
 # Refuse to run outside the test VM: the marker is written by xtask/vm/init on
-# the guest's own /run tmpfs, and the root filesystem is the host's, over 9p.
+# the guest's own /run tmpfs, and the scratch dir is the host's, over 9p.
 require_vm() {
 	if [ "${OOMTRACE_IN_VM:-}" != 1 ] || [ ! -e /run/oomtrace-in-vm ] ||
-		! grep -q '^hostroot / 9p ' /proc/mounts; then
+		! grep -q '^scratch /run/oomtrace-scratch 9p ' /proc/mounts; then
 		echo "refusing to run: $0 causes OOM kills and must only run inside the VM of 'cargo xtask vm'" >&2
 		exit 2
 	fi
@@ -43,7 +43,8 @@ memory_event() {
 }
 
 # run_vm_test NAME: run one test of oomtrace/tests/vm.rs (the compiled test
-# binary, $OOMTRACE_VM_TESTS, built on the host by `cargo xtask test`).
+# binary, $OOMTRACE_VM_TESTS, built on the host by `cargo xtask test`; a
+# static build for an arm64 guest).
 run_vm_test() {
 	bin=${OOMTRACE_VM_TESTS:-}
 	if [ -z "$bin" ]; then

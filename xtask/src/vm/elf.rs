@@ -1,23 +1,40 @@
-//! Just enough ELF64 (little-endian) reading for the VM runner: section lookup
-//! (`.BTF`, `.modinfo`) and ELF notes (the PVH entry note of a vmlinux).
+//! Just enough ELF64 (little-endian) reading for the VM runner and the image
+//! build: section lookup (`.BTF`, `.modinfo`), ELF notes (the PVH entry note
+//! of a vmlinux), the machine and interpreter of an executable, and the
+//! function symbols of an eBPF object.
 
 use anyhow::{Context, Result, bail};
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY`: the PVH entry point qemu needs to boot a vmlinux directly.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 const PT_NOTE: u32 = 4;
+const PT_INTERP: u32 = 3;
+const SHT_SYMTAB: u32 = 2;
+const STT_FUNC: u8 = 2;
+/// `e_machine` values.
+pub const EM_X86_64: u16 = 62;
+pub const EM_AARCH64: u16 = 183;
+pub const EM_BPF: u16 = 247;
 
 pub struct Elf<'a> {
     data: &'a [u8],
+    machine: u16,
+    /// Where the file's last part (a section or the section header table) ends.
+    end: usize,
     sections: Vec<Section>,
     /// (offset, size) of every PT_NOTE segment.
     note_segments: Vec<(usize, usize)>,
+    /// The program interpreter (PT_INTERP) of a dynamically linked executable.
+    interp: Option<String>,
 }
 
 struct Section {
     name: String,
+    kind: u32,
     offset: usize,
     size: usize,
+    /// SHT_SYMTAB: the section index of its string table.
+    link: usize,
     /// SHT_NOBITS sections occupy no file bytes.
     nobits: bool,
 }
@@ -55,6 +72,7 @@ impl<'a> Elf<'a> {
         if data.get(4) != Some(&2) || data.get(5) != Some(&1) {
             bail!("not a little-endian ELF64 file");
         }
+        let machine = u16_at(data, 0x12)?;
         let phoff = usize_at(data, 0x20)?;
         let shoff = usize_at(data, 0x28)?;
         let phentsize = usize::from(u16_at(data, 0x36)?);
@@ -64,10 +82,22 @@ impl<'a> Elf<'a> {
         let shstrndx = usize::from(u16_at(data, 0x3e)?);
 
         let mut note_segments = Vec::new();
+        let mut interp = None;
         for i in 0..phnum {
             let ph = phoff + i * phentsize;
-            if u32_at(data, ph)? == PT_NOTE {
-                note_segments.push((usize_at(data, ph + 0x08)?, usize_at(data, ph + 0x20)?));
+            match u32_at(data, ph)? {
+                PT_NOTE => {
+                    note_segments.push((usize_at(data, ph + 0x08)?, usize_at(data, ph + 0x20)?))
+                }
+                PT_INTERP => {
+                    let (off, size) = (usize_at(data, ph + 0x08)?, usize_at(data, ph + 0x20)?);
+                    let path = data
+                        .get(off..off.saturating_add(size))
+                        .context("ELF interpreter is outside the file (truncated?)")?;
+                    let path = path.split(|&b| b == 0).next().unwrap_or_default();
+                    interp = Some(String::from_utf8_lossy(path).into_owned());
+                }
+                _ => {}
             }
         }
 
@@ -81,14 +111,21 @@ impl<'a> Elf<'a> {
                 kind,
                 usize_at(data, sh + 0x18)?,
                 usize_at(data, sh + 0x20)?,
+                u32_at(data, sh + 0x28)? as usize,
             ));
         }
+        let mut end = shoff.saturating_add(shnum * shentsize);
+        for &(_, kind, offset, size, _) in &raw {
+            if kind != 8 {
+                end = end.max(offset.saturating_add(size));
+            }
+        }
         let mut sections = Vec::with_capacity(shnum);
-        if let Some(&(_, _, str_off, str_size)) = raw.get(shstrndx) {
+        if let Some(&(_, _, str_off, str_size, _)) = raw.get(shstrndx) {
             let strtab = data
                 .get(str_off..str_off + str_size)
                 .context("ELF section name table is outside the file (truncated?)")?;
-            for &(name, kind, offset, size) in &raw {
+            for &(name, kind, offset, size, link) in &raw {
                 let nobits = kind == 8;
                 if !nobits && offset.checked_add(size).is_none_or(|end| end > data.len()) {
                     bail!("ELF section extends past the end of the file (truncated?)");
@@ -100,17 +137,79 @@ impl<'a> Elf<'a> {
                     .unwrap_or_default();
                 sections.push(Section {
                     name,
+                    kind,
                     offset,
                     size,
+                    link,
                     nobits,
                 });
             }
         }
         Ok(Self {
             data,
+            machine,
+            end,
             sections,
             note_segments,
+            interp,
         })
+    }
+
+    /// `e_machine`: [`EM_X86_64`], [`EM_AARCH64`], [`EM_BPF`], ...
+    pub fn machine(&self) -> u16 {
+        self.machine
+    }
+
+    /// The file's size as its headers describe it (an ELF file embedded in
+    /// another ends there).
+    pub fn file_size(&self) -> usize {
+        self.end.min(self.data.len())
+    }
+
+    /// The program interpreter of a dynamically linked executable (None: static).
+    pub fn interp(&self) -> Option<&str> {
+        self.interp.as_deref()
+    }
+
+    /// The function symbols defined in section `name`, as (symbol, code).
+    pub fn functions_in(&self, section: &str) -> Result<Vec<(String, &'a [u8])>> {
+        let Some(index) = self.sections.iter().position(|s| s.name == section) else {
+            return Ok(Vec::new());
+        };
+        let code = self.section(section).unwrap_or_default();
+        let symtab = self
+            .sections
+            .iter()
+            .find(|s| s.kind == SHT_SYMTAB)
+            .context("ELF file has no symbol table")?;
+        let syms = self
+            .data
+            .get(symtab.offset..symtab.offset + symtab.size)
+            .context("ELF symbol table is outside the file")?;
+        let strtab = self
+            .sections
+            .get(symtab.link)
+            .and_then(|s| self.data.get(s.offset..s.offset + s.size))
+            .context("ELF symbol names are outside the file")?;
+        let mut out = Vec::new();
+        for sym in syms.chunks_exact(24) {
+            let (info, shndx) = (sym[4], u16_at(sym, 6)?);
+            if info & 0xf != STT_FUNC || usize::from(shndx) != index {
+                continue;
+            }
+            let name_off = u32_at(sym, 0)? as usize;
+            let (value, size) = (usize_at(sym, 8)?, usize_at(sym, 16)?);
+            let name = strtab
+                .get(name_off..)
+                .and_then(|s| s.split(|&b| b == 0).next())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .unwrap_or_default();
+            let body = code
+                .get(value..value.saturating_add(size))
+                .with_context(|| format!("symbol {name} lies outside section {section}"))?;
+            out.push((name, body));
+        }
+        Ok(out)
     }
 
     pub fn section(&self, name: &str) -> Option<&'a [u8]> {

@@ -1,10 +1,19 @@
 //! The VM's initramfs: busybox-static, `xtask/vm/init`, and the virtio/9p
 //! modules of the kernel (with their dependencies, decompressed), as an
 //! uncompressed newc cpio archive cached next to the kernel.
+//!
+//! A guest of the host's architecture gets the host's busybox and chroots
+//! into the host root over 9p. Another architecture's guest (arm64 on an
+//! x86_64 host) cannot run the host's programs: its initramfs carries
+//! Debian's busybox-static of the guest's architecture (downloaded and
+//! extracted, not installed) and stays the guest's root; `etc/oomtrace-root`
+//! tells the init so. The agent and the tests come over the repository's 9p
+//! share, built for the guest (`cargo xtask test` does).
 
-use super::elf;
-use super::kernel::{Kernel, mtime, pipe_through};
-use super::tool_missing_hint;
+use super::elf::{self, Elf};
+use super::kernel::{self, Kernel, mtime, pipe_through};
+use super::{host_root, tool_missing_hint};
+use crate::arch::Arch;
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -20,7 +29,11 @@ const BUSYBOX_CANDIDATES: &[&str] = &[
 ];
 
 pub fn build(kernel: &Kernel, init_script: &Path) -> Result<PathBuf> {
-    let busybox = find_static_busybox()?;
+    let busybox = if host_root(kernel.arch) {
+        find_static_busybox()?
+    } else {
+        guest_busybox(kernel.arch)?
+    };
     let out = kernel
         .work_dir
         .join(format!("initramfs-{}.cpio", kernel.release));
@@ -45,8 +58,13 @@ pub fn build(kernel: &Kernel, init_script: &Path) -> Result<PathBuf> {
         "run",
         "sys",
         "tmp",
+        "var",
+        "var/tmp",
     ] {
         cpio.dir(d);
+    }
+    if !host_root(kernel.arch) {
+        cpio.file("etc/oomtrace-root", 0o644, b"initramfs\n");
     }
     // The kernel opens /dev/console for init before devtmpfs is mounted.
     cpio.node("dev/console", 0o020600, (5, 1));
@@ -84,6 +102,26 @@ fn find_static_busybox() -> Result<PathBuf> {
         "no statically linked busybox found (looked at {}): install the busybox-static package",
         BUSYBOX_CANDIDATES.join(", ")
     )
+}
+
+/// Debian's busybox-static for `arch`, downloaded and extracted once.
+fn guest_busybox(arch: Arch) -> Result<PathBuf> {
+    let (tree, version) = kernel::fetch_userland(arch, "busybox-static", false)?;
+    let path = tree.join("bin/busybox");
+    let data = fs::read(&path).with_context(|| {
+        format!(
+            "busybox-static {version} ({arch}) has no bin/busybox in {}",
+            tree.display()
+        )
+    })?;
+    let e = Elf::parse(&data).with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(interp) = e.interp() {
+        bail!(
+            "{} is dynamically linked ({interp}): the {arch} guest has no C library",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// The modules to load, dependencies first, as (name, uncompressed .ko).

@@ -1,10 +1,14 @@
-//! Kernels for the VM runner: resolve a `--kernel` spec to a Debian package,
-//! download it with `apt-get download` under a private apt configuration,
-//! extract it with `dpkg-deb -x` (never install), and pull the uncompressed
-//! ELF vmlinux out of the bzImage for a PVH boot.
+//! Kernels for the VM runner: resolve a `--kernel` spec to a Debian package
+//! of the guest's architecture, download it with `apt-get download` under a
+//! private apt configuration, extract it with `dpkg-deb -x` (never install),
+//! and pull the uncompressed ELF vmlinux out of an amd64 bzImage for a PVH
+//! boot (an arm64 `vmlinuz` is an `Image` qemu boots as it is).
+//! [`fetch_userland`] brings other packages of the guest's architecture the
+//! same way (arm64's busybox-static).
 
 use super::elf::{self, Elf};
 use super::{cache_dir, run_checked, tool_missing_hint};
+use crate::arch::Arch;
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::{Read, Write};
@@ -12,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-/// The bullseye kernel with the old, pid-only `oom:mark_victim` ABI.
-pub const PID_ONLY_PACKAGE: &str = "linux-image-5.10.0-32-amd64";
+/// The bullseye kernel with the old, pid-only `oom:mark_victim` ABI
+/// (`linux-image-5.10.0-32-<arch>`).
+pub const PID_ONLY_ABI: &str = "5.10.0-32";
 pub const PID_ONLY_VERSION: &str = "5.10.223-1";
 /// How long downloaded package lists are trusted before `apt-get update` runs again.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -21,11 +26,14 @@ const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// A kernel ready to boot.
 #[derive(Debug, Clone)]
 pub struct Kernel {
+    /// The guest's architecture.
+    pub arch: Arch,
     /// `uname -r` inside the guest.
     pub release: String,
     /// Debian package and version, when it came from the archive.
     pub package: Option<(String, String)>,
-    /// What qemu's `-kernel` gets: the ELF vmlinux (PVH) or the bzImage.
+    /// What qemu's `-kernel` gets: the ELF vmlinux (PVH) or the bzImage
+    /// (amd64), the `Image` (arm64).
     pub image: PathBuf,
     pub pvh: bool,
     /// The kernel's `lib/modules/<release>` (None: everything needed is built in).
@@ -46,7 +54,11 @@ impl Kernel {
 
     /// How it boots and whether the image has BTF.
     pub fn boot_notes(&self) -> String {
-        let how = if self.pvh { "PVH vmlinux" } else { "bzImage" };
+        let how = match (self.arch, self.pvh) {
+            (Arch::Arm64, _) => "arm64 Image",
+            (Arch::Amd64, true) => "PVH vmlinux",
+            (Arch::Amd64, false) => "bzImage",
+        };
         let btf = match self.btf {
             Some(true) => "BTF",
             Some(false) => "NO BTF",
@@ -95,19 +107,22 @@ impl Channel {
 
 /// What a `--kernel` spec asks for.
 enum Request {
-    /// The package the channel's `linux-image-amd64` depends on.
+    /// The package the channel's `linux-image-<arch>` depends on.
     Meta(Channel),
     /// A named package, optionally at a version; channel guessed from the name.
     Package(String, Option<String>),
     Path(PathBuf),
 }
 
-fn parse_spec(spec: &str) -> Result<Request> {
+fn parse_spec(spec: &str, arch: Arch) -> Result<Request> {
     let s = spec.trim();
     Ok(match s {
         "6.1" | "bookworm" | "stable" => Request::Meta(Channel::Bookworm),
         "6.12" | "bookworm-backports" | "backports" => Request::Meta(Channel::BookwormBackports),
-        "5.10" => Request::Package(PID_ONLY_PACKAGE.into(), Some(PID_ONLY_VERSION.into())),
+        "5.10" => Request::Package(
+            format!("linux-image-{PID_ONLY_ABI}-{arch}"),
+            Some(PID_ONLY_VERSION.into()),
+        ),
         "bullseye" => Request::Meta(Channel::Bullseye),
         _ if s.starts_with("linux-image-") => match s.split_once('=') {
             Some((p, v)) => Request::Package(p.into(), Some(v.into())),
@@ -122,42 +137,75 @@ fn parse_spec(spec: &str) -> Result<Request> {
     })
 }
 
-/// Resolve, download and prepare a kernel. `refresh` re-resolves aliases
-/// against fresh package lists instead of reusing the cached answer.
-pub fn prepare(spec: &str, modules_override: Option<&Path>, refresh: bool) -> Result<Kernel> {
-    let (root, package) = match parse_spec(spec)? {
-        Request::Path(p) => return prepare_path(&p, modules_override),
+/// Resolve, download and prepare a kernel for an `arch` guest. `refresh`
+/// re-resolves aliases against fresh package lists instead of reusing the
+/// cached answer.
+pub fn prepare(
+    spec: &str,
+    arch: Arch,
+    modules_override: Option<&Path>,
+    refresh: bool,
+) -> Result<Kernel> {
+    let (root, package) = match parse_spec(spec, arch)? {
+        Request::Path(p) => return prepare_path(&p, arch, modules_override),
         Request::Meta(ch) => {
-            let (pkg, ver) = resolve_cached(spec, refresh, || resolve_meta(ch))?;
-            (fetch_package(ch, &pkg, &ver)?, (pkg, ver))
+            let key = match arch {
+                Arch::Amd64 => spec.to_owned(),
+                _ => format!("{arch}-{spec}"),
+            };
+            let (pkg, ver) = resolve_cached(&key, refresh, || resolve_meta(ch, arch))?;
+            (fetch_package(ch, arch, &pkg, &ver)?, (pkg, ver))
         }
         Request::Package(pkg, ver) => {
-            let key = format!("{pkg}={}", ver.as_deref().unwrap_or("candidate"));
-            let (ch, pkg, ver) = {
-                let (p, v) =
-                    resolve_cached(&key, refresh, || resolve_package(&pkg, ver.as_deref()))?;
-                (guess_channels(&p)[0], p, v)
-            };
-            // The channel only matters for downloading; try the likely ones in turn.
-            let root = match fetch_package(ch, &pkg, &ver) {
-                Ok(r) => r,
-                Err(first) => guess_channels(&pkg)
-                    .into_iter()
-                    .skip(1)
-                    .find_map(|c| fetch_package(c, &pkg, &ver).ok())
-                    .ok_or(first)?,
-            };
-            (root, (pkg, ver))
+            let (pkg, ver) = resolve_any(arch, &pkg, ver.as_deref(), refresh)?;
+            (fetch_any(arch, &pkg, &ver)?, (pkg, ver))
         }
     };
-    let mut k = from_tree(&root, modules_override)?;
+    let mut k = from_tree(&root, arch, modules_override)?;
     k.package = Some(package);
     Ok(k)
 }
 
-fn prepare_path(p: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
+/// A package of `arch` (e.g. busybox-static for an arm64 guest), downloaded
+/// and extracted (never installed); returns the extracted tree and the version.
+pub fn fetch_userland(arch: Arch, package: &str, refresh: bool) -> Result<(PathBuf, String)> {
+    let (pkg, ver) = resolve_any(arch, package, None, refresh)?;
+    Ok((fetch_any(arch, &pkg, &ver)?, ver))
+}
+
+/// The version of `pkg` to use: `ver`, else the cached or current candidate.
+fn resolve_any(
+    arch: Arch,
+    pkg: &str,
+    ver: Option<&str>,
+    refresh: bool,
+) -> Result<(String, String)> {
+    let key = format!("{pkg}={}", ver.unwrap_or("candidate"));
+    let key = match arch {
+        // Kernel packages name their architecture; other packages need it in the key.
+        Arch::Amd64 => key,
+        _ if pkg.ends_with(&format!("-{arch}")) => key,
+        _ => format!("{arch}-{key}"),
+    };
+    resolve_cached(&key, refresh, || resolve_package(pkg, ver, arch))
+}
+
+/// Download and extract `pkg=ver`, trying the likely channels in turn (the
+/// channel only matters for downloading).
+fn fetch_any(arch: Arch, pkg: &str, ver: &str) -> Result<PathBuf> {
+    let mut channels = guess_channels(pkg).into_iter();
+    let first = channels.next().unwrap_or(Channel::Bookworm);
+    match fetch_package(first, arch, pkg, ver) {
+        Ok(r) => Ok(r),
+        Err(e) => channels
+            .find_map(|c| fetch_package(c, arch, pkg, ver).ok())
+            .ok_or(e),
+    }
+}
+
+fn prepare_path(p: &Path, arch: Arch, modules_override: Option<&Path>) -> Result<Kernel> {
     if p.is_dir() {
-        return from_tree(p, modules_override);
+        return from_tree(p, arch, modules_override);
     }
     if !p.is_file() {
         bail!("kernel path {} does not exist", p.display());
@@ -175,13 +223,14 @@ fn prepare_path(p: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
         .join("custom")
         .join(sanitize(&p.to_string_lossy()));
     fs::create_dir_all(&work_dir)?;
-    let (image, pvh, btf, release) = boot_image(&p, &work_dir)?;
+    let (image, pvh, btf, release) = boot_image(&p, arch, &work_dir)?;
     let release = match (&modules, release) {
         (Some(m), _) => dir_name(m),
         (None, Some(r)) => r,
         (None, None) => "unknown".into(),
     };
     Ok(Kernel {
+        arch,
         release,
         package: None,
         image,
@@ -193,7 +242,7 @@ fn prepare_path(p: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
 }
 
 /// A kernel from an extracted package tree (`boot/vmlinuz-*`, `lib/modules/*`).
-fn from_tree(root: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
+fn from_tree(root: &Path, arch: Arch, modules_override: Option<&Path>) -> Result<Kernel> {
     let modules = match modules_override {
         Some(m) => m.to_path_buf(),
         None => find_modules_dir(root)?,
@@ -210,8 +259,15 @@ fn from_tree(root: &Path, modules_override: Option<&Path>) -> Result<Kernel> {
                 root.display()
             )
         })?;
-    let (image, pvh, btf, _) = boot_image(&image, root)?;
+    let (image, pvh, mut btf, _) = boot_image(&image, arch, root)?;
+    if btf.is_none() {
+        // An arm64 Image is no ELF file: ask the kernel's config instead.
+        btf = fs::read_to_string(boot.join(format!("config-{release}")))
+            .ok()
+            .map(|c| c.lines().any(|l| l == "CONFIG_DEBUG_INFO_BTF=y"));
+    }
     Ok(Kernel {
+        arch,
         release,
         package: None,
         image,
@@ -249,13 +305,18 @@ fn dir_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Choose what to boot: an ELF vmlinux with the PVH note if we have or can
-/// extract one, else the bzImage. Returns (image, pvh, btf, release from image).
+/// Choose what to boot: on amd64 an ELF vmlinux with the PVH note if we have
+/// or can extract one, else the bzImage; on arm64 the Image ([`arm64_image`]).
+/// Returns (image, pvh, btf, release from image).
 fn boot_image(
     image: &Path,
+    arch: Arch,
     work_dir: &Path,
 ) -> Result<(PathBuf, bool, Option<bool>, Option<String>)> {
     let data = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    if arch == Arch::Arm64 {
+        return arm64_image(image, &data, work_dir);
+    }
     if elf::is_elf(&data) {
         let e = Elf::parse(&data).with_context(|| format!("parsing {}", image.display()))?;
         let (pvh, btf) = (e.has_pvh_note(), e.has_section(".BTF"));
@@ -298,6 +359,40 @@ fn boot_image(
         );
         Ok((image.to_path_buf(), false, btf, linux_version(&v)))
     }
+}
+
+/// An arm64 kernel for qemu's `-kernel`: Debian's `vmlinuz` is the
+/// uncompressed `Image` (magic `ARM\x64` at 0x38) in bookworm; a gzip'ed one
+/// is unpacked once into the work dir. Returns (image, pvh, btf, release).
+fn arm64_image(
+    image: &Path,
+    data: &[u8],
+    work_dir: &Path,
+) -> Result<(PathBuf, bool, Option<bool>, Option<String>)> {
+    let is_image = |d: &[u8]| d.get(0x38..0x3c) == Some(&b"ARM\x64"[..]);
+    if is_image(data) {
+        return Ok((image.to_path_buf(), false, None, linux_version(data)));
+    }
+    if data.starts_with(b"\x1f\x8b") {
+        let unpacked = work_dir.join("Image");
+        if mtime(&unpacked).is_none_or(|t| Some(t) < mtime(image)) {
+            let out = pipe_through("gzip", &["-dc"], data)
+                .with_context(|| tool_missing_hint("gzip", "gzip"))?;
+            if !is_image(&out) {
+                bail!("{} unpacks to no arm64 Image", image.display());
+            }
+            let tmp = work_dir.join(format!("Image.tmp{}", std::process::id()));
+            fs::write(&tmp, &out)?;
+            fs::rename(&tmp, &unpacked)?;
+        }
+        let out = fs::read(&unpacked)?;
+        return Ok((unpacked, false, None, linux_version(&out)));
+    }
+    bail!(
+        "{} is neither an arm64 Image nor a gzip'ed one (an EFI zboot image needs a newer qemu): \
+         pass the uncompressed Image",
+        image.display()
+    )
 }
 
 /// "Linux version 6.1.0-41-amd64 (...)" -> "6.1.0-41-amd64"
@@ -415,10 +510,11 @@ fn resolve_cached(
     Ok((p, v))
 }
 
-fn resolve_meta(ch: Channel) -> Result<(String, String)> {
-    let apt = Apt::new(ch)?;
+fn resolve_meta(ch: Channel, arch: Arch) -> Result<(String, String)> {
+    let apt = Apt::new(ch, arch)?;
     apt.update(false)?;
-    let deps = apt.query("apt-cache", &["depends", "linux-image-amd64"])?;
+    let meta = format!("linux-image-{arch}");
+    let deps = apt.query("apt-cache", &["depends", &meta])?;
     let pkg = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
@@ -426,7 +522,7 @@ fn resolve_meta(ch: Channel) -> Result<(String, String)> {
         .find(|d| d.starts_with("linux-image-") && !d.contains('<'))
         .with_context(|| {
             format!(
-                "linux-image-amd64 in {} depends on no linux-image-* package:\n{deps}",
+                "{meta} in {} depends on no linux-image-* package:\n{deps}",
                 ch.name()
             )
         })?
@@ -435,13 +531,13 @@ fn resolve_meta(ch: Channel) -> Result<(String, String)> {
     Ok((pkg, ver))
 }
 
-fn resolve_package(pkg: &str, ver: Option<&str>) -> Result<(String, String)> {
+fn resolve_package(pkg: &str, ver: Option<&str>, arch: Arch) -> Result<(String, String)> {
     if let Some(v) = ver {
         return Ok((pkg.into(), v.into()));
     }
     let mut errs = Vec::new();
     for ch in guess_channels(pkg) {
-        let r = Apt::new(ch).and_then(|apt| {
+        let r = Apt::new(ch, arch).and_then(|apt| {
             apt.update(false)?;
             apt.candidate(pkg)
         });
@@ -472,23 +568,28 @@ fn guess_channels(pkg: &str) -> Vec<Channel> {
 }
 
 /// Download (if needed) and extract `pkg=ver`; returns the extracted tree.
-fn fetch_package(ch: Channel, pkg: &str, ver: &str) -> Result<PathBuf> {
+fn fetch_package(ch: Channel, arch: Arch, pkg: &str, ver: &str) -> Result<PathBuf> {
     let cache = cache_dir()?;
-    let root = cache
-        .join("kernels")
-        .join(sanitize(&format!("{pkg}_{ver}")));
+    let name = match arch {
+        Arch::Amd64 => format!("{pkg}_{ver}"),
+        _ => format!("{pkg}_{ver}_{arch}"),
+    };
+    let root = cache.join("kernels").join(sanitize(&name));
     if root.join(".complete").exists() {
         return Ok(root);
     }
     let debs = cache.join("debs");
     fs::create_dir_all(&debs)?;
-    let deb = find_deb(&debs, pkg, ver);
+    let deb = find_deb(&debs, pkg, ver, arch);
     let deb = match deb {
         Some(d) => d,
         None => {
-            let apt = Apt::new(ch)?;
+            let apt = Apt::new(ch, arch)?;
             apt.update(false)?;
-            eprintln!("vm: downloading {pkg} {ver} from {} ...", ch.name());
+            eprintln!(
+                "vm: downloading {pkg} {ver} ({arch}) from {} ...",
+                ch.name()
+            );
             let target = format!("{pkg}={ver}");
             if let Err(e) = apt.run_in(&debs, "apt-get", &["download", &target]) {
                 // Stale lists are the usual reason; refresh once.
@@ -501,7 +602,7 @@ fn fetch_package(ch: Channel, pkg: &str, ver: &str) -> Result<PathBuf> {
                     ))
                     })?;
             }
-            find_deb(&debs, pkg, ver).with_context(|| {
+            find_deb(&debs, pkg, ver, arch).with_context(|| {
                 format!("apt-get download left no {pkg}_*.deb in {}", debs.display())
             })?
         }
@@ -527,8 +628,8 @@ fn fetch_package(ch: Channel, pkg: &str, ver: &str) -> Result<PathBuf> {
     Ok(root)
 }
 
-fn find_deb(dir: &Path, pkg: &str, ver: &str) -> Option<PathBuf> {
-    // apt names files pkg_VERSION_amd64.deb with ':' in the version encoded as %3a.
+fn find_deb(dir: &Path, pkg: &str, ver: &str, arch: Arch) -> Option<PathBuf> {
+    // apt names files pkg_VERSION_ARCH.deb with ':' in the version encoded as %3a.
     let want = format!("{pkg}_{}_", ver.replace(':', "%3a"));
     fs::read_dir(dir)
         .ok()?
@@ -536,7 +637,8 @@ fn find_deb(dir: &Path, pkg: &str, ver: &str) -> Option<PathBuf> {
         .map(|e| e.path())
         .find(|p| {
             let n = dir_name(p);
-            n.starts_with(&want) && n.ends_with(".deb")
+            n.starts_with(&want)
+                && (n.ends_with(&format!("_{arch}.deb")) || n.ends_with("_all.deb"))
         })
 }
 
@@ -548,9 +650,14 @@ struct Apt {
 }
 
 impl Apt {
-    fn new(ch: Channel) -> Result<Self> {
+    fn new(ch: Channel, arch: Arch) -> Result<Self> {
         let (main, security, signed_by) = host_archives()?;
-        let dir = cache_dir()?.join("apt").join(ch.name());
+        let dir = match arch {
+            Arch::Amd64 => cache_dir()?.join("apt").join(ch.name()),
+            _ => cache_dir()?
+                .join("apt")
+                .join(format!("{}-{arch}", ch.name())),
+        };
         for d in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(dir.join(d))?;
         }
@@ -579,6 +686,9 @@ impl Apt {
             format!("Dir::State::Lists={}", dir.join("lists").display()),
             format!("Dir::Cache={}", dir.join("cache").display()),
             "Dir::State::status=/dev/null".into(),
+            // The guest's architecture, whatever the host's.
+            format!("APT::Architecture={arch}"),
+            format!("APT::Architectures={arch}"),
             "APT::Sandbox::User=root".into(),
             "Acquire::Languages=none".into(),
             "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
@@ -809,4 +919,74 @@ pub fn sanitize(s: &str) -> String {
 
 pub fn mtime(p: &Path) -> Option<SystemTime> {
     fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_name_the_guests_architecture() {
+        let Ok(Request::Package(p, v)) = parse_spec("5.10", Arch::Arm64) else {
+            panic!("5.10 is a package");
+        };
+        assert_eq!(
+            (p.as_str(), v.as_deref()),
+            ("linux-image-5.10.0-32-arm64", Some(PID_ONLY_VERSION))
+        );
+        let Ok(Request::Package(p, _)) = parse_spec("5.10", Arch::Amd64) else {
+            panic!("5.10 is a package");
+        };
+        assert_eq!(p, "linux-image-5.10.0-32-amd64");
+        assert!(matches!(
+            parse_spec("6.1", Arch::Arm64),
+            Ok(Request::Meta(Channel::Bookworm))
+        ));
+    }
+
+    #[test]
+    fn debs_of_another_architecture_are_not_taken() {
+        let dir = std::env::temp_dir().join(format!("oomtrace-find-deb-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("tmp");
+        // File names as `apt-get download` wrote them here.
+        for f in [
+            "busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb",
+            "busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb",
+        ] {
+            fs::write(dir.join(f), "").expect("write");
+        }
+        let found = |arch| {
+            find_deb(&dir, "busybox-static", "1:1.35.0-4+deb12u1+b1", arch).map(|p| dir_name(&p))
+        };
+        assert_eq!(
+            found(Arch::Arm64).as_deref(),
+            Some("busybox-static_1%3a1.35.0-4+deb12u1+b1_arm64.deb")
+        );
+        assert_eq!(
+            found(Arch::Amd64).as_deref(),
+            Some("busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb")
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_arm64_image_boots_as_it_is() {
+        // The first 64 bytes of Debian's vmlinuz-6.1.0-57-arm64 (an EFI-stub
+        // Image: "MZ", then the arm64 Image header with "ARM\x64" at 0x38),
+        // and the start of the version banner found further in.
+        let mut head = vec![0u8; 64];
+        head[..8].copy_from_slice(b"MZ\x40\xfa\x56\xa3\x59\x14");
+        head[0x10..0x18].copy_from_slice(b"\x00\x00\x01\x02\x00\x00\x00\x00");
+        head[0x18..0x1a].copy_from_slice(b"\x0a\x00");
+        head[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        head[0x3c] = 0x40;
+        head.extend_from_slice(b"Linux version 6.1.0-57-arm64 (debian-kernel@lists.debian.org)");
+        let dir = std::env::temp_dir();
+        let (image, pvh, _, release) =
+            arm64_image(Path::new("/k/vmlinuz"), &head, &dir).expect("an Image");
+        assert_eq!(image, Path::new("/k/vmlinuz"));
+        assert!(!pvh);
+        assert_eq!(release.as_deref(), Some("6.1.0-57-arm64"));
+        assert!(arm64_image(Path::new("/k/bzImage"), b"not a kernel", &dir).is_err());
+    }
 }

@@ -5,7 +5,7 @@
 . "$(dirname "$0")/../lib.sh"
 require_vm
 
-echo "  kernel $(uname -r)"
+echo "  kernel $(uname -r) on $(uname -m)"
 
 # cgroup v2 with the memory controller.
 grep -qw memory /sys/fs/cgroup/cgroup.controllers || die "no memory controller in cgroup v2"
@@ -40,12 +40,14 @@ if grep -qa 'oom_kill_process' /sys/kernel/btf/vmlinux; then btf_fn=yes; else bt
 if grep -qx 'oom_kill_process' /sys/kernel/tracing/available_filter_functions 2>/dev/null; then ftr=yes; else ftr=no; fi
 echo "  fentry indicators: oom_kill_process name in BTF: $btf_fn, in available_filter_functions: $ftr"
 
-# A memcg OOM: a 200 MiB allocation in a cgroup with memory.max=50M.
+# A memcg OOM: a 200 MiB allocation in a cgroup with memory.max=50M (dd's
+# buffer, filled from /dev/zero: coreutils on the host root, busybox in an
+# arm64 guest).
 cg=smoke
 new_cgroup $cg 50M
 echo 0 >/sys/fs/cgroup/$cg/memory.swap.max 2>/dev/null
 t0=$(cut -d' ' -f1 /proc/uptime)
-sh -c "echo \$\$ >/sys/fs/cgroup/$cg/cgroup.procs && exec python3 -c 'b = b\"x\" * (200 << 20)'"
+sh -c "echo \$\$ >/sys/fs/cgroup/$cg/cgroup.procs && exec dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null"
 rc=$?
 t1=$(cut -d' ' -f1 /proc/uptime)
 kills=$(memory_event $cg oom_kill)
