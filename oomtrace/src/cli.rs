@@ -161,10 +161,11 @@ pub struct TraceArgs {
     )]
     pub metrics_pod_ttl: Duration,
 
-    /// Post a Kubernetes Event on the pod for each kill and add labels, owner
-    /// and memory requests/limits from a watch of this node's pods (in-cluster
-    /// config, else --kubeconfig/KUBECONFIG). Without API access, kills are
-    /// still reported.
+    /// Post a Kubernetes Event on the pod of each kill (one per pod, container
+    /// and reason; repeats update its count at most every 30 s) and add
+    /// labels, owner and memory requests/limits from a watch of this node's
+    /// pods (in-cluster config, else --kubeconfig/KUBECONFIG). Without API
+    /// access, kills are still reported.
     #[arg(long, env = "OOMTRACE_KUBE")]
     pub kube: bool,
 
