@@ -364,7 +364,7 @@ async fn start_metrics(args: &TraceArgs) -> Result<Option<Arc<Metrics>>, AgentEr
     let Some(addr) = args.metrics_addr else {
         return Ok(None);
     };
-    let m = Arc::new(Metrics::new());
+    let m = Arc::new(Metrics::with_pod_ttl(args.metrics_pod_ttl));
     let bound = metrics::serve(addr, Arc::clone(&m)).await?;
     info!("metrics on http://{bound}/metrics");
     Ok(Some(m))

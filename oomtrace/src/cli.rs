@@ -147,10 +147,25 @@ pub struct TraceArgs {
     #[arg(long, env = "OOMTRACE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Post a Kubernetes Event on the pod for each kill and add labels, owner
-    /// and memory requests/limits from a watch of this node's pods (in-cluster
-    /// config, else --kubeconfig/KUBECONFIG). Without API access, kills are
-    /// still reported.
+    /// Drop the metric series of a pod (its `namespace`/`pod`/`container`
+    /// labels) this long after its last kill, so that the churn of pod names
+    /// on a busy cluster does not grow the metrics without bound. Keep it at
+    /// least as long as the longest window your alerts and dashboards count
+    /// kills over (the shipped alerts: 1h); a pod killed again after its
+    /// series went starts a new series at 1.
+    #[arg(
+        long,
+        env = "OOMTRACE_METRICS_POD_TTL",
+        value_parser = parse_ttl,
+        default_value = "1h"
+    )]
+    pub metrics_pod_ttl: Duration,
+
+    /// Post a Kubernetes Event on the pod of each kill (one per pod, container
+    /// and reason; repeats update its count at most every 30 s) and add
+    /// labels, owner and memory requests/limits from a watch of this node's
+    /// pods (in-cluster config, else --kubeconfig/KUBECONFIG). Without API
+    /// access, kills are still reported.
     #[arg(long, env = "OOMTRACE_KUBE")]
     pub kube: bool,
 
@@ -192,4 +207,12 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
         .map(Duration::from_millis)
         .map_err(|e| format!("expected milliseconds: {e}"))
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0 (e.g. 1h, 90m)".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}: expected a duration such as 1h, 90m or 2h30m")),
+    }
 }

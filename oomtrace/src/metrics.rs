@@ -2,15 +2,30 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `oomtrace_kills_total` | counter | `scope`, `oom_domain`, `namespace`, `pod`, `container`, `qos_class` |
+//! | `oomtrace_kills_total` | counter | `scope`, `oom_domain`, `killer`, `namespace`, `pod`, `container`, `qos_class` |
 //! | `oomtrace_events_lost_total` | counter | (kernel ring-buffer records + kernel log records lost) |
+//! | `oomtrace_kills_unreported_total` | counter | (kills the kernel counted that no source reported) |
+//! | `oomtrace_reason_mismatch_total` | counter | `namespace`, `pod`, `container` |
 //! | `oomtrace_hook_active` | gauge | `hook`: 1 for each attached hook of the chain, 0 for the others |
 //! | `oomtrace_ready` | gauge | 1 once every source is attached |
 //!
-//! A label whose value is not known is the empty string. `/healthz` answers
-//! 200 `ok` once ready, 503 before.
+//! Label names follow kube-state-metrics and cAdvisor (`namespace`, `pod`,
+//! `container`, `qos_class`); a label whose value is not known is the empty
+//! string; no series carries a pid, a command name or a cgroup path. A series
+//! with a `pod` is dropped once that pod has had no kill for `--metrics-pod-ttl`
+//! ([`Metrics::with_pod_ttl`]), so the churn of pod names on a busy cluster
+//! does not grow the exposition without bound. `/healthz` answers 200 `ok`
+//! once ready, 503 before.
+//!
+//! The HTTP server ([`serve`]) closes a connection that has not sent a whole
+//! request head within [`HEADER_READ_TIMEOUT`] (an idle kept-alive connection
+//! too: the timer re-arms for each request), and holds at most
+//! [`MAX_CONNECTIONS`]: a new connection is always accepted, and when the
+//! table is full the oldest connection that has not completed a request is
+//! closed to make room (else the oldest connection).
 
 use std::{
+    collections::{HashMap, VecDeque},
     convert::Infallible,
     io,
     net::SocketAddr,
@@ -18,6 +33,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use http_body_util::Full;
@@ -28,14 +44,14 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot};
 use tracing::debug;
 
 use crate::{
@@ -61,6 +77,23 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 /// The classic Prometheus text format, for scrapers that do not ask for OpenMetrics.
 pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// How long a client has to send a request head, from the moment the server
+/// waits for one (on connect, and after each response on a kept-alive
+/// connection). A scrape sends its head at once; slower clients are closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections held at once. Prometheus pairs, the kubelet's probes and a
+/// person with curl need a handful; beyond this the oldest connection that
+/// has not completed a request is closed for each new one.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request head buffered per connection (hyper's minimum is 8 KiB);
+/// a scrape's head is under 1 KiB.
+const MAX_BUF: usize = 16 * 1024;
+
+/// How long a pod's series stay after its last kill (`--metrics-pod-ttl`).
+pub const DEFAULT_POD_TTL: Duration = Duration::from_secs(3600);
+/// Kills prune expired series at most this often (every scrape prunes).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Error)]
 pub enum MetricsError {
     #[error(
@@ -73,10 +106,13 @@ pub enum MetricsError {
     },
 }
 
+/// The labels of `oomtrace_kills_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KillLabels {
     pub scope: String,
     pub oom_domain: String,
+    /// `kernel_oom`, `userspace_oom`, `kubelet_eviction` (`report::KillerKind`).
+    pub killer: String,
     pub namespace: String,
     pub pod: String,
     pub container: String,
@@ -97,6 +133,7 @@ impl KillLabels {
                 .map(domain_str)
                 .unwrap_or_default()
                 .to_string(),
+            killer: kill.killer.kind.as_str().to_string(),
             namespace: get(|k| &k.namespace),
             pod: get(|k| &k.pod),
             container: get(|k| &k.container),
@@ -105,15 +142,36 @@ impl KillLabels {
     }
 }
 
+/// The labels of `oomtrace_reason_mismatch_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MismatchLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HookLabels {
     hook: String,
+}
+
+/// Where [`Metrics`] reads the time; tests pass their own.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// When each pod-labelled series last counted something.
+#[derive(Default)]
+struct LastSeen {
+    kills: HashMap<KillLabels, Instant>,
+    mismatches: HashMap<MismatchLabels, Instant>,
+    pruned: Option<Instant>,
 }
 
 /// The agent's metrics; cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
     kills: Family<KillLabels, Counter>,
+    mismatches: Family<MismatchLabels, Counter>,
+    unreported: Counter,
     lost: Counter,
     /// The last lost total seen, so the counter follows the sources' totals.
     lost_seen: Mutex<u64>,
@@ -121,6 +179,11 @@ pub struct Metrics {
     ready_gauge: Gauge,
     ready: AtomicBool,
     scrapes: AtomicU64,
+    pod_ttl: Duration,
+    clock: Clock,
+    /// Held while a pod series is counted or pruned, so a prune never
+    /// removes a series in the middle of its increment.
+    last_seen: Mutex<LastSeen>,
 }
 
 impl Default for Metrics {
@@ -130,12 +193,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics with the default pod TTL and the real clock.
     pub fn new() -> Self {
+        Self::with_pod_ttl(DEFAULT_POD_TTL)
+    }
+
+    /// Metrics whose pod series go `pod_ttl` after their pod's last kill.
+    pub fn with_pod_ttl(pod_ttl: Duration) -> Self {
+        Self::with_clock(pod_ttl, Arc::new(Instant::now))
+    }
+
+    /// As [`Metrics::with_pod_ttl`], reading the time from `clock`.
+    pub fn with_clock(pod_ttl: Duration, clock: Clock) -> Self {
         let mut registry = Registry::default();
         let kills = Family::<KillLabels, Counter>::default();
         registry.register(
             "oomtrace_kills",
-            "OOM kills reported, by scope, OOM domain and pod",
+            "OOM kills reported, by scope, OOM domain, killer and pod",
             kills.clone(),
         );
         let lost = Counter::default();
@@ -143,6 +217,18 @@ impl Metrics {
             "oomtrace_events_lost",
             "Capture records lost (kernel ring buffer full or kernel log wrapped)",
             lost.clone(),
+        );
+        let unreported = Counter::default();
+        registry.register(
+            "oomtrace_kills_unreported",
+            "OOM kills the kernel counted that no capture source reported",
+            unreported.clone(),
+        );
+        let mismatches = Family::<MismatchLabels, Counter>::default();
+        registry.register(
+            "oomtrace_reason_mismatch",
+            "Kills whose reason as Kubernetes reports it disagrees with the OOM domain found",
+            mismatches.clone(),
         );
         let hook_active = Family::<HookLabels, Gauge>::default();
         registry.register(
@@ -162,18 +248,99 @@ impl Metrics {
         Self {
             registry,
             kills,
+            mismatches,
+            unreported,
             lost,
             lost_seen: Mutex::new(0),
             hook_active,
             ready_gauge,
             ready: AtomicBool::new(false),
             scrapes: AtomicU64::new(0),
+            pod_ttl,
+            clock,
+            last_seen: Mutex::new(LastSeen::default()),
         }
     }
 
     /// Counts one reported kill.
     pub fn record_kill(&self, kill: &Kill) {
-        self.kills.get_or_create(&KillLabels::of(kill)).inc();
+        let labels = KillLabels::of(kill);
+        if labels.pod.is_empty() {
+            // Without a pod the label values come from short fixed lists:
+            // these series are bounded and kept.
+            self.kills.get_or_create(&labels).inc();
+            return;
+        }
+        let now = (self.clock)();
+        let mut seen = self.lock_seen();
+        self.kills.get_or_create(&labels).inc();
+        seen.kills.insert(labels, now);
+        self.prune_locked(&mut seen, now, false);
+    }
+
+    /// Counts `n` kills the kernel counted that no source reported (the loss check).
+    pub fn add_unreported(&self, n: u64) {
+        if n > 0 {
+            self.unreported.inc_by(n);
+        }
+    }
+
+    /// Counts one kill whose reason as Kubernetes reports it (e.g. the
+    /// container status) disagrees with the OOM domain oomtrace found.
+    pub fn add_reason_mismatch(&self, namespace: &str, pod: &str, container: &str) {
+        let labels = MismatchLabels {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            container: container.to_string(),
+        };
+        let now = (self.clock)();
+        let mut seen = self.lock_seen();
+        self.mismatches.get_or_create(&labels).inc();
+        if !labels.pod.is_empty() {
+            seen.mismatches.insert(labels, now);
+        }
+        self.prune_locked(&mut seen, now, false);
+    }
+
+    /// Drops the series of pods whose last kill is `--metrics-pod-ttl` old.
+    pub fn prune(&self) {
+        let now = (self.clock)();
+        let mut seen = self.lock_seen();
+        self.prune_locked(&mut seen, now, true);
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, LastSeen> {
+        // A panic elsewhere while holding it leaves plain data behind.
+        self.last_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn prune_locked(&self, seen: &mut LastSeen, now: Instant, always: bool) {
+        if !always
+            && seen
+                .pruned
+                .is_some_and(|p| now.duration_since(p) < PRUNE_EVERY)
+        {
+            return;
+        }
+        seen.pruned = Some(now);
+        let ttl = self.pod_ttl;
+        let expired = |at: &Instant| now.saturating_duration_since(*at) >= ttl;
+        seen.kills.retain(|labels, at| {
+            let keep = !expired(at);
+            if !keep {
+                self.kills.remove(labels);
+            }
+            keep
+        });
+        seen.mismatches.retain(|labels, at| {
+            let keep = !expired(at);
+            if !keep {
+                self.mismatches.remove(labels);
+            }
+            keep
+        });
     }
 
     /// Follows the sources' running total of lost records.
@@ -204,8 +371,10 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The OpenMetrics text exposition (ends with `# EOF`).
+    /// The OpenMetrics text exposition (ends with `# EOF`), expired pod
+    /// series pruned first.
     pub fn encode(&self) -> String {
+        self.prune();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -288,41 +457,195 @@ pub fn domain_str(domain: OomDomain) -> &'static str {
     }
 }
 
+/// Limits of the metrics server (the defaults are [`HEADER_READ_TIMEOUT`]
+/// and [`MAX_CONNECTIONS`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
+
 /// Binds `addr` and serves `/metrics` and `/healthz` on the current tokio
-/// runtime. Returns the bound address (useful with port 0).
+/// runtime with the default [`Limits`]. Returns the bound address (useful
+/// with port 0).
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, MetricsError> {
+    serve_with(addr, metrics, Limits::default()).await
+}
+
+/// As [`serve`], with the given limits.
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> Result<SocketAddr, MetricsError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| MetricsError::Bind { addr, source })?;
+    let table = Arc::new(Mutex::new(Connections::new(limits.max_connections.max(1))));
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
+                    // EMFILE and the like: wait for connections to close.
                     debug!("metrics: accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let metrics = Arc::clone(&metrics);
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let metrics = Arc::clone(&metrics);
-                    async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
-                });
-                if let Err(e) = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    debug!("metrics: connection from {peer}: {e}");
-                }
-            });
+            let (closed, slot) = match table.lock() {
+                Ok(mut t) => t.open(),
+                Err(_) => return,
+            };
+            if let Some(evicted) = closed {
+                debug!(
+                    "metrics: {} connections open: closed connection {evicted} to accept {peer}",
+                    limits.max_connections
+                );
+            }
+            tokio::spawn(serve_one(
+                stream,
+                peer,
+                Arc::clone(&metrics),
+                limits,
+                slot,
+                Arc::clone(&table),
+            ));
         }
     });
     Ok(bound)
+}
+
+/// One accepted connection's handle in the table.
+struct Slot {
+    id: u64,
+    served: Arc<AtomicBool>,
+    close: oneshot::Receiver<()>,
+}
+
+/// The open connections, oldest first.
+struct Connections {
+    max: usize,
+    next_id: u64,
+    open: VecDeque<Open>,
+}
+
+struct Open {
+    id: u64,
+    /// Set once a response was produced on the connection.
+    served: Arc<AtomicBool>,
+    close: oneshot::Sender<()>,
+}
+
+impl Connections {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            next_id: 0,
+            open: VecDeque::new(),
+        }
+    }
+
+    /// Registers a new connection; when full, first closes the oldest
+    /// connection that has not completed a request (else the oldest) and
+    /// returns its id.
+    fn open(&mut self) -> (Option<u64>, Slot) {
+        let mut closed = None;
+        if self.open.len() >= self.max {
+            let at = self
+                .open
+                .iter()
+                .position(|c| !c.served.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            if let Some(old) = self.open.remove(at) {
+                let _ = old.close.send(());
+                closed = Some(old.id);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let served = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = oneshot::channel();
+        self.open.push_back(Open {
+            id,
+            served: Arc::clone(&served),
+            close: tx,
+        });
+        (
+            closed,
+            Slot {
+                id,
+                served,
+                close: rx,
+            },
+        )
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.open.retain(|c| c.id != id);
+    }
+}
+
+/// Takes a finished connection out of the table.
+struct Leave {
+    id: u64,
+    table: Arc<Mutex<Connections>>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.lock() {
+            t.remove(self.id);
+        }
+    }
+}
+
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    slot: Slot,
+    table: Arc<Mutex<Connections>>,
+) {
+    let _leave = Leave { id: slot.id, table };
+    let served = slot.served;
+    let service = service_fn(move |req| {
+        let metrics = Arc::clone(&metrics);
+        let served = Arc::clone(&served);
+        async move {
+            let resp = respond(&metrics, &req);
+            served.store(true, Ordering::Relaxed);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    // hyper's header timeout needs a timer to fire at all.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_BUF);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                debug!("metrics: connection from {peer}: {e}");
+            }
+        }
+        _ = slot.close => debug!("metrics: connection from {peer} closed to make room"),
+    }
 }
 
 fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -383,35 +706,57 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::K8s;
+    use crate::report::{K8s, Killer, KillerKind};
 
-    #[test]
-    fn a_kill_is_counted_with_its_labels_and_absent_values_are_empty() {
-        let m = Metrics::new();
-        let mut kill = Kill {
+    fn pod_kill(ns: &str, pod: &str) -> Kill {
+        Kill {
             scope: Some(Scope::Cgroup),
             oom_domain: Some(OomDomain::Container),
             k8s: Some(K8s {
-                namespace: Some("prod".into()),
-                pod: Some("api-7f9".into()),
+                namespace: Some(ns.into()),
+                pod: Some(pod.into()),
                 container: Some("api".into()),
                 qos_class: Some("Burstable".into()),
                 ..K8s::default()
             }),
             ..Kill::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_kill_is_counted_with_its_labels_and_absent_values_are_empty() {
+        let m = Metrics::new();
+        let mut kill = pod_kill("prod", "api-7f9");
         m.record_kill(&kill);
         m.record_kill(&kill);
         kill.k8s = None;
         kill.oom_domain = Some(OomDomain::Cgroup);
         m.record_kill(&kill);
+        kill.killer = Killer {
+            kind: KillerKind::KubeletEviction,
+            pid: Some(1234),
+            comm: Some("kubelet".into()),
+            cgroup: Some("/system.slice/kubelet.service".into()),
+        };
+        m.record_kill(&kill);
         let text = m.encode();
         assert!(
-            text.contains(r#"oomtrace_kills_total{scope="cgroup",oom_domain="container",namespace="prod",pod="api-7f9",container="api",qos_class="Burstable"} 2"#),
+            text.contains(r#"oomtrace_kills_total{scope="cgroup",oom_domain="container",killer="kernel_oom",namespace="prod",pod="api-7f9",container="api",qos_class="Burstable"} 2"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"oomtrace_kills_total{scope="cgroup",oom_domain="cgroup",namespace="",pod="",container="",qos_class=""} 1"#),
+            text.contains(r#"oomtrace_kills_total{scope="cgroup",oom_domain="cgroup",killer="kernel_oom",namespace="",pod="",container="",qos_class=""} 1"#),
+            "{text}"
+        );
+        // The killer's kind is a label; its pid, comm and cgroup never are.
+        assert!(
+            text.contains(r#"killer="kubelet_eviction",namespace="""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("1234")
+                && !text.contains("system.slice")
+                && !text.contains("\"kubelet\""),
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
@@ -431,12 +776,135 @@ mod tests {
         assert!(!classic.contains("# EOF"), "{classic}");
     }
 
-    /// `/healthz` is 503 before ready and 200 `ok` after, over real HTTP.
-    #[tokio::test]
-    async fn healthz_follows_readiness() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    /// A clock the test moves by hand.
+    fn manual_clock() -> (Clock, Arc<Mutex<Instant>>) {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let read = Arc::clone(&now);
+        let clock: Clock = Arc::new(move || *read.lock().expect("clock"));
+        (clock, now)
+    }
+
+    fn advance(now: &Mutex<Instant>, by: Duration) {
+        let mut t = now.lock().expect("clock");
+        *t += by;
+    }
+
+    #[test]
+    fn pod_series_go_a_ttl_after_their_last_kill_and_others_stay() {
+        const MIN: Duration = Duration::from_secs(60);
+        let (clock, now) = manual_clock();
+        let m = Metrics::with_clock(60 * MIN, clock);
+        let gone = pod_kill("batch", "job-28f1x");
+        let busy = pod_kill("prod", "api-7f9");
+        let mut node = Kill {
+            scope: Some(Scope::Node),
+            oom_domain: Some(OomDomain::Node),
+            ..Kill::default()
+        };
+        node.k8s = None;
+        m.record_kill(&gone);
+        m.record_kill(&busy);
+        m.record_kill(&node);
+        m.add_reason_mismatch("batch", "job-28f1x", "main");
+        assert!(m.encode().contains(r#"pod="job-28f1x""#));
+
+        // 59 minutes on: everything is still there; busy is killed again.
+        advance(&now, 59 * MIN);
+        m.record_kill(&busy);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"pod="job-28f1x",container="api",qos_class="Burstable"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pod="api-7f9",container="api",qos_class="Burstable"} 2"#),
+            "{text}"
+        );
+
+        // 61 minutes after its last kill, the gone pod's series (kills and
+        // mismatches) are dropped; the pod killed 2 minutes ago and the
+        // series without a pod stay.
+        advance(&now, 2 * MIN);
+        let text = m.encode();
+        assert!(!text.contains("job-28f1x"), "{text}");
+        assert!(
+            text.contains(r#"pod="api-7f9",container="api",qos_class="Burstable"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"oomtrace_kills_total{scope="node",oom_domain="node",killer="kernel_oom",namespace="",pod="",container="",qos_class=""} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("oomtrace_reason_mismatch_total{"), "{text}");
+
+        // A new kill of the gone pod starts its series again at 1.
+        m.record_kill(&gone);
+        assert!(
+            m.encode()
+                .contains(r#"pod="job-28f1x",container="api",qos_class="Burstable"} 1"#)
+        );
+
+        // The kill path prunes too (at most once a minute), without a scrape.
+        advance(&now, 61 * MIN);
+        m.record_kill(&pod_kill("prod", "other-1"));
+        let seen = m.lock_seen();
+        let pods: Vec<&str> = seen.kills.keys().map(|l| l.pod.as_str()).collect();
+        assert_eq!(pods, ["other-1"]);
+    }
+
+    #[test]
+    fn unreported_kills_and_reason_mismatches_are_counted() {
+        let m = Metrics::new();
+        m.add_unreported(3);
+        m.add_unreported(0);
+        m.add_unreported(2);
+        m.add_reason_mismatch("prod", "api-7f9", "api");
+        m.add_reason_mismatch("prod", "api-7f9", "api");
+        let text = m.encode();
+        assert!(text.contains("oomtrace_kills_unreported_total 5"), "{text}");
+        assert!(
+            text.contains(r#"oomtrace_reason_mismatch_total{namespace="prod",pod="api-7f9",container="api"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_full_table_closes_the_oldest_connection_without_a_completed_request() {
+        let mut t = Connections::new(3);
+        let (_, mut a) = t.open();
+        let (_, b) = t.open();
+        let (_, c) = t.open();
+        a.served.store(true, Ordering::Relaxed);
+        // a completed a request: b is the oldest that has not.
+        let (closed, d) = t.open();
+        assert_eq!(closed, Some(b.id));
+        assert!(a.close.try_recv().is_err(), "a stays open");
+        // c is next, then d.
+        let (closed, e) = t.open();
+        assert_eq!(closed, Some(c.id));
+        for s in [&d, &e] {
+            s.served.store(true, Ordering::Relaxed);
+        }
+        // Everyone has been served: the oldest goes.
+        let (closed, _f) = t.open();
+        assert_eq!(closed, Some(a.id));
+        assert_eq!(t.open.len(), 3);
+        t.remove(d.id);
+        let (closed, _g) = t.open();
+        assert_eq!(closed, None, "room was made by a connection that ended");
+    }
+
+    mod http {
+        use tokio::{
+            io::{AsyncReadExt as _, AsyncWriteExt as _},
+            net::TcpStream,
+            time::timeout,
+        };
+
+        use super::*;
+
         async fn get(addr: SocketAddr, path: &str, accept: &str) -> String {
-            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut c = TcpStream::connect(addr).await.expect("connect");
             c.write_all(format!("GET {path} HTTP/1.0\r\nAccept: {accept}\r\n\r\n").as_bytes())
                 .await
                 .expect("write");
@@ -444,36 +912,125 @@ mod tests {
             c.read_to_string(&mut out).await.expect("read");
             out
         }
-        let m = Arc::new(Metrics::new());
-        let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::clone(&m))
-            .await
-            .expect("serve");
-        assert!(
-            get(addr, "/healthz", "*/*")
+
+        /// Reads until the server closes; `None` if it is still open after `wait`.
+        async fn closed_within(c: &mut TcpStream, wait: Duration) -> Option<String> {
+            let mut out = Vec::new();
+            match timeout(wait, c.read_to_end(&mut out)).await {
+                Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+                Err(_) => None,
+            }
+        }
+
+        /// `/healthz` is 503 before ready and 200 `ok` after, over real HTTP.
+        #[tokio::test]
+        async fn healthz_follows_readiness() {
+            let m = Arc::new(Metrics::new());
+            let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::clone(&m))
                 .await
-                .starts_with("HTTP/1.0 503")
-        );
-        m.set_ready(true);
-        let ok = get(addr, "/healthz", "*/*").await;
-        assert!(
-            ok.starts_with("HTTP/1.0 200") && ok.ends_with("\r\n\r\nok\n"),
-            "{ok}"
-        );
-        let om = get(
-            addr,
-            "/metrics",
-            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
-        )
-        .await;
-        assert!(
-            om.contains(CONTENT_TYPE_OPENMETRICS) && om.ends_with("# EOF\n"),
-            "{om}"
-        );
-        let text = get(addr, "/metrics", "*/*").await;
-        assert!(
-            text.contains(CONTENT_TYPE_PROMETHEUS) && !text.contains("# EOF"),
-            "{text}"
-        );
+                .expect("serve");
+            assert!(
+                get(addr, "/healthz", "*/*")
+                    .await
+                    .starts_with("HTTP/1.0 503")
+            );
+            m.set_ready(true);
+            let ok = get(addr, "/healthz", "*/*").await;
+            assert!(
+                ok.starts_with("HTTP/1.0 200") && ok.ends_with("\r\n\r\nok\n"),
+                "{ok}"
+            );
+            let om = get(
+                addr,
+                "/metrics",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )
+            .await;
+            assert!(
+                om.contains(CONTENT_TYPE_OPENMETRICS) && om.ends_with("# EOF\n"),
+                "{om}"
+            );
+            let text = get(addr, "/metrics", "*/*").await;
+            assert!(
+                text.contains(CONTENT_TYPE_PROMETHEUS) && !text.contains("# EOF"),
+                "{text}"
+            );
+        }
+
+        /// Idle, half-sent and kept-alive-then-idle connections are closed
+        /// after the header timeout; a full table still takes a new scrape.
+        #[tokio::test]
+        async fn slow_clients_are_closed_and_a_fresh_scrape_always_gets_in() {
+            let limits = Limits {
+                header_read_timeout: Duration::from_millis(300),
+                max_connections: 4,
+            };
+            let m = Arc::new(Metrics::new());
+            let addr = serve_with("127.0.0.1:0".parse().expect("addr"), m, limits)
+                .await
+                .expect("serve");
+
+            let mut idle = TcpStream::connect(addr).await.expect("connect");
+            let mut half = TcpStream::connect(addr).await.expect("connect");
+            half.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("write");
+            let mut kept = TcpStream::connect(addr).await.expect("connect");
+            kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut head = [0u8; 64];
+            let n = kept.read(&mut head).await.expect("read");
+            assert!(
+                head[..n].starts_with(b"HTTP/1.1 503"),
+                "{}",
+                String::from_utf8_lossy(&head[..n])
+            );
+            // The connection is kept alive, and then idle: the timer re-arms.
+            let started = Instant::now();
+            for c in [&mut idle, &mut half, &mut kept] {
+                assert!(
+                    closed_within(c, Duration::from_secs(3)).await.is_some(),
+                    "a connection without a request head stays open"
+                );
+            }
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(2), "{took:?}");
+
+            // Four connections that never send anything fill the table (a
+            // long timeout this time); a fifth, a real scrape, is answered
+            // and the oldest of the four is closed for it.
+            let limits = Limits {
+                header_read_timeout: Duration::from_secs(60),
+                max_connections: 4,
+            };
+            let m = Arc::new(Metrics::new());
+            let addr = serve_with("127.0.0.1:0".parse().expect("addr"), m, limits)
+                .await
+                .expect("serve");
+            let mut held = Vec::new();
+            for _ in 0..4 {
+                held.push(TcpStream::connect(addr).await.expect("connect"));
+                // Accept order is connect order.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let scrape = timeout(Duration::from_secs(5), get(addr, "/metrics", "*/*"))
+                .await
+                .expect("the scrape is answered");
+            assert!(scrape.starts_with("HTTP/1.0 200"), "{scrape}");
+            assert!(
+                closed_within(&mut held[0], Duration::from_secs(2))
+                    .await
+                    .is_some(),
+                "the oldest idle connection was closed"
+            );
+            for c in &mut held[1..] {
+                assert!(
+                    closed_within(c, Duration::from_millis(200)).await.is_none(),
+                    "only one connection is closed per new one"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,23 +1,36 @@
 #!/usr/bin/env python3
 """A stand-in for the few Kubernetes API endpoints `oomtrace --kube` uses.
 
-    GET  /api/v1/pods?fieldSelector=spec.nodeName%3D<node>&limit=500   -> PodList
-    GET  /api/v1/pods?fieldSelector=...&watch=true&resourceVersion=...  -> watch stream (held open)
-    POST /api/v1/namespaces/{ns}/events                                 -> 201 + the created Event
+    GET   /api/v1/pods?fieldSelector=spec.nodeName%3D<node>&limit=500   -> PodList
+    GET   /api/v1/pods?fieldSelector=...&watch=true&resourceVersion=...  -> watch stream (held open)
+    POST  /apis/events.k8s.io/v1/namespaces/{ns}/events                   -> 201 + the created Event
+    PATCH /apis/events.k8s.io/v1/namespaces/{ns}/events/{name}            -> 200 + the patched Event
+          (application/merge-patch+json)
 
 Response shapes follow the API server's: a list has kind/apiVersion/metadata
 (resourceVersion) and items without kind/apiVersion; a watch is a chunked
 stream of {"type", "object"} lines; a create echoes the object with uid,
 resourceVersion and creationTimestamp set; unknown paths get a Status 404.
 
+Events are validated as the API server validates events.k8s.io/v1
+(pkg/apis/core/validation/events.go): on create, eventTime, type,
+reportingController, reportingInstance (<= 128), action (<= 128), reason
+(<= 128) are required, note <= 1024 bytes, series (if any) count >= 2 with a
+lastObservedTime, the deprecated* fields unset, the namespace that of the
+path and of `regarding`; on update only `series` may change. A violation is
+a 422 Invalid Status, a second create of a name 409 AlreadyExists, a patch
+of an unknown Event 404.
+
 Usage: fake_apiserver.py PODS_JSON EVENTS_OUT REQUESTS_OUT
 Prints the port it listens on (127.0.0.1) on stdout, then serves until killed.
-Every request is appended to REQUESTS_OUT ("METHOD PATH?QUERY"), every Event
-POST body to EVENTS_OUT as {"path": ..., "body": ...} (one JSON per line).
+Every request is appended to REQUESTS_OUT ("METHOD PATH?QUERY"), every
+accepted Event write to EVENTS_OUT as {"verb", "path", "body", "object"} (one
+JSON per line; `object` is the stored Event after the write).
 """
 
 import datetime
 import json
+import re
 import sys
 import threading
 import time
@@ -115,29 +128,172 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def read_body(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        return self.rfile.read(length)
+
+    def events_path(self):
+        """(namespace, name or None) of an events.k8s.io/v1 path, else None."""
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) < 6 or parts[:4] != ["apis", "events.k8s.io", "v1", "namespaces"] or parts[5] != "events":
+            return None
+        if len(parts) == 6:
+            return parts[4], None
+        if len(parts) == 7:
+            return parts[4], parts[6]
+        return None
+
+    def invalid(self, name, causes):
+        body = status(422, "Invalid", f'Event.events.k8s.io "{name}" is invalid: ' + "; ".join(causes))
+        self.send_json(422, body)
+
     def do_POST(self):
         append(REQUESTS_OUT, f"POST {self.path}")
-        url = urlsplit(self.path)
-        parts = url.path.strip("/").split("/")
-        length = int(self.headers.get("Content-Length", "0"))
-        raw = self.rfile.read(length)
-        if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "events":
+        raw = self.read_body()
+        where = self.events_path()
+        if where is None or where[1] is not None:
             self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
+        ns = where[0]
         try:
             body = json.loads(raw)
         except ValueError as e:
             self.send_json(400, status(400, "BadRequest", f"invalid JSON: {e}"))
             return
-        append(EVENTS_OUT, json.dumps({"path": url.path, "body": body}))
-        created = dict(body)
-        md = dict(created.get("metadata", {}))
-        md.setdefault("namespace", parts[3])
-        md["uid"] = str(uuid.uuid4())
-        md["resourceVersion"] = str(RESOURCE_VERSION + 1)
-        md["creationTimestamp"] = now()
-        created["metadata"] = md
+        name = body.get("metadata", {}).get("name", "")
+        causes = validate_create(body, ns)
+        if causes:
+            self.invalid(name, causes)
+            return
+        with LOCK:
+            if (ns, name) in EVENTS:
+                self.send_json(409, status(409, "AlreadyExists", f'events.events.k8s.io "{name}" already exists'))
+                return
+            created = json.loads(json.dumps(body))
+            md = created.setdefault("metadata", {})
+            md.setdefault("namespace", ns)
+            md["uid"] = str(uuid.uuid4())
+            md["resourceVersion"] = next_version()
+            md["creationTimestamp"] = now()
+            created["kind"] = "Event"
+            created["apiVersion"] = "events.k8s.io/v1"
+            EVENTS[(ns, name)] = created
+        append(EVENTS_OUT, json.dumps({"verb": "create", "path": urlsplit(self.path).path, "body": body, "object": created}))
         self.send_json(201, created)
+
+    def do_PATCH(self):
+        append(REQUESTS_OUT, f"PATCH {self.path}")
+        raw = self.read_body()
+        where = self.events_path()
+        if where is None or where[1] is None:
+            self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+            return
+        ns, name = where
+        kind = self.headers.get("Content-Type", "")
+        if not kind.startswith("application/merge-patch+json"):
+            self.send_json(415, status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {kind}"))
+            return
+        try:
+            patch = json.loads(raw)
+        except ValueError as e:
+            self.send_json(400, status(400, "BadRequest", f"invalid JSON: {e}"))
+            return
+        with LOCK:
+            old = EVENTS.get((ns, name))
+            if old is None:
+                self.send_json(404, status(404, "NotFound", f'events.events.k8s.io "{name}" not found'))
+                return
+            new = merge_patch(json.loads(json.dumps(old)), patch)
+            causes = validate_update(new, old)
+            if causes:
+                self.invalid(name, causes)
+                return
+            new["metadata"]["resourceVersion"] = next_version()
+            EVENTS[(ns, name)] = new
+        append(EVENTS_OUT, json.dumps({"verb": "patch", "path": urlsplit(self.path).path, "body": patch, "object": new}))
+        self.send_json(200, new)
+
+
+EVENTS = {}
+VERSION = [RESOURCE_VERSION + 1]
+QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def next_version():
+    VERSION[0] += 1
+    return str(VERSION[0])
+
+
+def merge_patch(target, patch):
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return patch
+    if not isinstance(target, dict):
+        target = {}
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        else:
+            target[k] = merge_patch(target.get(k), v)
+    return target
+
+
+def validate_series(ev):
+    causes = []
+    series = ev.get("series")
+    if series is not None:
+        if int(series.get("count", 0)) < 2:
+            causes.append("series.count: Invalid value: should be at least 2")
+        if not series.get("lastObservedTime"):
+            causes.append("series.lastObservedTime: Required value")
+    return causes
+
+
+def validate_create(ev, ns):
+    causes = validate_series(ev)
+    md = ev.get("metadata", {})
+    name = md.get("name", "")
+    if not name or len(name) > 253 or not SUBDOMAIN.match(name):
+        causes.append(f"metadata.name: Invalid value: {name!r}: a DNS-1123 subdomain of at most 253 characters")
+    if md.get("namespace", ns) != ns:
+        causes.append("metadata.namespace: Invalid value: does not match the namespace of the request")
+    if (ev.get("regarding") or {}).get("namespace", "") != ns:
+        causes.append("involvedObject.namespace: Invalid value: does not match event.namespace")
+    if not ev.get("eventTime"):
+        causes.append("eventTime: Required value")
+    if ev.get("type") not in ("Normal", "Warning"):
+        causes.append(f"type: Invalid value: has invalid value: {ev.get('type')}")
+    for gone in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount", "deprecatedSource"):
+        if ev.get(gone):
+            causes.append(f"{gone}: Invalid value: needs to be unset")
+    rc = ev.get("reportingController", "")
+    if not rc:
+        causes.append("reportingController: Required value")
+    elif not QUALIFIED.match(rc):
+        causes.append(f"reportingController: Invalid value: {rc!r}: not a qualified name")
+    for field, limit in (("reportingInstance", 128), ("action", 128), ("reason", 128)):
+        value = ev.get(field, "")
+        if not value:
+            causes.append(f"{field}: Required value")
+        elif len(value) > limit:
+            causes.append(f"{field}: Invalid value: can have at most {limit} characters")
+    if len(ev.get("note", "").encode()) > 1024:
+        causes.append("note: Invalid value: can have at most 1024 characters")
+    return causes
+
+
+def validate_update(new, old):
+    causes = validate_series(new) if new.get("series") != old.get("series") else []
+    for field in set(old) | set(new):
+        if field in ("series", "metadata"):
+            continue
+        if new.get(field) != old.get(field):
+            causes.append(f"{field}: Invalid value: field is immutable")
+    for field in ("name", "namespace", "uid", "creationTimestamp"):
+        if new.get("metadata", {}).get(field) != old["metadata"].get(field):
+            causes.append(f"metadata.{field}: Invalid value: field is immutable")
+    return causes
 
 
 def main():
