@@ -113,8 +113,10 @@ pub async fn run(args: TraceArgs) -> Result<Summary, AgentError> {
                 tp_btf: args.no_tp_btf,
                 fentry: args.no_fentry,
                 kprobe: args.no_kprobe,
+                signal: args.no_signal_hook,
             },
             ringbuf_bytes: args.ringbuf_bytes,
+            killers: args.userspace_killers.clone(),
         };
         let support = KernelSupport::discover(&cfg);
         match Probe::load(&cfg, support) {
@@ -386,6 +388,7 @@ fn decode(
         Ok(Record::BtfVictim(ev)) => Some(Input::TpBtf(Box::new(ev))),
         Ok(Record::Decision(ev)) => Some(Input::Decision(Box::new(ev))),
         Ok(Record::GroupMember(ev)) => Some(Input::GroupMember(Box::new(ev))),
+        Ok(Record::Signal(ev)) => Some(Input::Signal(Box::new(ev))),
         Err(e) => {
             warn!(
                 "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"

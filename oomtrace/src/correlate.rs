@@ -54,6 +54,9 @@ pub enum Input {
         /// As for `Tracepoint`, for kill lines.
         proc_cgroup: Option<String>,
     },
+    /// A SIGKILL/SIGTERM from a process on the `--userspace-killers` list
+    /// (`signal_generate`). Not yet attributed: ignored by the correlator.
+    Signal(Box<oomtrace_common::Signal>),
 }
 
 /// The kernel's decision, decoded.
@@ -247,6 +250,8 @@ impl Correlator {
                     p.proc_cgroup = proc_cgroup;
                 }
             }
+            // Attribution to userspace OOM killers is not built yet.
+            Input::Signal(_) => return Vec::new(),
         }
         match touched {
             Some(pid) if self.complete(pid) => self.emit(pid).into_iter().collect(),
@@ -894,6 +899,7 @@ mod tests {
             uid: 0,
             flags: VICTIM_HAS_ADJ,
             _pad: 0,
+            start_time_ns: 1_000_000 + u64::from(pid),
             memcg,
         }))
     }
@@ -1022,6 +1028,7 @@ mod tests {
             chosen_comm: [0; 16],
             chosen_adj: 0,
             _pad: 0,
+            chosen_start_time_ns: 1_000_100,
             domain,
             chosen_memcg: member,
             trigger_memcg: member,
