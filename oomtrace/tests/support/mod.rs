@@ -198,10 +198,15 @@ pub struct Agent {
 impl Agent {
     /// Starts `oomtrace --format json ARGS` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_log(args, "info")
+    }
+
+    /// [`Agent::start`] with `OOMTRACE_LOG` set to `filter`.
+    pub fn start_with_log(args: &[&str], filter: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
             .args(["--format", "json"])
             .args(args)
-            .env("OOMTRACE_LOG", "info")
+            .env("OOMTRACE_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
