@@ -515,7 +515,7 @@ fn the_kernel_side_logs_a_full_ring_buffer_and_what_it_saw() {
     assert!(
         log.lines().any(|l| l.contains("DEBUG")
             && l.contains("oomtrace_ebpf")
-            && l.contains(&format!("signal 9 from a listed sender"))
+            && l.contains("signal 9 from a listed sender")
             && l.contains(&format!("to pid {spid}"))),
         "OOMTRACE_LOG=debug shows what the kernel side saw; stderr:\n{log}"
     );
