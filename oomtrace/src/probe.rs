@@ -386,6 +386,11 @@ fn signal_args_ok(args: &[ParamType]) -> Result<(), String> {
 /// 8 MiB does not hold a 4 MiB ring buffer and the programs. There the limit
 /// is raised to unlimited (or to the hard limit, without CAP_SYS_RESOURCE)
 /// before anything is loaded; newer kernels ignore it. Returns what was done.
+///
+/// aya 0.14 also retries a map or program creation that failed with EPERM
+/// on such kernels after raising the limit to unlimited (`sys/bpf.rs`,
+/// `with_raised_rlimit_retry`), but silently, and without the hard-limit
+/// fallback: doing it here first says what happened.
 pub fn raise_memlock(release: &str) -> String {
     if !kernel_before(release, (5, 11)) {
         return format!(

@@ -7,20 +7,13 @@
 
 mod support;
 
-use std::{
-    collections::HashSet,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
-use oomtrace::{
-    probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
-    verdict::Walk,
-};
-use oomtrace_common::{Record, SIGNAL_HAS_TASK, Signal};
 use serde_json::Value;
-use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_hog, spawn_in};
+use support::{
+    Agent, Memcg, i, kill_as, killed_by_sigkill, run_hog, s, signal_hook_checks, spawn_hog,
+    spawn_in, start_time_checks, wait_comm,
+};
 
 fn in_cgroup(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
     move |v| s(v, &["victim", "cgroup"]).is_some_and(|c| c.starts_with(prefix))
@@ -206,260 +199,17 @@ fn without_bpf_the_kernel_log_alone_reports_the_kill() {
 
 // ---- The kernel side through the library API ---------------------------------
 
-/// The probe loaded the way the agent loads it, with its ring buffer and
-/// counters taken out for the test to read directly.
-struct Direct {
-    probe: Probe,
-    ring: RingBuf<MapData>,
-    stats: Stats,
-}
-
-impl Direct {
-    fn load() -> Self {
-        let cfg = ProbeConfig::default();
-        let support = KernelSupport::discover(&cfg);
-        let mut probe = Probe::load(&cfg, support).expect("load the eBPF programs");
-        let ring = probe.take_ring().expect("ring buffer");
-        let stats = probe.take_stats().expect("counters");
-        Self { probe, ring, stats }
-    }
-
-    /// Every record that arrives within `wait`.
-    fn records(&mut self, wait: Duration) -> Vec<Record> {
-        let deadline = Instant::now() + wait;
-        let mut out = Vec::new();
-        while Instant::now() < deadline {
-            while let Some(item) = self.ring.next() {
-                out.push(oomtrace_common::decode(&item).expect("a record of this ABI"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        out
-    }
-}
-
-fn signals_to(records: &[Record], pid: u32) -> Vec<Signal> {
-    records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Signal(s) if s.target_pid == pid => Some(*s),
-            _ => None,
-        })
-        .collect()
-}
-
-fn text(bytes: &[u8]) -> &str {
-    std::str::from_utf8(oomtrace_common::c_str(bytes)).expect("utf-8")
-}
-
-/// The field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
-fn stat_field(pid: u32, n: usize) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after = stat.rsplit_once(')').expect("comm").1;
-    after
-        .split_whitespace()
-        .nth(n - 3)
-        .expect("field")
-        .parse()
-        .expect("number")
-}
-
-/// `task->start_time` (CLOCK_MONOTONIC ns) in the clock ticks of boot time
-/// that `/proc/<pid>/stat` field 22 (`starttime`) shows.
-fn start_time_in_ticks(start_time_ns: u64) -> u64 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid out-pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + i128::from(ts.tv_nsec)
-    };
-    let suspended = now(libc::CLOCK_BOOTTIME) - now(libc::CLOCK_MONOTONIC);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i128;
-    ((i128::from(start_time_ns) + suspended) * hz / 1_000_000_000) as u64
-}
-
-fn wait_comm(pid: u32, comm: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        != comm
-    {
-        assert!(Instant::now() < deadline, "pid {pid} never became {comm}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `sh` that renames itself to `name` (writing /proc/self/comm from the shell
-/// itself) and then sends `signal` to `pid` with its `kill` builtin.
-fn kill_as(name: &str, signal: &str, pid: u32) -> u32 {
-    let mut killer = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "printf {name} > /proc/self/comm && kill -{signal} {pid}"
-        ))
-        .spawn()
-        .expect("spawn the killer");
-    let id = killer.id();
-    assert!(killer.wait().expect("wait").success(), "the killer failed");
-    id
-}
-
 #[test]
 #[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
 fn the_signal_hook_reports_a_listed_killer_once_and_nothing_else() {
-    let mut d = Direct::load();
-    assert!(
-        d.probe.active.contains(&Hook::TpBtfSignal),
-        "tp_btf/signal_generate must attach on this kernel: {:?}",
-        d.probe.inactive
-    );
-    let cg = Memcg::unique("signal");
-    let page_size = oomtrace::verdict::page_size();
-
-    // (a) A process named earlyoom SIGKILLs a child in another cgroup, then
-    // SIGTERMs a second one: one record each, naming the child.
-    let mut victim = spawn_in(&cg, 300, "sleep 60");
-    let vpid = victim.id();
-    wait_comm(vpid, "sleep");
-    let start_ticks = stat_field(vpid, 22);
-    let killer = kill_as("earlyoom", "9", vpid);
-    let status = victim.wait().expect("wait");
-    assert!(killed_by_sigkill(&status), "{status:?}");
-    let mut termed = spawn_in(&cg, 0, "sleep 60");
-    let tpid = termed.id();
-    wait_comm(tpid, "sleep");
-    kill_as("earlyoom", "TERM", tpid);
-    let _ = termed.wait();
-
-    // (b) The same from a plain shell, and SIGUSR1 traffic: nothing.
-    let mut plain = spawn_in(&cg, 0, "sleep 60");
-    let ppid = plain.id();
-    wait_comm(ppid, "sleep");
-    let mut ignoring = spawn_in(&cg, 0, "sh -c 'trap \"\" USR1; exec sleep 60'");
-    let ipid = ignoring.id();
-    wait_comm(ipid, "sleep");
-    let before = d.stats.snapshot();
-    let sent = 1000;
-    for _ in 0..sent {
-        // SAFETY: plain syscall to our own child, which ignores SIGUSR1.
-        assert_eq!(unsafe { libc::kill(ipid as i32, libc::SIGUSR1) }, 0);
-    }
-    let after_usr1 = d.stats.snapshot();
-    let plain_killer = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("kill -9 {ppid}"))
-        .status()
-        .expect("sh kill");
-    assert!(plain_killer.success());
-    let _ = plain.wait();
-    let _ = ignoring.kill();
-    let _ = ignoring.wait();
-    let records = d.records(Duration::from_secs(1));
-    let after = d.stats.snapshot();
-
-    let got = signals_to(&records, vpid);
-    assert_eq!(got.len(), 1, "one record for the SIGKILL: {got:?}");
-    let s = &got[0];
-    assert_eq!(s.sig, libc::SIGKILL);
-    assert_eq!(text(&s.header.trigger_comm), "earlyoom");
-    assert_eq!(
-        s.header.trigger_tgid, killer,
-        "the sender is the renamed shell"
-    );
-    assert_eq!((s.target_pid, s.target_tgid), (vpid, vpid));
-    assert_eq!(text(&s.target_comm), "sleep");
-    assert_eq!(s.flags & SIGNAL_HAS_TASK, SIGNAL_HAS_TASK);
-    assert_eq!(s.target_oom_score_adj, 300, "the child's oom_score_adj");
-    assert_eq!(
-        (s.code, s.group, s.result),
-        (0, 1, 0),
-        "SI_USER, kill(2), delivered"
-    );
-    let walk = Walk::decode(&s.memcg, page_size).expect("the child's memcg walk");
-    assert_eq!(
-        walk.levels[0].path, cg.rel,
-        "the child's cgroup, not the sender's"
-    );
-    let ticks = start_time_in_ticks(s.target_start_time_ns);
-    assert!(
-        ticks.abs_diff(start_ticks) <= 1,
-        "start_time {} ns is {ticks} ticks; /proc says {start_ticks}",
-        s.target_start_time_ns
-    );
-
-    let got = signals_to(&records, tpid);
-    assert_eq!(got.len(), 1, "one record for the SIGTERM: {got:?}");
-    assert_eq!(got[0].sig, libc::SIGTERM);
-
-    assert!(
-        signals_to(&records, ppid).is_empty(),
-        "a kill -9 from sh is not reported"
-    );
-    assert!(
-        signals_to(&records, ipid).is_empty(),
-        "SIGUSR1 is not reported"
-    );
-    // SIGUSR1 never reaches the counters: the hook returns on the number.
-    // (Other processes on the node may send a few SIGKILL/SIGTERM meanwhile.)
-    let usr1_counted = after_usr1.fired_signal - before.fired_signal;
-    assert!(
-        usr1_counted < 50,
-        "{sent} SIGUSR1 sent, {usr1_counted} counted as SIGKILL/SIGTERM"
-    );
-    // The shell's SIGKILL was counted and filtered on the sender's name.
-    assert!(after.fired_signal > after_usr1.fired_signal);
-    assert!(after.filtered_signal > after_usr1.filtered_signal);
-    assert_eq!(after.lost_signal, 0, "{after:?}");
-    eprintln!("signal counters: {before:?} -> {after:?}");
+    signal_hook_checks(true);
+    signal_hook_checks(false);
 }
 
 #[test]
 #[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
 fn a_kill_record_carries_the_victims_start_time() {
-    let mut d = Direct::load();
-    assert!(
-        d.probe.active.contains(&Hook::TpBtf),
-        "{:?}",
-        d.probe.inactive
-    );
-    let cg = Memcg::unique("start-time");
-    cg.set_limit(32 << 20);
-    // The pid and its start time stay the same across the execs.
-    let mut hog = spawn_in(
-        &cg,
-        800,
-        "sh -c 'sleep 1; exec dd if=/dev/zero of=/dev/null bs=128M count=1 status=none'",
-    );
-    let pid = hog.id();
-    std::thread::sleep(Duration::from_millis(300));
-    let start_ticks = stat_field(pid, 22);
-    let status = hog.wait().expect("wait");
-    assert!(
-        killed_by_sigkill(&status),
-        "the hog was not OOM-killed: {status:?}"
-    );
-    let records = d.records(Duration::from_secs(1));
-    let victims: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::BtfVictim(v) if v.pid == pid => Some(*v),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(victims.len(), 1, "one tp_btf record for pid {pid}");
-    let v = &victims[0];
-    assert_eq!(text(&v.comm), "dd");
-    let ticks = start_time_in_ticks(v.start_time_ns);
-    assert!(
-        ticks.abs_diff(start_ticks) <= 1,
-        "start_time {} ns is {ticks} ticks; /proc said {start_ticks}",
-        v.start_time_ns
-    );
+    start_time_checks();
 }
 
 #[test]
