@@ -78,9 +78,11 @@ pub const STAT_FIRED_GROUP_MEMBER: u32 = 8;
 /// Hook runs in which at least one kernel read failed (the rate limit of the
 /// read-failure log line: it is written when this reaches a power of two).
 pub const STAT_READ_FAILED_RUNS: u32 = 9;
-/// `signal_generate` with SIGKILL or SIGTERM (other signals are not counted:
-/// the hook returns before any helper call for them).
-pub const STAT_FIRED_SIGNAL: u32 = 10;
+/// SIGKILL/SIGTERM from a sender named in [`KillerNames`]: a record was
+/// reserved (or lost). Other signals are not counted: the hook returns
+/// before any helper call for them. (Listed + filtered = every SIGKILL and
+/// SIGTERM; one counter per signal keeps the common path short.)
+pub const STAT_LISTED_SIGNAL: u32 = 10;
 /// SIGKILL/SIGTERM whose sender's comm is not in [`KillerNames`]: no record.
 pub const STAT_FILTERED_SIGNAL: u32 = 11;
 /// SIGKILL/SIGTERM from a listed sender whose record found the ring buffer full.

@@ -40,8 +40,8 @@ use oomtrace_common::{
     DEFAULT_RINGBUF_BYTES, Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_GROUP_MEMBER,
     KIND_SIGNAL, KIND_TP_VICTIM, KernelOffsets, KillerNames, LOG_TARGET, MAX_DEPTH, MAX_KILLERS,
     SIGKILL, SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK, SIGTERM, STAT_COUNT, STAT_FILTERED_SIGNAL,
-    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_SIGNAL,
-    STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
+    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM,
+    STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
     STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STAT_READ_WHAT,
     Signal, SignalLayout, TP_RECORD_MAX, TpVictim, TracepointLayout, VICTIM_HAS_ADJ, WALK_ABSENT,
     WALK_READ_FAILED, WALK_TRUNCATED,
@@ -622,11 +622,11 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
     if sig != SIGKILL && sig != SIGTERM {
         return 0;
     }
-    count(STAT_FIRED_SIGNAL);
     if !sender_listed() {
         count(STAT_FILTERED_SIGNAL);
         return 0;
     }
+    count(STAT_LISTED_SIGNAL);
     let Some(mut entry) = reserve_signal(HOOK_BTF_SIGNAL) else {
         return 1;
     };
@@ -715,14 +715,15 @@ fn tp_sig(ctx: &TracePointContext, offset: u32) -> Option<i32> {
 #[tracepoint(category = "signal", name = "signal_generate")]
 pub fn tp_signal_generate(ctx: TracePointContext) -> u32 {
     // SAFETY: a plain global, see `offsets`.
-    let layout = unsafe { read_volatile(&SIGNAL_LAYOUT) };
-    let Some(sig) = tp_sig(&ctx, layout.sig) else {
+    let sig_offset = unsafe { read_volatile(addr_of!(SIGNAL_LAYOUT.sig)) };
+    let Some(sig) = tp_sig(&ctx, sig_offset) else {
         return 0;
     };
     if sig != SIGKILL && sig != SIGTERM {
         return 0;
     }
-    count(STAT_FIRED_SIGNAL);
+    // SAFETY: as above.
+    let layout = unsafe { read_volatile(&SIGNAL_LAYOUT) };
     if layout.valid == 0 {
         return 0;
     }
@@ -730,6 +731,7 @@ pub fn tp_signal_generate(ctx: TracePointContext) -> u32 {
         count(STAT_FILTERED_SIGNAL);
         return 0;
     }
+    count(STAT_LISTED_SIGNAL);
     let Some(mut entry) = reserve_signal(HOOK_TP_SIGNAL) else {
         return 1;
     };

@@ -42,8 +42,8 @@ use oomtrace_common::{
     LOG_MAP_BYTES, LOG_TARGET, MAX_KILLERS, OFFSETS_GLOBAL, PROG_BTF_MARK_VICTIM, PROG_BTF_SIGNAL,
     PROG_FENTRY_GROUP_MEMBER, PROG_FENTRY_OOM_KILL, PROG_KPROBE_GROUP_MEMBER, PROG_KPROBE_OOM_KILL,
     PROG_TP_MARK_VICTIM, PROG_TP_SIGNAL, SIGNAL_LAYOUT_GLOBAL, STAT_FILTERED_SIGNAL,
-    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_SIGNAL,
-    STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
+    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM,
+    STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
     STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STATS_MAP,
     SignalLayout, TP_LAYOUT_GLOBAL, TP_RECORD_MAX, TracepointLayout,
 };
@@ -935,9 +935,13 @@ pub struct StatsSnapshot {
     pub fired_group_member: u64,
     /// Hook runs in which a kernel read failed.
     pub read_failed_runs: u64,
-    /// SIGKILL/SIGTERM seen by the signal hook (other signals are not counted).
+    /// SIGKILL/SIGTERM seen by the signal hook (other signals are not
+    /// counted): `listed_signal + filtered_signal`.
     pub fired_signal: u64,
-    /// Of those, sent by a process not on the `--userspace-killers` list.
+    /// Of those, sent by a process on the `--userspace-killers` list (a
+    /// record was sent, or lost).
+    pub listed_signal: u64,
+    /// Sent by a process not on the list: no record.
     pub filtered_signal: u64,
     pub lost_signal: u64,
 }
@@ -972,7 +976,8 @@ impl Stats {
             fired_decision: get(STAT_FIRED_DECISION),
             fired_group_member: get(STAT_FIRED_GROUP_MEMBER),
             read_failed_runs: get(STAT_READ_FAILED_RUNS),
-            fired_signal: get(STAT_FIRED_SIGNAL),
+            fired_signal: get(STAT_LISTED_SIGNAL) + get(STAT_FILTERED_SIGNAL),
+            listed_signal: get(STAT_LISTED_SIGNAL),
             filtered_signal: get(STAT_FILTERED_SIGNAL),
             lost_signal: get(STAT_LOST_SIGNAL),
         }

@@ -464,6 +464,47 @@ fn vm_signal_hook_and_start_times() {
     support::signal_hook_checks(true);
     support::signal_hook_checks(false);
     support::start_time_checks();
+
+    // With the kernel side's debug lines on, the verifier sees more code:
+    // every hook must still load, and the lines reach the agent's log.
+    for extra in [&[][..], &["--no-tp-btf"][..]] {
+        let quiet = Agent::start(extra);
+        let quiet_log = quiet.log();
+        let _ = quiet.stop();
+        let agent = Agent::start_with_log(extra, "info,oomtrace_ebpf=debug");
+        protect(&agent);
+        let ready = |log: &str| {
+            log.lines()
+                .find(|l| l.contains("ready:"))
+                .map(|l| {
+                    l.split_once("ready:")
+                        .map_or("", |p| p.1)
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            ready(&agent.log()),
+            ready(&quiet_log),
+            "the same hooks with and without the debug lines ({extra:?})"
+        );
+        let cg = Memcg::unique("signal-debug");
+        let mut sleeper = support::spawn_in(&cg, 0, "sleep 60");
+        let pid = sleeper.id();
+        support::wait_comm(pid, "sleep");
+        support::kill_as("earlyoom", "9", pid);
+        let _ = sleeper.wait();
+        thread::sleep(Duration::from_secs(1));
+        let (_, log) = agent.stop();
+        let line = log
+            .lines()
+            .find(|l| l.contains("oomtrace_ebpf") && l.contains(&format!("to pid {pid}")))
+            .unwrap_or_else(|| {
+                panic!("no kernel-side debug line for pid {pid} ({extra:?}): {log}")
+            });
+        eprintln!("{line}");
+    }
 }
 
 /// Creates (and closes) a 4 MiB BPF ring buffer with this process's

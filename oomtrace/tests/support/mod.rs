@@ -653,9 +653,11 @@ pub fn signal_hook_checks(tp_btf: bool) {
         usr1_counted < 50,
         "{sent} SIGUSR1 sent, {usr1_counted} counted as SIGKILL/SIGTERM"
     );
-    // The shell's SIGKILL was counted and filtered on the sender's name.
+    // The shell's SIGKILL was counted and filtered on the sender's name; the
+    // renamed shell's two signals were counted as listed.
     assert!(after.fired_signal > after_usr1.fired_signal);
     assert!(after.filtered_signal > after_usr1.filtered_signal);
+    assert!(after.listed_signal >= 2, "{after:?}");
     assert_eq!(after.lost_signal, 0, "{after:?}");
     eprintln!("{hook} counters: {before:?} -> {after:?}");
 }
