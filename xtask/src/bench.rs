@@ -198,7 +198,7 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
     let log2 = Arc::clone(&log);
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ready") {
+            if line.contains("ready:") {
                 let _ = ready_tx.send(line.clone());
             }
             if let Ok(mut l) = log2.lock() {

@@ -245,7 +245,7 @@ impl Agent {
                     l.push_str(&line);
                     l.push('\n');
                 }
-                if line.contains("ready") {
+                if line.contains("ready:") {
                     let _ = ready_tx.send(());
                 }
             }
