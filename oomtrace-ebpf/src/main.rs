@@ -585,6 +585,7 @@ fn sender_listed() -> bool {
         if i >= count {
             return false;
         }
+        // SAFETY: as above; `i` is below MAX_KILLERS.
         let name = unsafe { read_volatile(addr_of!(KILLERS.names[i]).cast::<[u64; 2]>()) };
         if name[0] == comm[0] && name[1] == comm[1] {
             return true;
