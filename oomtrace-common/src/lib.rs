@@ -14,7 +14,11 @@
 use core::mem::size_of;
 
 /// Bumped whenever a struct below changes shape.
-pub const ABI_VERSION: u16 = 1;
+///
+/// 2: `start_time_ns` in [`BtfVictim`] and [`Decision`]; [`Signal`] records;
+/// the [`SignalLayout`] and [`KillerNames`] globals; `task_start_time` and
+/// the `siginfo_*` members of [`KernelOffsets`]; more `STAT_*` slots.
+pub const ABI_VERSION: u16 = 2;
 
 /// Name of the ring buffer map.
 pub const EVENTS_MAP: &str = "EVENTS";
@@ -24,6 +28,19 @@ pub const STATS_MAP: &str = "STATS";
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the global holding [`TracepointLayout`].
 pub const TP_LAYOUT_GLOBAL: &str = "TP_LAYOUT";
+/// Name of the global holding [`SignalLayout`].
+pub const SIGNAL_LAYOUT_GLOBAL: &str = "SIGNAL_LAYOUT";
+/// Name of the global holding [`KillerNames`].
+pub const KILLERS_GLOBAL: &str = "KILLERS";
+/// Name of aya-log's ring buffer in the object (`aya_log_ebpf`'s `AYA_LOGS`).
+pub const LOG_MAP: &str = "AYA_LOGS";
+/// Size the agent gives [`LOG_MAP`] (aya-log-ebpf declares 128 KiB). A log
+/// record of the hooks is under 256 bytes and they log O(log n) lines per
+/// storm, so 16 KiB holds dozens; the mapping costs twice its size in RSS.
+pub const LOG_MAP_BYTES: u32 = 16 << 10;
+/// Target of the kernel side's log records, as the agent's `tracing` sees
+/// them (`OOMTRACE_LOG=info,oomtrace_ebpf=debug`).
+pub const LOG_TARGET: &str = "oomtrace_ebpf";
 
 /// Program names, as the agent looks them up in the object.
 pub const PROG_TP_MARK_VICTIM: &str = "tp_mark_victim";
@@ -32,6 +49,8 @@ pub const PROG_KPROBE_OOM_KILL: &str = "kprobe_oom_kill_process";
 pub const PROG_FENTRY_OOM_KILL: &str = "fentry_oom_kill_process";
 pub const PROG_FENTRY_GROUP_MEMBER: &str = "fentry_oom_kill_memcg_member";
 pub const PROG_KPROBE_GROUP_MEMBER: &str = "kprobe_oom_kill_memcg_member";
+pub const PROG_BTF_SIGNAL: &str = "btf_signal_generate";
+pub const PROG_TP_SIGNAL: &str = "tp_signal_generate";
 
 /// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
 /// 1 MiB holds the records of some 450 kills (tracepoint + tp_btf), 120 with
@@ -59,7 +78,22 @@ pub const STAT_FIRED_BTF_VICTIM: u32 = 5;
 pub const STAT_FIRED_DECISION: u32 = 6;
 pub const STAT_LOST_GROUP_MEMBER: u32 = 7;
 pub const STAT_FIRED_GROUP_MEMBER: u32 = 8;
-pub const STAT_COUNT: u32 = 10;
+/// Hook runs in which at least one kernel read failed (the rate limit of the
+/// read-failure log line: it is written when this reaches a power of two).
+pub const STAT_READ_FAILED_RUNS: u32 = 9;
+/// SIGKILL/SIGTERM from a sender named in [`KillerNames`]: a record was
+/// reserved (or lost). Other signals are not counted: the hook returns
+/// before any helper call for them. (Listed + filtered = every SIGKILL and
+/// SIGTERM; one counter per signal keeps the common path short.)
+pub const STAT_LISTED_SIGNAL: u32 = 10;
+/// SIGKILL/SIGTERM whose sender's comm is not in [`KillerNames`]: no record.
+pub const STAT_FILTERED_SIGNAL: u32 = 11;
+/// SIGKILL/SIGTERM from a listed sender whose record found the ring buffer full.
+pub const STAT_LOST_SIGNAL: u32 = 12;
+/// Not a counter: what the last run's first failed kernel read was for (a
+/// code of the eBPF side, for its log line).
+pub const STAT_READ_WHAT: u32 = 13;
+pub const STAT_COUNT: u32 = 16;
 
 /// Event kinds in [`Header::kind`].
 pub const KIND_TP_VICTIM: u16 = 1;
@@ -69,6 +103,9 @@ pub const KIND_DECISION: u16 = 3;
 /// (a [`BtfVictim`] record). Not every such task dies: the kernel skips tasks
 /// without memory, so this only completes a victim another source reported.
 pub const KIND_GROUP_MEMBER: u16 = 4;
+/// A SIGKILL or SIGTERM sent by a process whose name is in [`KillerNames`]
+/// (a [`Signal`] record).
+pub const KIND_SIGNAL: u16 = 5;
 
 /// [`CgroupWalk::flags`]: the hierarchy was deeper than [`MAX_DEPTH`].
 pub const WALK_TRUNCATED: u32 = 1;
@@ -84,6 +121,19 @@ pub const DECISION_HAS_CHOSEN: u32 = 2;
 
 /// [`BtfVictim::flags`]: the victim's `signal->oom_score_adj` was read.
 pub const VICTIM_HAS_ADJ: u32 = 1;
+
+/// [`Signal::flags`]: from `tp_btf/signal_generate`: the target task was
+/// read (`target_tgid`, `target_start_time_ns`, `memcg`).
+pub const SIGNAL_HAS_TASK: u32 = 1;
+/// [`Signal::flags`]: the target's `signal->oom_score_adj` was read.
+pub const SIGNAL_HAS_ADJ: u32 = 2;
+
+/// `SIGKILL` and `SIGTERM` (the same on every Linux architecture).
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+
+/// Sender names the signal hook keeps at most.
+pub const MAX_KILLERS: usize = 8;
 
 /// The first bytes of every ring-buffer record.
 #[repr(C)]
@@ -174,10 +224,14 @@ pub struct BtfVictim {
     /// `VICTIM_*` bits.
     pub flags: u32,
     pub _pad: u32,
+    /// `task->start_time`: when the victim started, in ns of CLOCK_MONOTONIC
+    /// since boot (0 when it could not be read). With the pid it names one
+    /// task for the life of the boot: pids are reused, (pid, start_time) is not.
+    pub start_time_ns: u64,
     /// The victim's memory cgroup and its ancestors.
     pub memcg: CgroupWalk,
 }
-const _: () = assert!(size_of::<BtfVictim>() == 48 + 40 + size_of::<CgroupWalk>());
+const _: () = assert!(size_of::<BtfVictim>() == 48 + 48 + size_of::<CgroupWalk>());
 
 /// From a kprobe or fentry on `oom_kill_process(struct oom_control *oc, const char *message)`:
 /// the kernel's decision.
@@ -201,6 +255,9 @@ pub struct Decision {
     pub chosen_comm: [u8; COMM_LEN],
     pub chosen_adj: i32,
     pub _pad: u32,
+    /// The chosen task's `start_time` (as [`BtfVictim::start_time_ns`]; 0 when
+    /// there is no chosen task or it could not be read).
+    pub chosen_start_time_ns: u64,
     /// `oc->memcg` and its ancestors: the OOM domain (`WALK_ABSENT` when node-level).
     pub domain: CgroupWalk,
     /// The chosen victim's memory cgroup.
@@ -208,7 +265,48 @@ pub struct Decision {
     /// The trigger's (`current`'s) memory cgroup.
     pub trigger_memcg: CgroupWalk,
 }
-const _: () = assert!(size_of::<Decision>() == 48 + 64 + 3 * size_of::<CgroupWalk>());
+const _: () = assert!(size_of::<Decision>() == 48 + 72 + 3 * size_of::<CgroupWalk>());
+
+/// From `signal/signal_generate` (`tp_btf`, else the classic tracepoint): a
+/// SIGKILL or SIGTERM whose sender's name is in [`KillerNames`]. The
+/// [`Header`]'s `trigger_*` fields are the sender (`current`); the name is
+/// only a prefilter (any process can take any name): userspace confirms the
+/// sender before calling it a memory killer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub header: Header,
+    /// [`SIGKILL`] or [`SIGTERM`].
+    pub sig: i32,
+    /// `info->si_errno` (0 without a siginfo).
+    pub errno: i32,
+    /// `info->si_code`: `SI_USER` (0) for `kill(2)` and `cgroup.kill`,
+    /// `SI_KERNEL` (0x80) for the kernel's own, `SI_TKILL` (-6) for `tgkill(2)`.
+    pub code: i32,
+    /// Non-zero when the signal is for the whole thread group (`kill(2)`),
+    /// zero for one thread (`tgkill(2)`).
+    pub group: i32,
+    /// `enum trace_signal_result`: 0 delivered, 1 ignored, 2 already pending,
+    /// 3 overflow, 4 info lost.
+    pub result: i32,
+    /// `SIGNAL_*` bits.
+    pub flags: u32,
+    /// The target thread's id (`task->pid`).
+    pub target_pid: u32,
+    /// The target's process id (`task->tgid`; 0 from the classic tracepoint).
+    pub target_tgid: u32,
+    pub target_comm: [u8; COMM_LEN],
+    /// The target's `start_time` (as [`BtfVictim::start_time_ns`]; 0 from the
+    /// classic tracepoint).
+    pub target_start_time_ns: u64,
+    /// The target's `oom_score_adj` (valid with [`SIGNAL_HAS_ADJ`]).
+    pub target_oom_score_adj: i32,
+    pub _pad: u32,
+    /// The target's memory cgroup and its ancestors (`WALK_ABSENT` from the
+    /// classic tracepoint).
+    pub memcg: CgroupWalk,
+}
+const _: () = assert!(size_of::<Signal>() == 48 + 64 + size_of::<CgroupWalk>());
 
 /// Byte offsets in kernel structs, computed from BTF by the agent.
 ///
@@ -246,9 +344,13 @@ pub struct KernelOffsets {
     pub oc_chosen: u32,
     pub oc_chosen_points: u32,
     pub oc_constraint: u32,
-    pub _pad: u32,
+    /// `task_struct.start_time` (u64, ns of CLOCK_MONOTONIC).
+    pub task_start_time: u32,
+    /// `kernel_siginfo.si_errno` and `.si_code` (inside an anonymous struct).
+    pub siginfo_errno: u32,
+    pub siginfo_code: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 26 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 28 * 4);
 
 impl KernelOffsets {
     pub const fn zeroed() -> Self {
@@ -278,7 +380,9 @@ impl KernelOffsets {
             oc_chosen: 0,
             oc_chosen_points: 0,
             oc_constraint: 0,
-            _pad: 0,
+            task_start_time: 0,
+            siginfo_errno: 0,
+            siginfo_code: 0,
         }
     }
 }
@@ -294,6 +398,62 @@ pub struct TracepointLayout {
 }
 const _: () = assert!(size_of::<TracepointLayout>() == 8);
 
+/// Offsets of the classic `signal/signal_generate` record, from its `format`
+/// file (`events/signal/signal_generate/format`): `int sig`, `int errno`,
+/// `int code`, `char comm[16]`, `pid_t pid`, `int group`, `int result`.
+/// `valid` is zero when the agent did not fill it in (the program then
+/// sends nothing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalLayout {
+    pub valid: u32,
+    pub sig: u32,
+    pub errno: u32,
+    pub code: u32,
+    pub comm: u32,
+    pub pid: u32,
+    pub group: u32,
+    pub result: u32,
+}
+const _: () = assert!(size_of::<SignalLayout>() == 32);
+
+impl SignalLayout {
+    pub const fn zeroed() -> Self {
+        Self {
+            valid: 0,
+            sig: 0,
+            errno: 0,
+            code: 0,
+            comm: 0,
+            pid: 0,
+            group: 0,
+            result: 0,
+        }
+    }
+}
+
+/// The senders the signal hook reports: process names (`comm`, what the
+/// kernel keeps of the executable's name: at most 15 bytes, NUL-padded to
+/// 16) compared exactly with the sender's. Only the first `count` are used.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillerNames {
+    pub count: u32,
+    pub _pad: u32,
+    pub names: [[u8; COMM_LEN]; MAX_KILLERS],
+}
+const _: () = assert!(size_of::<KillerNames>() == 8 + COMM_LEN * MAX_KILLERS);
+
+impl KillerNames {
+    pub const fn zeroed() -> Self {
+        Self {
+            count: 0,
+            _pad: 0,
+            names: [[0; COMM_LEN]; MAX_KILLERS],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -302,6 +462,8 @@ mod user {
     // with explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for TracepointLayout {}
+    unsafe impl aya::Pod for SignalLayout {}
+    unsafe impl aya::Pod for KillerNames {}
 }
 
 /// Errors from [`decode`].
@@ -326,6 +488,7 @@ pub enum Record {
     BtfVictim(BtfVictim),
     Decision(Decision),
     GroupMember(BtfVictim),
+    Signal(Signal),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -352,6 +515,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         KIND_BTF_VICTIM => read(bytes).map(Record::BtfVictim),
         KIND_DECISION => read(bytes).map(Record::Decision),
         KIND_GROUP_MEMBER => read(bytes).map(Record::GroupMember),
+        KIND_SIGNAL => read(bytes).map(Record::Signal),
         other => Err(DecodeError::Kind(other)),
     }
 }
@@ -423,6 +587,7 @@ mod tests {
             uid: 1000,
             flags: VICTIM_HAS_ADJ,
             _pad: 0,
+            start_time_ns: 3_600_123_456_789,
             memcg: walk(),
         };
         assert_eq!(decode(as_bytes(&btf)), Ok(Record::BtfVictim(btf)));
@@ -445,11 +610,53 @@ mod tests {
             chosen_comm: [b'x'; COMM_LEN],
             chosen_adj: 985,
             _pad: 0,
+            chosen_start_time_ns: 42_000_000_001,
             domain: walk(),
             chosen_memcg: walk(),
             trigger_memcg: walk(),
         };
         assert_eq!(decode(as_bytes(&d)), Ok(Record::Decision(d)));
+
+        let mut target_comm = [0u8; COMM_LEN];
+        target_comm[..5].copy_from_slice(b"sleep");
+        let sig = Signal {
+            header: Header {
+                trigger_comm: *b"earlyoom\0\0\0\0\0\0\0\0",
+                ..header(KIND_SIGNAL, size_of::<Signal>())
+            },
+            sig: SIGKILL,
+            errno: 0,
+            code: 0,
+            group: 1,
+            result: 0,
+            flags: SIGNAL_HAS_TASK | SIGNAL_HAS_ADJ,
+            target_pid: 4242,
+            target_tgid: 4242,
+            target_comm,
+            target_start_time_ns: 987_654_321,
+            target_oom_score_adj: 985,
+            _pad: 0,
+            memcg: walk(),
+        };
+        assert_eq!(decode(as_bytes(&sig)), Ok(Record::Signal(sig)));
+        // A record one byte short of its kind's struct is refused, not misread.
+        assert_eq!(
+            decode(&as_bytes(&sig)[..size_of::<Signal>() - 1]),
+            Err(DecodeError::Short {
+                len: size_of::<Signal>() - 1,
+                need: size_of::<Signal>()
+            })
+        );
+    }
+
+    #[test]
+    fn records_of_the_previous_abi_are_refused() {
+        // A version-1 header (an old eBPF object loaded by a new agent).
+        let mut old = header(KIND_BTF_VICTIM, 48 + 40 + size_of::<CgroupWalk>());
+        old.version = 1;
+        let mut bytes = [0u8; 48 + 40 + size_of::<CgroupWalk>()];
+        bytes[..size_of::<Header>()].copy_from_slice(as_bytes(&old));
+        assert_eq!(decode(&bytes), Err(DecodeError::Version(1)));
     }
 
     #[test]
@@ -491,6 +698,7 @@ mod tests {
             uid: 0,
             flags: 0,
             _pad: 0,
+            start_time_ns: 1,
             memcg: walk(),
         };
         let mut shifted = [0u8; size_of::<BtfVictim>() + 1];

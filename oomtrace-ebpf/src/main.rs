@@ -21,7 +21,7 @@
 use core::{
     ffi::c_void,
     mem::size_of,
-    ptr::{addr_of_mut, read_volatile},
+    ptr::{addr_of, addr_of_mut, read_volatile},
 };
 
 use aya_ebpf::{
@@ -34,14 +34,17 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext, TracePointContext},
 };
+use aya_log_ebpf::{debug, warn};
 use oomtrace_common::{
-    ABI_VERSION, BtfVictim, CgroupWalk, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG,
+    ABI_VERSION, BtfVictim, COMM_LEN, CgroupWalk, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG,
     DEFAULT_RINGBUF_BYTES, Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_GROUP_MEMBER,
-    KIND_TP_VICTIM, KernelOffsets, MAX_DEPTH, STAT_COUNT, STAT_FIRED_BTF_VICTIM,
-    STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM, STAT_LOST_BTF_VICTIM,
-    STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS,
-    TP_RECORD_MAX, TpVictim, TracepointLayout, VICTIM_HAS_ADJ, WALK_ABSENT, WALK_READ_FAILED,
-    WALK_TRUNCATED,
+    KIND_SIGNAL, KIND_TP_VICTIM, KernelOffsets, KillerNames, LOG_TARGET, MAX_DEPTH, MAX_KILLERS,
+    SIGKILL, SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK, SIGTERM, STAT_COUNT, STAT_FILTERED_SIGNAL,
+    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM,
+    STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
+    STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STAT_READ_WHAT,
+    Signal, SignalLayout, TP_RECORD_MAX, TpVictim, TracepointLayout, VICTIM_HAS_ADJ, WALK_ABSENT,
+    WALK_READ_FAILED, WALK_TRUNCATED,
 };
 
 #[map]
@@ -59,6 +62,119 @@ static TP_LAYOUT: TracepointLayout = TracepointLayout {
     record_len: 0,
 };
 
+#[unsafe(no_mangle)]
+static SIGNAL_LAYOUT: SignalLayout = SignalLayout::zeroed();
+
+#[unsafe(no_mangle)]
+static KILLERS: KillerNames = KillerNames::zeroed();
+
+/// Hook names in log lines (the agent's names for them).
+const HOOK_TP_VICTIM: &str = "tracepoint/oom/mark_victim";
+const HOOK_BTF_VICTIM: &str = "tp_btf/mark_victim";
+const HOOK_DECISION: &str = "oom_kill_process";
+const HOOK_GROUP_MEMBER: &str = "oom_kill_memcg_member";
+const HOOK_BTF_SIGNAL: &str = "tp_btf/signal_generate";
+const HOOK_TP_SIGNAL: &str = "tracepoint/signal/signal_generate";
+
+/// What a kernel read was for (named in the log line, see [`Reads`]).
+const R_TASK_PID: u32 = 1;
+const R_TASK_TGID: u32 = 2;
+const R_TASK_COMM: u32 = 3;
+const R_TASK_START_TIME: u32 = 4;
+const R_TASK_SIGNAL: u32 = 5;
+const R_OOM_SCORE_ADJ: u32 = 6;
+const R_TASK_CGROUPS: u32 = 7;
+const R_CSS_SET_SUBSYS: u32 = 8;
+const R_MEMCG_USAGE: u32 = 9;
+const R_MEMCG_MAX: u32 = 10;
+const R_CSS_CGROUP: u32 = 11;
+const R_CGROUP_KN: u32 = 12;
+const R_KN_ID: u32 = 13;
+const R_KN_NAME: u32 = 14;
+const R_CSS_PARENT: u32 = 15;
+const R_OOM_CONTROL: u32 = 16;
+const R_SIGINFO: u32 = 17;
+const R_TP_RECORD: u32 = 18;
+const R_PROBE_ARG: u32 = 19;
+
+#[inline(always)]
+fn read_name(what: u32) -> &'static str {
+    match what {
+        R_TASK_PID => "task_struct.pid",
+        R_TASK_TGID => "task_struct.tgid",
+        R_TASK_COMM => "task_struct.comm",
+        R_TASK_START_TIME => "task_struct.start_time",
+        R_TASK_SIGNAL => "task_struct.signal",
+        R_OOM_SCORE_ADJ => "signal_struct.oom_score_adj",
+        R_TASK_CGROUPS => "task_struct.cgroups",
+        R_CSS_SET_SUBSYS => "css_set.subsys[memory]",
+        R_MEMCG_USAGE => "mem_cgroup.memory.usage",
+        R_MEMCG_MAX => "mem_cgroup.memory.max",
+        R_CSS_CGROUP => "cgroup_subsys_state.cgroup",
+        R_CGROUP_KN => "cgroup.kn",
+        R_KN_ID => "kernfs_node.id",
+        R_KN_NAME => "kernfs_node.name",
+        R_CSS_PARENT => "cgroup_subsys_state.parent",
+        R_OOM_CONTROL => "oom_control",
+        R_SIGINFO => "kernel_siginfo",
+        R_TP_RECORD => "the tracepoint record",
+        R_PROBE_ARG => "the probed function's argument",
+        _ => "?",
+    }
+}
+
+/// The kernel reads of one hook run: how many failed.
+///
+/// What the first failed read was for (an `R_*` code) is parked in the
+/// per-CPU [`STAT_READ_WHAT`] slot rather than carried along: the log line
+/// picks its name by that code, and a code the verifier could follow from
+/// each read to the log would make every read's outcome a separate path for
+/// it to explore (over a million instructions for the cgroup walk). A value
+/// loaded back from a map is just "some number" to the verifier.
+struct Reads {
+    failed: u32,
+}
+
+impl Reads {
+    #[inline(always)]
+    const fn new() -> Self {
+        Self { failed: 0 }
+    }
+
+    #[inline(always)]
+    fn fail(&mut self, what: u32) {
+        if self.failed == 0
+            && let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT)
+        {
+            // SAFETY: a per-CPU slot (see `add`).
+            unsafe { *slot = u64::from(what) };
+        }
+        self.failed += 1;
+    }
+
+    /// Counts this run's failed reads and logs them, rate-limited (debug).
+    #[inline(always)]
+    fn finish(&self, hook: &'static str) {
+        if self.failed == 0 {
+            return;
+        }
+        add(STAT_READ_ERRORS, u64::from(self.failed));
+        let runs = count(STAT_READ_FAILED_RUNS);
+        if is_power_of_two(runs) {
+            let first = STATS.get(STAT_READ_WHAT).copied().unwrap_or(0) as u32;
+            debug!(
+                &(),
+                target: LOG_TARGET,
+                "{}: {} kernel reads failed, the first of {}; {} runs with failed reads on this cpu (logged at powers of two)",
+                hook,
+                self.failed,
+                read_name(first),
+                runs
+            );
+        }
+    }
+}
+
 #[inline(always)]
 fn offsets() -> KernelOffsets {
     // SAFETY: a plain global in .rodata; read_volatile keeps the compiler from
@@ -67,17 +183,51 @@ fn offsets() -> KernelOffsets {
 }
 
 #[inline(always)]
-fn count(stat: u32) {
-    if let Some(slot) = STATS.get_ptr_mut(stat) {
-        // SAFETY: a per-CPU slot; no other program runs on this CPU concurrently
-        // with this increment (tracing programs do not nest on one CPU for these hooks).
-        unsafe { *slot += 1 };
+fn is_power_of_two(n: u64) -> bool {
+    n != 0 && n & (n - 1) == 0
+}
+
+/// Adds `n` to a per-CPU counter; returns the new value (0 if the slot is missing).
+#[inline(always)]
+fn add(stat: u32, n: u64) -> u64 {
+    match STATS.get_ptr_mut(stat) {
+        Some(slot) => {
+            // SAFETY: a per-CPU slot; no other program runs on this CPU
+            // concurrently with this increment (these tracing programs do
+            // not nest on one CPU).
+            unsafe {
+                *slot += n;
+                *slot
+            }
+        }
+        None => 0,
     }
 }
 
-/// Reads a `T` at `base + off` in kernel memory, counting a failure.
 #[inline(always)]
-unsafe fn read<T>(base: *const u8, off: u32) -> Option<T> {
+fn count(stat: u32) -> u64 {
+    add(stat, 1)
+}
+
+/// Counts a record the ring buffer had no room for and logs it, rate-limited (warn).
+#[inline(always)]
+fn lost(stat: u32, hook: &'static str) {
+    let n = count(stat);
+    if is_power_of_two(n) {
+        warn!(
+            &(),
+            target: LOG_TARGET,
+            "{}: the ring buffer is full: {} records lost on this cpu (logged at powers of two); raise --ringbuf-bytes",
+            hook,
+            n
+        );
+    }
+}
+
+/// Reads a `T` at `base + off` in kernel memory; a failure is noted in `reads`.
+/// A NULL `base` or an offset this kernel lacks (`u32::MAX`) is no read at all.
+#[inline(always)]
+unsafe fn read<T>(reads: &mut Reads, what: u32, base: *const u8, off: u32) -> Option<T> {
     if base.is_null() || off == u32::MAX {
         return None;
     }
@@ -85,7 +235,7 @@ unsafe fn read<T>(base: *const u8, off: u32) -> Option<T> {
     match unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize).cast::<T>()) } {
         Ok(v) => Some(v),
         Err(_) => {
-            count(STAT_READ_ERRORS);
+            reads.fail(what);
             None
         }
     }
@@ -108,17 +258,18 @@ fn fill_header(h: &mut Header, kind: u16, len: usize) {
 
 /// The memory cgroup css of `task`: `task->cgroups->subsys[memory_cgrp_id]`.
 #[inline(always)]
-unsafe fn task_memcg_css(o: &KernelOffsets, task: *const u8) -> *const u8 {
+unsafe fn task_memcg_css(reads: &mut Reads, o: &KernelOffsets, task: *const u8) -> *const u8 {
     // SAFETY: reads go through bpf_probe_read_kernel.
     unsafe {
-        let cset: *const u8 = read(task, o.task_cgroups).unwrap_or(core::ptr::null());
-        read(cset, o.css_set_memory_subsys).unwrap_or(core::ptr::null())
+        let cset: *const u8 =
+            read(reads, R_TASK_CGROUPS, task, o.task_cgroups).unwrap_or(core::ptr::null());
+        read(reads, R_CSS_SET_SUBSYS, cset, o.css_set_memory_subsys).unwrap_or(core::ptr::null())
     }
 }
 
 /// Walks from the memory cgroup whose css is `css` up to the root, leaf first.
 #[inline(always)]
-unsafe fn walk(o: &KernelOffsets, css: *const u8, out: *mut CgroupWalk) {
+unsafe fn walk(reads: &mut Reads, o: &KernelOffsets, css: *const u8, out: *mut CgroupWalk) {
     // SAFETY: `out` points into a reserved ring-buffer record; kernel reads go
     // through bpf_probe_read_kernel.
     unsafe {
@@ -133,21 +284,27 @@ unsafe fn walk(o: &KernelOffsets, css: *const u8, out: *mut CgroupWalk) {
         while i < MAX_DEPTH {
             let level = addr_of_mut!((*out).levels[i]);
             let memcg = css.wrapping_sub(o.memcg_css as usize);
-            (*level).usage_pages = read::<u64>(memcg, o.memcg_usage).unwrap_or(0);
-            (*level).max_pages = read::<u64>(memcg, o.memcg_max).unwrap_or(u64::MAX);
-            let cgroup: *const u8 = read(css, o.css_cgroup).unwrap_or(core::ptr::null());
-            let kn: *const u8 = read(cgroup, o.cgroup_kn).unwrap_or(core::ptr::null());
-            (*level).id = read::<u64>(kn, o.kn_id).unwrap_or(0);
-            let name: *const u8 = read(kn, o.kn_name).unwrap_or(core::ptr::null());
+            (*level).usage_pages =
+                read::<u64>(reads, R_MEMCG_USAGE, memcg, o.memcg_usage).unwrap_or(0);
+            (*level).max_pages =
+                read::<u64>(reads, R_MEMCG_MAX, memcg, o.memcg_max).unwrap_or(u64::MAX);
+            let cgroup: *const u8 =
+                read(reads, R_CSS_CGROUP, css, o.css_cgroup).unwrap_or(core::ptr::null());
+            let kn: *const u8 =
+                read(reads, R_CGROUP_KN, cgroup, o.cgroup_kn).unwrap_or(core::ptr::null());
+            (*level).id = read::<u64>(reads, R_KN_ID, kn, o.kn_id).unwrap_or(0);
+            let name: *const u8 =
+                read(reads, R_KN_NAME, kn, o.kn_name).unwrap_or(core::ptr::null());
             (*level).name[0] = 0;
             if name.is_null() {
                 (*out).flags |= WALK_READ_FAILED;
             } else if bpf_probe_read_kernel_str_bytes(name, &mut (*level).name).is_err() {
                 (*out).flags |= WALK_READ_FAILED;
+                reads.fail(R_KN_NAME);
             }
             i += 1;
             (*out).depth = i as u32;
-            css = read(css, o.css_parent).unwrap_or(core::ptr::null());
+            css = read(reads, R_CSS_PARENT, css, o.css_parent).unwrap_or(core::ptr::null());
             if css.is_null() {
                 return;
             }
@@ -175,14 +332,21 @@ fn try_tp_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: a plain global, see `offsets`.
     let layout = unsafe { read_volatile(&TP_LAYOUT) };
     let Some(mut entry) = EVENTS.reserve::<TpVictim>(0) else {
-        count(STAT_LOST_TP_VICTIM);
+        lost(STAT_LOST_TP_VICTIM, HOOK_TP_VICTIM);
         return Err(1);
     };
+    let mut reads = Reads::new();
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved, exclusively owned record of the right size.
     unsafe {
         fill_header(&mut (*ev).header, KIND_TP_VICTIM, size_of::<TpVictim>());
-        (*ev).pid = ctx.read_at::<i32>(layout.pid_offset as usize).unwrap_or(0) as u32;
+        (*ev).pid = match ctx.read_at::<i32>(layout.pid_offset as usize) {
+            Ok(pid) => pid as u32,
+            Err(_) => {
+                reads.fail(R_TP_RECORD);
+                0
+            }
+        };
         let mut len = layout.record_len as usize;
         if len > TP_RECORD_MAX {
             len = TP_RECORD_MAX;
@@ -197,11 +361,12 @@ fn try_tp_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
             if rc == 0 {
                 (*ev).record_len = len as u32;
             } else {
-                count(STAT_READ_ERRORS);
+                reads.fail(R_TP_RECORD);
             }
         }
     }
     entry.submit(0);
+    reads.finish(HOOK_TP_VICTIM);
     Ok(0)
 }
 
@@ -220,10 +385,10 @@ fn try_btf_mark_victim(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     count(STAT_FIRED_BTF_VICTIM);
     let task: *const u8 = ctx.arg(0);
     let uid: u32 = ctx.arg(1);
-    if victim(task, uid, KIND_BTF_VICTIM) {
+    if victim(task, uid, KIND_BTF_VICTIM, HOOK_BTF_VICTIM) {
         Ok(0)
     } else {
-        count(STAT_LOST_BTF_VICTIM);
+        lost(STAT_LOST_BTF_VICTIM, HOOK_BTF_VICTIM);
         Err(0)
     }
 }
@@ -231,32 +396,47 @@ fn try_btf_mark_victim(ctx: &BtfTracePointContext) -> Result<i32, i32> {
 /// Sends a [`BtfVictim`] record of `kind` for `task`; false when the ring
 /// buffer is full.
 #[inline(always)]
-fn victim(task: *const u8, uid: u32, kind: u16) -> bool {
+fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
     let o = offsets();
     let Some(mut entry) = EVENTS.reserve::<BtfVictim>(0) else {
         return false;
     };
+    let mut reads = Reads::new();
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved record; kernel reads are probe reads.
     unsafe {
         fill_header(&mut (*ev).header, kind, size_of::<BtfVictim>());
-        (*ev).pid = read::<i32>(task, o.task_pid).unwrap_or(0) as u32;
-        (*ev).tgid = read::<i32>(task, o.task_tgid).unwrap_or(0) as u32;
-        (*ev).comm = read::<[u8; 16]>(task, o.task_comm).unwrap_or([0; 16]);
+        (*ev).pid = read::<i32>(&mut reads, R_TASK_PID, task, o.task_pid).unwrap_or(0) as u32;
+        (*ev).tgid = read::<i32>(&mut reads, R_TASK_TGID, task, o.task_tgid).unwrap_or(0) as u32;
+        (*ev).comm = read::<[u8; COMM_LEN]>(&mut reads, R_TASK_COMM, task, o.task_comm)
+            .unwrap_or([0; COMM_LEN]);
+        (*ev).start_time_ns =
+            read::<u64>(&mut reads, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
         (*ev).uid = uid;
         (*ev).flags = 0;
         (*ev)._pad = 0;
         (*ev).oom_score_adj = 0;
-        let signal: *const u8 = read(task, o.task_signal).unwrap_or(core::ptr::null());
-        if let Some(adj) = read::<i16>(signal, o.signal_oom_score_adj) {
-            (*ev).oom_score_adj = i32::from(adj);
+        if let Some(adj) = oom_score_adj(&mut reads, &o, task) {
+            (*ev).oom_score_adj = adj;
             (*ev).flags |= VICTIM_HAS_ADJ;
         }
-        let css = task_memcg_css(&o, task);
-        walk(&o, css, addr_of_mut!((*ev).memcg));
+        let css = task_memcg_css(&mut reads, &o, task);
+        walk(&mut reads, &o, css, addr_of_mut!((*ev).memcg));
     }
     entry.submit(0);
+    reads.finish(hook);
     true
+}
+
+/// `task->signal->oom_score_adj`.
+#[inline(always)]
+unsafe fn oom_score_adj(reads: &mut Reads, o: &KernelOffsets, task: *const u8) -> Option<i32> {
+    // SAFETY: reads go through bpf_probe_read_kernel.
+    unsafe {
+        let signal: *const u8 =
+            read(reads, R_TASK_SIGNAL, task, o.task_signal).unwrap_or(core::ptr::null());
+        read::<i16>(reads, R_OOM_SCORE_ADJ, signal, o.signal_oom_score_adj).map(i32::from)
+    }
 }
 
 /// A task of a memory.oom.group kill, seen before it is killed: its memory
@@ -272,8 +452,8 @@ fn victim(task: *const u8, uid: u32, kind: u16) -> bool {
 #[inline(always)]
 fn group_member(task: *const u8) -> u32 {
     count(STAT_FIRED_GROUP_MEMBER);
-    if !victim(task, u32::MAX, KIND_GROUP_MEMBER) {
-        count(STAT_LOST_GROUP_MEMBER);
+    if !victim(task, u32::MAX, KIND_GROUP_MEMBER, HOOK_GROUP_MEMBER) {
+        lost(STAT_LOST_GROUP_MEMBER, HOOK_GROUP_MEMBER);
         return 1;
     }
     0
@@ -288,7 +468,9 @@ pub fn fentry_oom_kill_memcg_member(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn kprobe_oom_kill_memcg_member(ctx: ProbeContext) -> u32 {
     let Some(task) = ctx.arg::<*const u8>(0) else {
-        count(STAT_READ_ERRORS);
+        let mut reads = Reads::new();
+        reads.fail(R_PROBE_ARG);
+        reads.finish(HOOK_GROUP_MEMBER);
         return 1;
     };
     group_member(task)
@@ -300,55 +482,64 @@ fn decision(oc: *const u8) -> u32 {
     count(STAT_FIRED_DECISION);
     let o = offsets();
     let Some(mut entry) = EVENTS.reserve::<Decision>(0) else {
-        count(STAT_LOST_DECISION);
+        lost(STAT_LOST_DECISION, HOOK_DECISION);
         return 1;
     };
+    let mut reads = Reads::new();
+    let r = &mut reads;
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is a reserved record; kernel reads are probe reads.
     unsafe {
         fill_header(&mut (*ev).header, KIND_DECISION, size_of::<Decision>());
         (*ev).flags = 0;
         (*ev)._pad = 0;
-        (*ev).constraint = read::<u32>(oc, o.oc_constraint).unwrap_or(u32::MAX);
-        (*ev).order = read::<i32>(oc, o.oc_order).unwrap_or(0);
-        (*ev).gfp_mask = read::<u32>(oc, o.oc_gfp_mask).unwrap_or(0);
-        (*ev).totalpages = read::<u64>(oc, o.oc_totalpages).unwrap_or(0);
-        (*ev).chosen_points = read::<i64>(oc, o.oc_chosen_points).unwrap_or(0);
-        let memcg: *const u8 = read(oc, o.oc_memcg).unwrap_or(core::ptr::null());
+        (*ev).constraint = read::<u32>(r, R_OOM_CONTROL, oc, o.oc_constraint).unwrap_or(u32::MAX);
+        (*ev).order = read::<i32>(r, R_OOM_CONTROL, oc, o.oc_order).unwrap_or(0);
+        (*ev).gfp_mask = read::<u32>(r, R_OOM_CONTROL, oc, o.oc_gfp_mask).unwrap_or(0);
+        (*ev).totalpages = read::<u64>(r, R_OOM_CONTROL, oc, o.oc_totalpages).unwrap_or(0);
+        (*ev).chosen_points = read::<i64>(r, R_OOM_CONTROL, oc, o.oc_chosen_points).unwrap_or(0);
+        let memcg: *const u8 = read(r, R_OOM_CONTROL, oc, o.oc_memcg).unwrap_or(core::ptr::null());
         if memcg.is_null() {
-            walk(&o, core::ptr::null(), addr_of_mut!((*ev).domain));
+            walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).domain));
         } else {
             (*ev).flags |= DECISION_HAS_MEMCG;
             walk(
+                r,
                 &o,
                 memcg.wrapping_add(o.memcg_css as usize),
                 addr_of_mut!((*ev).domain),
             );
         }
-        let chosen: *const u8 = read(oc, o.oc_chosen).unwrap_or(core::ptr::null());
+        let chosen: *const u8 =
+            read(r, R_OOM_CONTROL, oc, o.oc_chosen).unwrap_or(core::ptr::null());
         // select_bad_process() sets chosen to (void *)-1 when it aborts.
         let chosen_ok = !chosen.is_null() && chosen as usize != usize::MAX;
         (*ev).chosen_pid = 0;
         (*ev).chosen_tgid = 0;
-        (*ev).chosen_comm = [0; 16];
+        (*ev).chosen_comm = [0; COMM_LEN];
         (*ev).chosen_adj = 0;
+        (*ev).chosen_start_time_ns = 0;
         if chosen_ok {
             (*ev).flags |= DECISION_HAS_CHOSEN;
-            (*ev).chosen_pid = read::<i32>(chosen, o.task_pid).unwrap_or(0) as u32;
-            (*ev).chosen_tgid = read::<i32>(chosen, o.task_tgid).unwrap_or(0) as u32;
-            (*ev).chosen_comm = read::<[u8; 16]>(chosen, o.task_comm).unwrap_or([0; 16]);
-            let signal: *const u8 = read(chosen, o.task_signal).unwrap_or(core::ptr::null());
-            (*ev).chosen_adj = i32::from(read::<i16>(signal, o.signal_oom_score_adj).unwrap_or(0));
-            let css = task_memcg_css(&o, chosen);
-            walk(&o, css, addr_of_mut!((*ev).chosen_memcg));
+            (*ev).chosen_pid = read::<i32>(r, R_TASK_PID, chosen, o.task_pid).unwrap_or(0) as u32;
+            (*ev).chosen_tgid =
+                read::<i32>(r, R_TASK_TGID, chosen, o.task_tgid).unwrap_or(0) as u32;
+            (*ev).chosen_comm = read::<[u8; COMM_LEN]>(r, R_TASK_COMM, chosen, o.task_comm)
+                .unwrap_or([0; COMM_LEN]);
+            (*ev).chosen_start_time_ns =
+                read::<u64>(r, R_TASK_START_TIME, chosen, o.task_start_time).unwrap_or(0);
+            (*ev).chosen_adj = oom_score_adj(r, &o, chosen).unwrap_or(0);
+            let css = task_memcg_css(r, &o, chosen);
+            walk(r, &o, css, addr_of_mut!((*ev).chosen_memcg));
         } else {
-            walk(&o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
+            walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
         }
         let current = generated::bpf_get_current_task() as *const u8;
-        let css = task_memcg_css(&o, current);
-        walk(&o, css, addr_of_mut!((*ev).trigger_memcg));
+        let css = task_memcg_css(r, &o, current);
+        walk(r, &o, css, addr_of_mut!((*ev).trigger_memcg));
     }
     entry.submit(0);
+    reads.finish(HOOK_DECISION);
     0
 }
 
@@ -367,10 +558,233 @@ pub fn fentry_oom_kill_process(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn kprobe_oom_kill_process(ctx: ProbeContext) -> u32 {
     let Some(oc) = ctx.arg::<*const u8>(0) else {
-        count(STAT_READ_ERRORS);
+        let mut reads = Reads::new();
+        reads.fail(R_PROBE_ARG);
+        reads.finish(HOOK_DECISION);
         return 1;
     };
     decision(oc)
+}
+
+/// Whether the sender (`current`) is named in [`KILLERS`]: an exact match of
+/// the kernel's 16-byte, NUL-padded `comm` (`bpf_get_current_comm` pads it
+/// with zeros, and the agent pads the names the same way).
+#[inline(always)]
+fn sender_listed() -> bool {
+    let mut comm = [0u64; 2];
+    // SAFETY: the helper writes at most 16 bytes into `comm`.
+    let rc = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast::<c_void>(), 16) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: plain globals in .rodata (see `offsets`); `KillerNames` is
+    // 8-aligned, so each 16-byte name is two aligned u64 loads.
+    let count = unsafe { read_volatile(addr_of!(KILLERS.count)) } as usize;
+    let mut i = 0;
+    while i < MAX_KILLERS {
+        if i >= count {
+            return false;
+        }
+        // SAFETY: as above; `i` is below MAX_KILLERS.
+        let name = unsafe { read_volatile(addr_of!(KILLERS.names[i]).cast::<[u64; 2]>()) };
+        if name[0] == comm[0] && name[1] == comm[1] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Reserves a [`Signal`] record for a SIGKILL/SIGTERM from a listed sender,
+/// counting (and logging) a full ring buffer.
+#[inline(always)]
+fn reserve_signal(hook: &'static str) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<Signal>> {
+    let entry = EVENTS.reserve::<Signal>(0);
+    if entry.is_none() {
+        lost(STAT_LOST_SIGNAL, hook);
+    }
+    entry
+}
+
+/// `tp_btf/signal_generate`: every signal the kernel generates, in the
+/// sender's context. Only SIGKILL and SIGTERM from a sender named in
+/// [`KILLERS`] (systemd-oomd, earlyoom, ...) make a record, with the target
+/// task's identity, start time, `oom_score_adj` and memory cgroup walk.
+///
+/// `TP_PROTO(int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)`
+/// (the same on 5.10 and 6.x; the agent checks it in BTF before attaching).
+/// <https://github.com/torvalds/linux/blob/v6.6/include/trace/events/signal.h#L50>
+///
+/// This runs for every signal on the node (SIGCHLD included): the signal
+/// number is tested first, on the context alone, before any helper call.
+#[btf_tracepoint(function = "signal_generate")]
+pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let sig: i32 = ctx.arg(0);
+    if sig != SIGKILL && sig != SIGTERM {
+        return 0;
+    }
+    if !sender_listed() {
+        count(STAT_FILTERED_SIGNAL);
+        return 0;
+    }
+    count(STAT_LISTED_SIGNAL);
+    let Some(mut entry) = reserve_signal(HOOK_BTF_SIGNAL) else {
+        return 1;
+    };
+    let info: usize = ctx.arg(1);
+    let task: *const u8 = ctx.arg(2);
+    let group: i32 = ctx.arg(3);
+    let result: i32 = ctx.arg(4);
+    let o = offsets();
+    let mut reads = Reads::new();
+    let r = &mut reads;
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reserved record; kernel reads are probe reads.
+    unsafe {
+        fill_header(&mut (*ev).header, KIND_SIGNAL, size_of::<Signal>());
+        (*ev).sig = sig;
+        (*ev).group = group;
+        (*ev).result = result;
+        // As the classic tracepoint records it (TP_STORE_SIGINFO):
+        // SEND_SIG_NOINFO (0) is SI_USER, SEND_SIG_PRIV (1) is SI_KERNEL.
+        (*ev).errno = 0;
+        (*ev).code = match info {
+            0 => 0,
+            1 => 0x80,
+            _ => {
+                let info = info as *const u8;
+                (*ev).errno = read::<i32>(r, R_SIGINFO, info, o.siginfo_errno).unwrap_or(0);
+                read::<i32>(r, R_SIGINFO, info, o.siginfo_code).unwrap_or(0)
+            }
+        };
+        (*ev).flags = SIGNAL_HAS_TASK;
+        (*ev)._pad = 0;
+        (*ev).target_pid = read::<i32>(r, R_TASK_PID, task, o.task_pid).unwrap_or(0) as u32;
+        (*ev).target_tgid = read::<i32>(r, R_TASK_TGID, task, o.task_tgid).unwrap_or(0) as u32;
+        (*ev).target_comm =
+            read::<[u8; COMM_LEN]>(r, R_TASK_COMM, task, o.task_comm).unwrap_or([0; COMM_LEN]);
+        (*ev).target_start_time_ns =
+            read::<u64>(r, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
+        (*ev).target_oom_score_adj = 0;
+        if let Some(adj) = oom_score_adj(r, &o, task) {
+            (*ev).target_oom_score_adj = adj;
+            (*ev).flags |= SIGNAL_HAS_ADJ;
+        }
+        let css = task_memcg_css(r, &o, task);
+        walk(r, &o, css, addr_of_mut!((*ev).memcg));
+        debug!(
+            &(),
+            target: LOG_TARGET,
+            "{}: signal {} from a listed sender (tgid {}) to pid {}",
+            HOOK_BTF_SIGNAL,
+            sig,
+            (*ev).header.trigger_tgid,
+            (*ev).target_pid
+        );
+    }
+    entry.submit(0);
+    reads.finish(HOOK_BTF_SIGNAL);
+    0
+}
+
+/// The record's first field (`sig`), read directly from the context (no
+/// helper) when it sits right after the 8-byte common header, as on every
+/// mainline kernel: the verifier takes only constant offsets for direct
+/// context reads, and the value of the read-only `SIGNAL_LAYOUT` global is a
+/// constant to it, so the fallback is dropped at load time. A kernel with a
+/// longer common header (out-of-tree PREEMPT_RT trees) gets a probe read.
+/// (One constant arm only: with several, LLVM merges the loads into one at a
+/// computed offset, which the verifier refuses.)
+#[inline(always)]
+fn tp_sig(ctx: &TracePointContext, offset: u32) -> Option<i32> {
+    if offset == 8 {
+        // SAFETY: a direct 4-byte read of the tracepoint record at offset 8,
+        // which the verifier checks against the record.
+        Some(unsafe { read_volatile((ctx.as_ptr() as *const u8).add(8).cast::<i32>()) })
+    } else {
+        // SAFETY: a probe read.
+        unsafe { ctx.read_at::<i32>(offset as usize) }.ok()
+    }
+}
+
+/// `tracepoint/signal/signal_generate`: the same filter where `tp_btf` is not
+/// available. The record has no task pointer: the target's pid and comm only
+/// (offsets from `events/signal/signal_generate/format`, see [`SignalLayout`]).
+///
+/// Fields: `int sig; int errno; int code; char comm[16]; pid_t pid; int group; int result;`
+/// <https://github.com/torvalds/linux/blob/v5.10/include/trace/events/signal.h#L50>
+#[tracepoint(category = "signal", name = "signal_generate")]
+pub fn tp_signal_generate(ctx: TracePointContext) -> u32 {
+    // SAFETY: a plain global, see `offsets`.
+    let sig_offset = unsafe { read_volatile(addr_of!(SIGNAL_LAYOUT.sig)) };
+    let Some(sig) = tp_sig(&ctx, sig_offset) else {
+        return 0;
+    };
+    if sig != SIGKILL && sig != SIGTERM {
+        return 0;
+    }
+    // SAFETY: as above.
+    let layout = unsafe { read_volatile(&SIGNAL_LAYOUT) };
+    if layout.valid == 0 {
+        return 0;
+    }
+    if !sender_listed() {
+        count(STAT_FILTERED_SIGNAL);
+        return 0;
+    }
+    count(STAT_LISTED_SIGNAL);
+    let Some(mut entry) = reserve_signal(HOOK_TP_SIGNAL) else {
+        return 1;
+    };
+    let mut reads = Reads::new();
+    let r = &mut reads;
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is a reserved record; the record is read with probe reads
+    // at the format file's offsets.
+    unsafe {
+        fill_header(&mut (*ev).header, KIND_SIGNAL, size_of::<Signal>());
+        (*ev).sig = sig;
+        {
+            let mut field = |off: u32| match ctx.read_at::<i32>(off as usize) {
+                Ok(v) => v,
+                Err(_) => {
+                    r.fail(R_TP_RECORD);
+                    0
+                }
+            };
+            (*ev).errno = field(layout.errno);
+            (*ev).code = field(layout.code);
+            (*ev).target_pid = field(layout.pid) as u32;
+            (*ev).group = field(layout.group);
+            (*ev).result = field(layout.result);
+        }
+        (*ev).target_comm = match ctx.read_at::<[u8; COMM_LEN]>(layout.comm as usize) {
+            Ok(c) => c,
+            Err(_) => {
+                r.fail(R_TP_RECORD);
+                [0; COMM_LEN]
+            }
+        };
+        (*ev).flags = 0;
+        (*ev)._pad = 0;
+        (*ev).target_tgid = 0;
+        (*ev).target_start_time_ns = 0;
+        (*ev).target_oom_score_adj = 0;
+        (*ev).memcg.depth = 0;
+        (*ev).memcg.flags = WALK_ABSENT;
+        debug!(
+            &(),
+            target: LOG_TARGET,
+            "{}: signal {} from a listed sender (tgid {}) to pid {}",
+            HOOK_TP_SIGNAL,
+            sig,
+            (*ev).header.trigger_tgid,
+            (*ev).target_pid
+        );
+    }
+    entry.submit(0);
+    reads.finish(HOOK_TP_SIGNAL);
+    0
 }
 
 #[cfg(not(test))]

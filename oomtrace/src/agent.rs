@@ -513,8 +513,10 @@ fn load_probe(args: &TraceArgs) -> Result<Probe, crate::probe::ProbeError> {
             tp_btf: args.no_tp_btf,
             fentry: args.no_fentry,
             kprobe: args.no_kprobe,
+            signal: args.no_signal_hook,
         },
         ringbuf_bytes: args.ringbuf_bytes,
+        killers: args.userspace_killers.clone(),
     };
     let support = KernelSupport::discover(&cfg);
     Probe::load(&cfg, support)

@@ -118,7 +118,8 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_tracepoint: bool,
 
-    /// Do not attach tp_btf/mark_victim (the victim's cgroup walk).
+    /// Do not attach tp_btf programs: tp_btf/mark_victim (the victim's cgroup
+    /// walk) and tp_btf/signal_generate (the classic tracepoint is used instead).
     #[arg(long)]
     pub no_tp_btf: bool,
 
@@ -129,6 +130,23 @@ pub struct TraceArgs {
     /// Do not attach kprobe/oom_kill_process.
     #[arg(long)]
     pub no_kprobe: bool,
+
+    /// Do not attach the signal_generate hook (kills by userspace OOM killers).
+    #[arg(long)]
+    pub no_signal_hook: bool,
+
+    /// Process names of userspace OOM killers: a SIGKILL or SIGTERM one of
+    /// them sends is reported (at most 8 names, each as the kernel keeps it:
+    /// up to 15 bytes). A name is only a prefilter: the sender is confirmed by
+    /// its executable. Talos's machined runs as `init`.
+    #[arg(
+        long,
+        env = "OOMTRACE_USERSPACE_KILLERS",
+        value_delimiter = ',',
+        value_parser = crate::probe::parse_killer_name,
+        default_values_t = crate::probe::DEFAULT_USERSPACE_KILLERS.map(String::from)
+    )]
+    pub userspace_killers: Vec<String>,
 
     /// How long to wait for every source of one kill before reporting it with what is known.
     #[arg(long, value_parser = parse_millis, default_value = "1000")]

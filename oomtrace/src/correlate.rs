@@ -121,6 +121,8 @@ impl Correlator {
             }
             Input::Kmsg(k) => self.merge_kmsg(k, now),
             Input::ProcCgroup { pid, cgroup } => self.merge_proc_cgroup(pid, cgroup),
+            // Attributed by the userspace-killer stage, not here.
+            Input::Signal(_) => None,
         };
         match touched {
             Some(pid) if self.complete(pid) => self.emit(pid).into_iter().collect(),

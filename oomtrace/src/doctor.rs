@@ -64,6 +64,7 @@ pub fn collect(trace: &TraceArgs) -> Report {
         btf: trace.paths.btf.clone(),
         disabled: Disabled::default(),
         ringbuf_bytes: trace.ringbuf_bytes,
+        killers: trace.userspace_killers.clone(),
     };
     let support = KernelSupport::discover(&cfg);
     let mut checks = Vec::new();

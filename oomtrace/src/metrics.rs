@@ -61,7 +61,7 @@ use crate::{
 };
 
 /// Every hook of the capture chain, in fallback order.
-pub const HOOKS: [Hook; 7] = [
+pub const HOOKS: [Hook; 9] = [
     Hook::Tracepoint,
     Hook::TpBtf,
     Hook::Fentry,
@@ -69,6 +69,8 @@ pub const HOOKS: [Hook; 7] = [
     Hook::FentryGroup,
     Hook::KprobeGroup,
     Hook::Kmsg,
+    Hook::TpBtfSignal,
+    Hook::TracepointSignal,
 ];
 
 /// The OpenMetrics text content type (what `prometheus-client` encodes).

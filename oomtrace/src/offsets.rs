@@ -70,6 +70,13 @@ pub fn resolve(btf: &Btf) -> Resolved {
     o.oc_chosen = member("oom_control", "chosen");
     o.oc_chosen_points = member("oom_control", "chosen_points");
     o.oc_constraint = member("oom_control", "constraint");
+    // u64, ns of CLOCK_MONOTONIC at fork (`ktime_get_ns()` in copy_process);
+    // `start_boottime` is the boot-clock twin /proc/<pid>/stat shows.
+    o.task_start_time = member("task_struct", "start_time");
+    // `struct kernel_siginfo { struct { int si_signo; int si_errno; int si_code; ... }; }`:
+    // members of an anonymous struct (si_errno and si_code swap places on MIPS).
+    o.siginfo_errno = member("kernel_siginfo", "si_errno");
+    o.siginfo_code = member("kernel_siginfo", "si_code");
     o.css_set_memory_subsys = match btf.enum_value("cgroup_subsys_id", "memory_cgrp_id") {
         Ok(id) if subsys != u32::MAX && (0..64).contains(&id) => {
             subsys + u32::try_from(id).unwrap_or(0) * 8

@@ -168,7 +168,11 @@ fn the_kill_counter_matches_real_kills_and_promtool_accepts_the_exposition() {
     // Hooks and readiness as the agent printed them at start.
     let log = agent.log();
     let hooks = samples(&text, "oomtrace_hook_active");
-    assert_eq!(hooks.len(), 7, "every hook of the chain: {text}");
+    assert_eq!(
+        hooks.len(),
+        oomtrace::metrics::HOOKS.len(),
+        "every hook of the chain: {text}"
+    );
     for (labels, v) in &hooks {
         let hook = labels.trim_start_matches("hook=\"").trim_end_matches('"');
         let active = log

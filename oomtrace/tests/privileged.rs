@@ -10,7 +10,10 @@ mod support;
 use std::{collections::HashSet, time::Duration};
 
 use serde_json::Value;
-use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_hog};
+use support::{
+    Agent, Memcg, i, kill_as, killed_by_sigkill, run_hog, s, signal_hook_checks, spawn_hog,
+    spawn_in, start_time_checks, wait_comm,
+};
 
 fn in_cgroup(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
     move |v| s(v, &["victim", "cgroup"]).is_some_and(|c| c.starts_with(prefix))
@@ -192,4 +195,87 @@ fn without_bpf_the_kernel_log_alone_reports_the_kill() {
     assert_eq!(s(e, &["oom_cgroup"]), Some(cg.rel.as_str()), "{e}");
     assert_eq!(i(e, &["victim", "oom_score_adj"]), Some(700), "{e}");
     assert_eq!(e["sources"], serde_json::json!(["kmsg"]), "{e}");
+}
+
+// ---- The kernel side through the library API ---------------------------------
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn the_signal_hook_reports_a_listed_killer_once_and_nothing_else() {
+    signal_hook_checks(true);
+    signal_hook_checks(false);
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_kill_record_carries_the_victims_start_time() {
+    start_time_checks();
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn the_kernel_side_logs_a_full_ring_buffer_and_what_it_saw() {
+    // A one-page ring buffer holds one tp_btf record (1.9 KiB) and a bit.
+    let agent = Agent::start_with_log(
+        &["--ringbuf-bytes", "4096", "--wait-ms", "500"],
+        "info,oomtrace_ebpf=debug",
+    );
+    let cg = Memcg::unique("ring-full");
+    cg.set_limit(16 << 20);
+    let mut sleeper = spawn_in(&cg, 0, "sleep 60");
+    let spid = sleeper.id();
+    wait_comm(spid, "sleep");
+    kill_as("earlyoom", "9", spid);
+    let _ = sleeper.wait();
+    // Wait for the agent to drain that record, then stop it: nothing reads
+    // the ring buffer while the kernel fills it.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain syscalls on our own child.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    let mut pids = Vec::new();
+    for _ in 0..4 {
+        let (pid, status) = run_hog(&cg, 1000, 64);
+        assert!(killed_by_sigkill(&status), "{status:?}");
+        pids.push(i64::from(pid));
+    }
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    let events = agent.events(pids.len(), Duration::from_secs(20), |v| {
+        i(v, &["victim", "pid"]).is_some_and(|p| pids.contains(&p))
+    });
+    let (_, log) = agent.stop();
+    assert_eq!(
+        events.len(),
+        pids.len(),
+        "the kernel log still reports every kill; stderr:\n{log}"
+    );
+    let warn = log
+        .lines()
+        .find(|l| {
+            l.contains("WARN")
+                && l.contains("oomtrace_ebpf")
+                && l.contains("the ring buffer is full")
+        })
+        .unwrap_or_else(|| {
+            panic!("no kernel-side warning about the full ring buffer; stderr:\n{log}")
+        });
+    assert!(
+        warn.contains("tp_btf/mark_victim") || warn.contains("mark_victim"),
+        "{warn}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("DEBUG")
+            && l.contains("oomtrace_ebpf")
+            && l.contains("signal 9 from a listed sender")
+            && l.contains(&format!("to pid {spid}"))),
+        "OOMTRACE_LOG=debug shows what the kernel side saw; stderr:\n{log}"
+    );
+    let lost: u64 = log
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("kills reported, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no exit summary; stderr:\n{log}"));
+    assert!(lost > 0, "the exit summary counts the lost records: {log}");
+    eprintln!("{warn}");
 }

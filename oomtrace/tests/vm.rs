@@ -625,3 +625,160 @@ fn vm_rank_of_a_pod_names_the_processes_the_kernel_kills() {
     }
     let _ = agent.stop();
 }
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_signal_hook_and_start_times() {
+    require_vm();
+    // Every program loads past this kernel's verifier, fires, and its records
+    // say what the host test checks (5.10's verifier is the strictest).
+    support::signal_hook_checks(true);
+    support::signal_hook_checks(false);
+    support::start_time_checks();
+
+    // With the kernel side's debug lines on, the verifier sees more code:
+    // every hook must still load, and the lines reach the agent's log.
+    for extra in [&[][..], &["--no-tp-btf"][..]] {
+        let quiet = Agent::start(extra);
+        let quiet_log = quiet.log();
+        let _ = quiet.stop();
+        let agent = Agent::start_with_log(extra, "info,oomtrace_ebpf=debug");
+        protect(&agent);
+        let ready = |log: &str| {
+            log.lines()
+                .find(|l| l.contains("ready:"))
+                .map(|l| {
+                    l.split_once("ready:")
+                        .map_or("", |p| p.1)
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            ready(&agent.log()),
+            ready(&quiet_log),
+            "the same hooks with and without the debug lines ({extra:?})"
+        );
+        let cg = Memcg::unique("signal-debug");
+        let mut sleeper = support::spawn_in(&cg, 0, "sleep 60");
+        let pid = sleeper.id();
+        support::wait_comm(pid, "sleep");
+        support::kill_as("earlyoom", "9", pid);
+        let _ = sleeper.wait();
+        thread::sleep(Duration::from_secs(1));
+        let (_, log) = agent.stop();
+        let line = log
+            .lines()
+            .find(|l| l.contains("oomtrace_ebpf") && l.contains(&format!("to pid {pid}")))
+            .unwrap_or_else(|| {
+                panic!("no kernel-side debug line for pid {pid} ({extra:?}): {log}")
+            });
+        eprintln!("{line}");
+    }
+}
+
+/// Creates (and closes) a 4 MiB BPF ring buffer with this process's
+/// RLIMIT_MEMLOCK lowered to `limit` for the call (raised back after: root).
+fn ring_buffer_under_memlock(limit: u64) -> Result<(), std::io::Error> {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let low = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // `union bpf_attr` for BPF_MAP_CREATE: map_type, key_size, value_size,
+    // max_entries, map_flags, then zeros.
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+    let mut attr = [0u32; 30];
+    attr[0] = BPF_MAP_TYPE_RINGBUF;
+    attr[3] = 4 << 20;
+    // SAFETY: plain syscalls; `attr` outlives the bpf(2) call that reads it.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut old), 0);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &low), 0);
+        let fd = libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        );
+        let result = if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            libc::close(fd as i32);
+            Ok(())
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_MEMLOCK, &old), 0);
+        result
+    }
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().expect("number"));
+    (parts.next().expect("major"), parts.next().expect("minor"))
+}
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_memlock_is_raised_where_the_kernel_charges_bpf_maps_to_it() {
+    require_vm();
+    let charged = kernel_version() < (5, 11);
+    // The kernel's own behaviour, without oomtrace: a 4 MiB ring buffer
+    // created under a 64 KiB memlock limit. (Not with bpftool: it raises its
+    // own limit first.)
+    let created = ring_buffer_under_memlock(64 << 10);
+    eprintln!("a 4 MiB ring buffer under a 64 KiB RLIMIT_MEMLOCK: {created:?}");
+    assert_eq!(
+        created.is_err(),
+        charged,
+        "this kernel {} BPF maps to RLIMIT_MEMLOCK: {created:?}",
+        if charged {
+            "should charge"
+        } else {
+            "should not charge"
+        }
+    );
+
+    // The agent started under the same limit loads its programs.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("ulimit -l 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_oomtrace"))
+        .args(["--format", "json", "--wait-ms", "3000"]);
+    let agent = Agent::spawn(cmd, "info");
+    protect(&agent);
+    let log = agent.log();
+    let said = if charged {
+        "raised it from 64 KiB to unlimited"
+    } else {
+        "RLIMIT_MEMLOCK left as it is"
+    };
+    assert!(log.contains(said), "expected {said:?}; stderr:\n{log}");
+    eprintln!(
+        "agent under `ulimit -l 64`: {}",
+        log.lines()
+            .find(|l| l.contains("RLIMIT_MEMLOCK"))
+            .unwrap_or_default()
+    );
+    assert!(
+        has_hook(&log, "tracepoint/oom/mark_victim"),
+        "the eBPF programs loaded: {log}"
+    );
+    let cg = Memcg::unique("memlock");
+    cg.set_limit(32 << 20);
+    let (pid, st) = run_hog(&cg, 500, 128);
+    assert!(killed_by_sigkill(&st), "{st:?}");
+    let e = agent.events(1, Duration::from_secs(60), for_pid(pid));
+    let (_, log) = agent.stop();
+    assert_eq!(e.len(), 1, "{log}");
+    let sources = e[0]["sources"].to_string();
+    assert!(sources.contains("tracepoint"), "{}", e[0]);
+}

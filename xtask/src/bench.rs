@@ -6,6 +6,16 @@
 //! counter, losses (kernel ring buffer and kernel log), the delay from a
 //! victim's death to its event, and the agent's memory and CPU. Root only;
 //! memory-cgroup kills only (never a node-level OOM).
+//!
+//! Then a signal storm, the cost of the `signal_generate` hook (it runs for
+//! every signal on the node, in the sender's context): `--signals` SIGUSR1
+//! and as many SIGTERM to a process that ignores both (SIGUSR1 ends at the
+//! hook's first test; SIGTERM goes through the sender-name test, the worst
+//! case for a sender not on the list), and `--signal-kills` short-lived
+//! children SIGKILLed, each measured in the sending thread's CPU time
+//! (unaffected by what else the machine runs) without and with the agent
+//! attached, `--signal-rounds` times alternating; the best and the median
+//! rates and their differences in percent are printed.
 
 use std::{
     fs,
@@ -30,6 +40,19 @@ pub struct BenchArgs {
     /// Kills in flight at once.
     #[arg(long, default_value_t = 4)]
     parallel: usize,
+    /// Leave out the OOM-kill measurement (only the signal storm).
+    #[arg(long)]
+    no_kills: bool,
+    /// Signals of each kind (SIGUSR1, SIGTERM) per storm; 0 leaves the storm out.
+    #[arg(long, default_value_t = 200_000)]
+    signals: usize,
+    /// Short-lived children SIGKILLed per storm (the kill(2) calls are timed,
+    /// not the spawning and reaping).
+    #[arg(long, default_value_t = 300)]
+    signal_kills: usize,
+    /// Storms without and with the agent, alternating.
+    #[arg(long, default_value_t = 5)]
+    signal_rounds: usize,
     /// Extra arguments for the agent (e.g. `--no-bpf`).
     #[arg(last = true)]
     agent_args: Vec<String>,
@@ -100,7 +123,18 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
     c.current_dir(&root);
     util::run(c)?;
     let bin = util::target_dir().join("release/oomtrace");
+    let code = if args.no_kills {
+        0
+    } else {
+        kill_bench(args, &bin)?
+    };
+    if args.signals > 0 || args.signal_kills > 0 {
+        signal_bench(args, &bin)?;
+    }
+    Ok(code)
+}
 
+fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
     let (mem_root, v2) = memory_root()?;
     let cg = mem_root.join(format!("oomtrace-bench-{}", std::process::id()));
     let _ = fs::create_dir(&cg);
@@ -124,7 +158,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
         }
     };
 
-    let mut agent = Command::new(&bin)
+    let mut agent = Command::new(bin)
         .args(["--format", "json"])
         .args(&args.agent_args)
         .stdin(Stdio::null())
@@ -164,7 +198,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
     let log2 = Arc::clone(&log);
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ready") {
+            if line.contains("ready:") {
                 let _ = ready_tx.send(line.clone());
             }
             if let Ok(mut l) = log2.lock() {
@@ -281,4 +315,167 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
         cpu_busy * 1e3 / arrivals.len().max(1) as f64
     );
     Ok(if arrivals.len() == counted { 0 } else { 1 })
+}
+
+/// One storm's timings.
+#[derive(Debug, Clone, Copy)]
+struct Storm {
+    usr1: Duration,
+    term: Duration,
+    kills: Duration,
+}
+
+/// Sends the storm from this process (`xtask`, not a listed killer).
+fn storm(signals: usize, kills: usize) -> anyhow::Result<Storm> {
+    // `trap ""` sets SIG_IGN, which survives the exec: sleep ignores both.
+    let mut target = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("trap '' USR1 TERM; exec sleep 600")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("spawn the signal target")?;
+    let pid = target.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        != "sleep"
+    {
+        if Instant::now() > deadline {
+            bail!("the signal target did not start");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let send = |sig: i32| -> anyhow::Result<Duration> {
+        let started = thread_cpu();
+        for _ in 0..signals {
+            // SAFETY: plain syscall to our own child.
+            if unsafe { libc::kill(pid as i32, sig) } != 0 {
+                bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(thread_cpu().saturating_sub(started))
+    };
+    let usr1 = send(libc::SIGUSR1)?;
+    let term = send(libc::SIGTERM)?;
+    let _ = target.kill();
+    let _ = target.wait();
+
+    // Short-lived children: spawned (untimed), then SIGKILLed and reaped (timed).
+    let mut children = Vec::with_capacity(kills);
+    for _ in 0..kills {
+        children.push(
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .spawn()
+                .context("spawn sleep")?,
+        );
+    }
+    let started = thread_cpu();
+    for child in &children {
+        // SAFETY: plain syscall to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    }
+    let kills = thread_cpu().saturating_sub(started);
+    for mut child in children {
+        let _ = child.wait();
+    }
+    Ok(Storm { usr1, term, kills })
+}
+
+/// CPU time of the calling thread: the hook runs in the sender's context,
+/// so this is what it costs, whatever else the machine runs meanwhile.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// (best, median) of the timings.
+fn best_and_median(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    (
+        v.first().copied().unwrap_or_default(),
+        v.get(v.len() / 2).copied().unwrap_or_default(),
+    )
+}
+
+fn signal_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
+    let rounds = args.signal_rounds.max(1);
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut hook = String::new();
+    for round in 0..rounds {
+        without.push(storm(args.signals, args.signal_kills)?);
+        let mut agent = Command::new(bin)
+            .args(["--format", "json"])
+            .args(&args.agent_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let stderr = agent.stderr.take().context("agent stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready:") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let ready = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the agent did not become ready")?;
+        if !ready.contains("signal_generate") {
+            // SAFETY: plain syscall on our child.
+            unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+            let _ = agent.wait();
+            bail!("the agent runs without a signal_generate hook: {ready}");
+        }
+        if round == 0 {
+            hook = ready
+                .split([':', ','])
+                .find(|h| h.contains("signal_generate"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+        }
+        let measured = storm(args.signals, args.signal_kills);
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+        let _ = agent.wait();
+        with.push(measured?);
+    }
+    println!(
+        "oomtrace bench: signal storm, {rounds} rounds without and with the agent ({hook}); best round (median round)"
+    );
+    let row = |what: &str, count: usize, pick: fn(&Storm) -> Duration| {
+        let (a, a_med) = best_and_median(without.iter().map(pick).collect());
+        let (b, b_med) = best_and_median(with.iter().map(pick).collect());
+        let rate = |d: Duration| count as f64 / d.as_secs_f64().max(1e-9);
+        let change = |a: Duration, b: Duration| (rate(b) - rate(a)) * 100.0 / rate(a).max(1e-9);
+        println!(
+            "  {what:<32} without {:>9.0}/s ({:>9.0}/s)  with {:>9.0}/s ({:>9.0}/s)  {:+.1}% ({:+.1}%), {:+.0} ns per signal",
+            rate(a),
+            rate(a_med),
+            rate(b),
+            rate(b_med),
+            change(a, b),
+            change(a_med, b_med),
+            (b.as_secs_f64() - a.as_secs_f64()) * 1e9 / count.max(1) as f64
+        );
+    };
+    if args.signals > 0 {
+        row("SIGUSR1, ignored (number test)", args.signals, |s| s.usr1);
+        row("SIGTERM, ignored (name test)", args.signals, |s| s.term);
+    }
+    if args.signal_kills > 0 {
+        row("SIGKILL + reap of a child", args.signal_kills, |s| s.kills);
+    }
+    Ok(())
 }

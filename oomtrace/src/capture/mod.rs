@@ -28,6 +28,9 @@ pub enum Input {
     GroupMember(TaskSighting),
     /// An OOM-killer line of the kernel log.
     Kmsg(KmsgSighting),
+    /// A SIGKILL or SIGTERM from a process on the `--userspace-killers` list
+    /// (`signal_generate`): maybe a userspace OOM killer at work.
+    Signal(SignalSighting),
     /// A victim's memory cgroup from `/proc/<pid>/cgroup`, looked up beside
     /// the draining while it died (`None`: already gone, or not readable).
     ProcCgroup { pid: u32, cgroup: Option<String> },
@@ -72,6 +75,9 @@ pub struct TaskSighting {
     pub comm: String,
     pub oom_score_adj: Option<i32>,
     pub uid: u32,
+    /// `task->start_time` (ns since boot): with the pid, it names one task
+    /// for the life of the boot (`None` when it could not be read).
+    pub start_time_ns: Option<u64>,
     /// Its memory cgroup and every ancestor, with usage and limit.
     pub walk: Option<Walk>,
 }
@@ -85,6 +91,7 @@ pub struct Chosen {
     /// `oc->chosen_points`: its badness.
     pub points: i64,
     pub oom_score_adj: i32,
+    pub start_time_ns: Option<u64>,
 }
 
 /// `struct oom_control` at the entry of `oom_kill_process`.
@@ -104,6 +111,31 @@ pub struct Decision {
     pub domain: Option<Walk>,
     pub chosen_memcg: Option<Walk>,
     pub trigger_memcg: Option<Walk>,
+}
+
+/// A SIGKILL or SIGTERM whose sender's name is on the killer list. The
+/// name is only the kernel's prefilter: the sender is confirmed (by its
+/// executable and namespaces) before it is called a memory killer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalSighting {
+    /// The sender (`current`).
+    pub meta: RecordMeta,
+    pub sig: i32,
+    /// `si_code`: `SI_USER` (0) for `kill(2)` and `cgroup.kill`, `SI_KERNEL` (0x80).
+    pub code: i32,
+    /// For the whole thread group.
+    pub group: bool,
+    /// `enum trace_signal_result` (0 delivered).
+    pub result: i32,
+    /// The target: its thread id and process id (tgid unknown from the
+    /// classic tracepoint).
+    pub target_pid: u32,
+    pub target_tgid: Option<u32>,
+    pub target_comm: String,
+    pub target_start_time_ns: Option<u64>,
+    pub target_oom_score_adj: Option<i32>,
+    /// The target's memory cgroup walk (`tp_btf` only).
+    pub walk: Option<Walk>,
 }
 
 /// One OOM-killer line of the kernel log.

@@ -5,11 +5,13 @@
 //! record is decoded with the layout read from its `format` file.
 
 use oomtrace_common::{
-    BtfVictim, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG, DecodeError, Header, Record, TpVictim,
-    VICTIM_HAS_ADJ, c_str,
+    BtfVictim, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG, DecodeError, Header, Record,
+    SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK, Signal, TpVictim, VICTIM_HAS_ADJ, c_str,
 };
 
-use super::{Chosen, Decision, Input, RecordMeta, TaskSighting, TpSighting, Trigger};
+use super::{
+    Chosen, Decision, Input, RecordMeta, SignalSighting, TaskSighting, TpSighting, Trigger,
+};
 use crate::{
     report::Constraint,
     tracefs::{MarkVictimFields, MarkVictimLayout},
@@ -47,12 +49,31 @@ impl Decoder {
                     comm: text(&d.chosen_comm),
                     points: d.chosen_points,
                     oom_score_adj: d.chosen_adj,
+                    start_time_ns: nonzero(d.chosen_start_time_ns),
                 }),
                 domain: Walk::decode(&d.domain, self.page_size),
                 chosen_memcg: Walk::decode(&d.chosen_memcg, self.page_size),
                 trigger_memcg: Walk::decode(&d.trigger_memcg, self.page_size),
             }),
+            Record::Signal(s) => Input::Signal(self.signal(&s)),
         })
+    }
+
+    fn signal(&self, s: &Signal) -> SignalSighting {
+        let task = s.flags & SIGNAL_HAS_TASK != 0;
+        SignalSighting {
+            meta: meta(&s.header),
+            sig: s.sig,
+            code: s.code,
+            group: s.group != 0,
+            result: s.result,
+            target_pid: s.target_pid,
+            target_tgid: task.then_some(s.target_tgid),
+            target_comm: text(&s.target_comm),
+            target_start_time_ns: task.then(|| nonzero(s.target_start_time_ns)).flatten(),
+            target_oom_score_adj: (s.flags & SIGNAL_HAS_ADJ != 0).then_some(s.target_oom_score_adj),
+            walk: Walk::decode(&s.memcg, self.page_size),
+        }
     }
 
     fn tp_fields(&self, ev: &TpVictim) -> MarkVictimFields {
@@ -74,9 +95,15 @@ impl Decoder {
             comm: text(&v.comm),
             oom_score_adj: (v.flags & VICTIM_HAS_ADJ != 0).then_some(v.oom_score_adj),
             uid: v.uid,
+            start_time_ns: nonzero(v.start_time_ns),
             walk: Walk::decode(&v.memcg, self.page_size),
         }
     }
+}
+
+/// The kernel side writes 0 for a value it could not read.
+fn nonzero(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
 }
 
 fn meta(h: &Header) -> RecordMeta {
@@ -192,6 +219,7 @@ mod tests {
             uid: 1000,
             flags: VICTIM_HAS_ADJ,
             _pad: 0,
+            start_time_ns: 12_345,
             memcg: walk(&["app", "demo", ""]),
         };
         let Ok(Input::TpBtf(t)) = decoder.decode(as_bytes(&v)) else {
@@ -223,6 +251,7 @@ mod tests {
             chosen_comm: *b"python3\0\0\0\0\0\0\0\0\0",
             chosen_adj: 985,
             _pad: 0,
+            chosen_start_time_ns: 0,
             domain: walk(&["demo", ""]),
             chosen_memcg: walk(&["app", "demo", ""]),
             trigger_memcg: walk(&["app", "demo", ""]),

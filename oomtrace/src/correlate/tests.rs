@@ -129,6 +129,7 @@ fn btf_record(pid: u32, ktime_ns: u64, trigger: u32, memcg: CgroupWalk) -> BtfVi
         uid: 0,
         flags: VICTIM_HAS_ADJ,
         _pad: 0,
+        start_time_ns: u64::from(pid) * 1000,
         memcg,
     }
 }
@@ -283,6 +284,7 @@ fn victims_of_one_decision_share_an_incident_and_the_decision_decides() {
         chosen_comm: [0; 16],
         chosen_adj: 0,
         _pad: 0,
+        chosen_start_time_ns: 0,
         domain,
         chosen_memcg: member,
         trigger_memcg: member,

@@ -12,6 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, RingBuf};
+use oomtrace::{
+    probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
+    verdict::Walk,
+};
+use oomtrace_common::{Record, SIGNAL_HAS_TASK, Signal};
 use serde_json::Value;
 
 /// The memory controller mount of the host (cgroup v1 here; v2 in the VMs).
@@ -198,10 +204,21 @@ pub struct Agent {
 impl Agent {
     /// Starts `oomtrace --format json ARGS` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
-            .args(["--format", "json"])
-            .args(args)
-            .env("OOMTRACE_LOG", "info")
+        Self::start_with_log(args, "info")
+    }
+
+    /// [`Agent::start`] with `OOMTRACE_LOG` set to `filter`.
+    pub fn start_with_log(args: &[&str], filter: &str) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oomtrace"));
+        cmd.args(["--format", "json"]).args(args);
+        Self::spawn(cmd, filter)
+    }
+
+    /// Runs `cmd` (the agent, or a wrapper that execs it) and waits for the
+    /// agent's `ready` line.
+    pub fn spawn(mut cmd: Command, filter: &str) -> Self {
+        let mut child = cmd
+            .env("OOMTRACE_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -222,12 +239,14 @@ impl Agent {
         let log2 = std::sync::Arc::clone(&log);
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready") {
-                    let _ = ready_tx.send(());
-                }
+                // Logged first, so that the ready line is in `log()` once
+                // `start` returns.
                 if let Ok(mut l) = log2.lock() {
                     l.push_str(&line);
                     l.push('\n');
+                }
+                if line.contains("ready:") {
+                    let _ = ready_tx.send(());
                 }
             }
         });
@@ -466,4 +485,301 @@ pub fn wait_for_comm(pid: u32, comm: &str) {
         thread::sleep(Duration::from_millis(10));
     }
     panic!("pid {pid} did not become {comm}");
+}
+
+/// The probe loaded the way the agent loads it, with its ring buffer and
+/// counters taken out for the test to read directly.
+pub struct Direct {
+    pub probe: Probe,
+    pub ring: RingBuf<MapData>,
+    pub stats: Stats,
+}
+
+impl Direct {
+    pub fn load() -> Self {
+        Self::load_with(&ProbeConfig::default())
+    }
+
+    pub fn load_with(cfg: &ProbeConfig) -> Self {
+        let cfg = cfg.clone();
+        let support = KernelSupport::discover(&cfg);
+        let mut probe = Probe::load(&cfg, support).expect("load the eBPF programs");
+        let ring = probe.take_ring().expect("ring buffer");
+        let stats = probe.take_stats().expect("counters");
+        Self { probe, ring, stats }
+    }
+
+    /// Every record that arrives within `wait`.
+    pub fn records(&mut self, wait: Duration) -> Vec<Record> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            while let Some(item) = self.ring.next() {
+                out.push(oomtrace_common::decode(&item).expect("a record of this ABI"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    }
+}
+
+pub fn signals_to(records: &[Record], pid: u32) -> Vec<Signal> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Signal(s) if s.target_pid == pid => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(oomtrace_common::c_str(bytes)).expect("utf-8")
+}
+
+/// The field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`.
+pub fn stat_field(pid: u32, n: usize) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = stat.rsplit_once(')').expect("comm").1;
+    after
+        .split_whitespace()
+        .nth(n - 3)
+        .expect("field")
+        .parse()
+        .expect("number")
+}
+
+/// `task->start_time` (CLOCK_MONOTONIC ns) in the clock ticks of boot time
+/// that `/proc/<pid>/stat` field 22 (`starttime`) shows.
+pub fn start_time_in_ticks(start_time_ns: u64) -> u64 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    let suspended = now(libc::CLOCK_BOOTTIME) - now(libc::CLOCK_MONOTONIC);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i128;
+    ((i128::from(start_time_ns) + suspended) * hz / 1_000_000_000) as u64
+}
+
+pub fn wait_comm(pid: u32, comm: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        != comm
+    {
+        assert!(Instant::now() < deadline, "pid {pid} never became {comm}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `sh` that renames itself to `name` (writing /proc/self/comm from the shell
+/// itself) and then sends `signal` to `pid` with its `kill` builtin.
+pub fn kill_as(name: &str, signal: &str, pid: u32) -> u32 {
+    let mut killer = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "printf {name} > /proc/self/comm && kill -{signal} {pid}"
+        ))
+        .spawn()
+        .expect("spawn the killer");
+    let id = killer.id();
+    assert!(killer.wait().expect("wait").success(), "the killer failed");
+    id
+}
+
+/// The signal hook, loaded through the library API (`tp_btf`, else the
+/// classic tracepoint): a process renamed `earlyoom` SIGKILLs and SIGTERMs
+/// children in another cgroup (one record each, naming the child); a
+/// `kill -9` from `sh` and 1000 SIGUSR1 make none.
+pub fn signal_hook_checks(tp_btf: bool) {
+    let cfg = ProbeConfig {
+        disabled: Disabled {
+            tp_btf: !tp_btf,
+            ..Disabled::default()
+        },
+        ..ProbeConfig::default()
+    };
+    let mut d = Direct::load_with(&cfg);
+    let hook = if tp_btf {
+        Hook::TpBtfSignal
+    } else {
+        Hook::TracepointSignal
+    };
+    assert!(
+        d.probe.active.contains(&hook),
+        "{hook} must attach on this kernel: {:?}",
+        d.probe.inactive
+    );
+    let cg = Memcg::unique("signal");
+    let page_size = oomtrace::units::page_size();
+
+    // (a) A process named earlyoom SIGKILLs a child in another cgroup, then
+    // SIGTERMs a second one.
+    let mut victim = spawn_in(&cg, 300, "sleep 60");
+    let vpid = victim.id();
+    wait_comm(vpid, "sleep");
+    let start_ticks = stat_field(vpid, 22);
+    let killer = kill_as("earlyoom", "9", vpid);
+    let status = victim.wait().expect("wait");
+    assert!(killed_by_sigkill(&status), "{status:?}");
+    let mut termed = spawn_in(&cg, 0, "sleep 60");
+    let tpid = termed.id();
+    wait_comm(tpid, "sleep");
+    kill_as("earlyoom", "TERM", tpid);
+    let _ = termed.wait();
+
+    // (b) The same from a plain shell, and SIGUSR1 traffic.
+    let mut plain = spawn_in(&cg, 0, "sleep 60");
+    let ppid = plain.id();
+    wait_comm(ppid, "sleep");
+    let mut ignoring = spawn_in(&cg, 0, "sh -c 'trap \"\" USR1; exec sleep 60'");
+    let ipid = ignoring.id();
+    wait_comm(ipid, "sleep");
+    let before = d.stats.snapshot();
+    let sent = 1000;
+    for _ in 0..sent {
+        // SAFETY: plain syscall to our own child, which ignores SIGUSR1.
+        assert_eq!(unsafe { libc::kill(ipid as i32, libc::SIGUSR1) }, 0);
+    }
+    let after_usr1 = d.stats.snapshot();
+    let plain_killer = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("kill -9 {ppid}"))
+        .status()
+        .expect("sh kill");
+    assert!(plain_killer.success());
+    let _ = plain.wait();
+    let _ = ignoring.kill();
+    let _ = ignoring.wait();
+    let records = d.records(Duration::from_secs(1));
+    let after = d.stats.snapshot();
+
+    let got = signals_to(&records, vpid);
+    assert_eq!(got.len(), 1, "{hook}: one record for the SIGKILL: {got:?}");
+    let s = &got[0];
+    assert_eq!(s.sig, libc::SIGKILL);
+    assert_eq!(text(&s.header.trigger_comm), "earlyoom");
+    assert_eq!(
+        s.header.trigger_tgid, killer,
+        "the sender is the renamed shell"
+    );
+    assert_eq!(s.target_pid, vpid);
+    assert_eq!(text(&s.target_comm), "sleep");
+    assert_eq!(
+        (s.code, s.group, s.result),
+        (0, 1, 0),
+        "SI_USER, kill(2), delivered"
+    );
+    if tp_btf {
+        assert_eq!(s.target_tgid, vpid);
+        assert_eq!(s.flags & SIGNAL_HAS_TASK, SIGNAL_HAS_TASK);
+        assert_eq!(s.target_oom_score_adj, 300, "the child's oom_score_adj");
+        let walk = Walk::decode(&s.memcg, page_size).expect("the child's memcg walk");
+        assert_eq!(
+            walk.levels[0].path, cg.rel,
+            "the child's cgroup, not the sender's"
+        );
+        let ticks = start_time_in_ticks(s.target_start_time_ns);
+        assert!(
+            ticks.abs_diff(start_ticks) <= 1,
+            "start_time {} ns is {ticks} ticks; /proc says {start_ticks}",
+            s.target_start_time_ns
+        );
+    } else {
+        // The classic record has no task pointer: pid and comm only.
+        assert_eq!(s.flags, 0, "{s:?}");
+        assert_eq!((s.target_tgid, s.target_start_time_ns), (0, 0));
+        assert!(Walk::decode(&s.memcg, page_size).is_none());
+    }
+
+    let got = signals_to(&records, tpid);
+    assert_eq!(got.len(), 1, "{hook}: one record for the SIGTERM: {got:?}");
+    assert_eq!(got[0].sig, libc::SIGTERM);
+
+    assert!(
+        signals_to(&records, ppid).is_empty(),
+        "a kill -9 from sh is not reported"
+    );
+    assert!(
+        signals_to(&records, ipid).is_empty(),
+        "SIGUSR1 is not reported"
+    );
+    // SIGUSR1 never reaches the counters: the hook returns on the number.
+    // (Other processes on the node may send a few SIGKILL/SIGTERM meanwhile.)
+    let usr1_counted = after_usr1.fired_signal - before.fired_signal;
+    assert!(
+        usr1_counted < 50,
+        "{sent} SIGUSR1 sent, {usr1_counted} counted as SIGKILL/SIGTERM"
+    );
+    // The shell's SIGKILL was counted and filtered on the sender's name; the
+    // renamed shell's two signals were counted as listed.
+    assert!(after.fired_signal > after_usr1.fired_signal);
+    assert!(after.filtered_signal > after_usr1.filtered_signal);
+    assert!(after.listed_signal >= 2, "{after:?}");
+    assert_eq!(after.lost_signal, 0, "{after:?}");
+    eprintln!("{hook} counters: {before:?} -> {after:?}");
+}
+
+/// A real memcg kill: the records made from the victim's task (tp_btf's
+/// victim, the decision's chosen task) carry its start time, as /proc shows it.
+pub fn start_time_checks() {
+    let mut d = Direct::load();
+    let btf = d.probe.active.contains(&Hook::TpBtf);
+    let decision = d.probe.active.contains(&Hook::Fentry) || d.probe.active.contains(&Hook::Kprobe);
+    assert!(
+        btf || decision,
+        "neither tp_btf/mark_victim nor the decision hook attached: {:?}",
+        d.probe.inactive
+    );
+    let cg = Memcg::unique("start-time");
+    cg.set_limit(32 << 20);
+    // The pid and its start time stay the same across the execs.
+    let mut hog = spawn_in(
+        &cg,
+        800,
+        "sh -c 'sleep 1; exec dd if=/dev/zero of=/dev/null bs=128M count=1 status=none'",
+    );
+    let pid = hog.id();
+    thread::sleep(Duration::from_millis(300));
+    let start_ticks = stat_field(pid, 22);
+    let status = hog.wait().expect("wait");
+    assert!(
+        killed_by_sigkill(&status),
+        "the hog was not OOM-killed: {status:?}"
+    );
+    let records = d.records(Duration::from_secs(1));
+    let mut starts = Vec::new();
+    for r in &records {
+        match r {
+            Record::BtfVictim(v) if v.pid == pid => {
+                assert_eq!(text(&v.comm), "dd");
+                starts.push(("tp_btf", v.start_time_ns));
+            }
+            Record::Decision(dec) if dec.chosen_pid == pid => {
+                assert_eq!(text(&dec.chosen_comm), "dd");
+                starts.push(("decision", dec.chosen_start_time_ns));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        starts.len(),
+        usize::from(btf) + usize::from(decision),
+        "one record per active hook for pid {pid}: {starts:?}"
+    );
+    for (from, ns) in starts {
+        let ticks = start_time_in_ticks(ns);
+        assert!(
+            ticks.abs_diff(start_ticks) <= 1,
+            "{from}: start_time {ns} ns is {ticks} ticks; /proc said {start_ticks}"
+        );
+        eprintln!("{from}: start_time {ns} ns = {ticks} ticks, /proc: {start_ticks}");
+    }
 }

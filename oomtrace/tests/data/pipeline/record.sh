@@ -29,7 +29,7 @@ except BlockingIOError: pass
 print(last)
 PY
 )
-/work/main/target/debug/oomtrace --format json --record-dir ${OUT:-/tmp/rec}/ring > ${OUT:-/tmp/rec}/agent.json 2>${OUT:-/tmp/rec}/agent.err &
+${OOMTRACE:-/work/main/target/debug/oomtrace} --format json --record-dir ${OUT:-/tmp/rec}/ring > ${OUT:-/tmp/rec}/agent.json 2>${OUT:-/tmp/rec}/agent.err &
 AG=$!
 sleep 3
 # 1: container limit kill (Burstable pod, adj 985)
