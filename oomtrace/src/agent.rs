@@ -45,7 +45,7 @@ use crate::{
     metrics::{self, Metrics, MetricsError, MetricsSink},
     node::{self, CgroupFs},
     podnames::PodNames,
-    probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
+    probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
     sink::{
         SinkError, Sinks,
         events::{EventsPoster, EventsSink},
@@ -150,7 +150,7 @@ struct NodeContext {
 
 impl NodeContext {
     fn start(args: &TraceArgs, node: &str) -> Result<Self, AgentError> {
-        let cgfs = cgroup_fs(args);
+        let cgfs = CgroupFs::find(args.paths.cgroup_root.as_deref());
         let snapshots = match &cgfs {
             Some(cgfs) => Some(
                 NodeSnapshots::spawn(SnapshotConfig {
@@ -505,31 +505,9 @@ impl std::ops::Deref for LoadedProbe {
 }
 
 fn load_probe(args: &TraceArgs) -> Result<Probe, crate::probe::ProbeError> {
-    let cfg = ProbeConfig {
-        tracefs: args.paths.tracefs.clone(),
-        btf: args.paths.btf.clone(),
-        disabled: Disabled {
-            tracepoint: args.no_tracepoint,
-            tp_btf: args.no_tp_btf,
-            fentry: args.no_fentry,
-            kprobe: args.no_kprobe,
-            signal: args.no_signal_hook,
-        },
-        ringbuf_bytes: args.ringbuf_bytes,
-        killers: args.userspace_killers.clone(),
-    };
+    let cfg = ProbeConfig::from_args(args);
     let support = KernelSupport::discover(&cfg);
     Probe::load(&cfg, support)
-}
-
-/// The memory cgroup controller: `--cgroup-root`, else found in the mount table.
-pub fn cgroup_fs(args: &TraceArgs) -> Option<CgroupFs> {
-    match &args.paths.cgroup_root {
-        Some(root) => CgroupFs::at(root.clone()),
-        None => fs::read_to_string("/proc/self/mounts")
-            .ok()
-            .and_then(|m| CgroupFs::detect(&m)),
-    }
 }
 
 /// Drains the ring buffer into the correlator's input channel whenever it

@@ -1,7 +1,9 @@
 //! `oomtrace doctor`: what this kernel offers and what oomtrace will use.
 //!
-//! It loads and attaches the real programs (then detaches them), so what it
-//! says will be used is what a run would use.
+//! The hook chain's table ([`CHAIN`]) drives it: every hook with each thing it
+//! needs, met or not and why, from the same facts the agent reads
+//! ([`KernelSupport`]). Then it loads and attaches the real programs (and
+//! detaches them), so what it says will be used is what a run would use.
 
 use std::fs;
 
@@ -10,7 +12,7 @@ use serde::Serialize;
 use crate::{
     cli::{DoctorArgs, Format, TraceArgs},
     node::CgroupFs,
-    probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig},
+    probe::{CHAIN, Hook, KernelSupport, Probe, ProbeConfig},
 };
 
 #[derive(Debug, Serialize)]
@@ -20,10 +22,20 @@ pub struct Check {
     pub detail: String,
 }
 
+/// One hook of the chain and what it needs.
+#[derive(Debug, Serialize)]
+pub struct HookNeeds {
+    pub hook: &'static str,
+    pub needs: Vec<Check>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub kernel: String,
+    /// What every hook needs: the environment checks.
     pub checks: Vec<Check>,
+    /// What each hook of the chain needs, met or not.
+    pub hooks: Vec<HookNeeds>,
     /// Hooks that attached in a trial load.
     pub will_use: Vec<&'static str>,
     /// Hooks that did not, with the reason.
@@ -59,32 +71,59 @@ pub fn collect(trace: &TraceArgs) -> Report {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let cfg = ProbeConfig {
-        tracefs: trace.paths.tracefs.clone(),
-        btf: trace.paths.btf.clone(),
-        disabled: Disabled::default(),
-        ringbuf_bytes: trace.ringbuf_bytes,
-        killers: trace.userspace_killers.clone(),
-    };
+    let cfg = ProbeConfig::from_args(trace);
     let support = KernelSupport::discover(&cfg);
-    let mut checks = Vec::new();
-    checks.push(Check {
+    let mut checks = vec![btf_check(&cfg, &support), tracefs_check(&support)];
+    checks.push(mark_victim_check(&support));
+    let kmsg = kmsg_check(trace);
+    let kmsg_ok = kmsg.ok;
+    checks.extend([kmsg, cgroup_check(trace), caps_check()]);
+    let hooks = hook_needs(&support);
+    let (mut will_use, mut will_not_use) = trial_load(&cfg, support);
+    if kmsg_ok {
+        will_use.push(Hook::Kmsg.name());
+    } else {
+        will_not_use.push((Hook::Kmsg.name().to_string(), "not readable".to_string()));
+    }
+    let can_capture = will_use.iter().any(|h| {
+        Hook::ALL
+            .iter()
+            .any(|k| k.name() == *h && k.captures_oom_kills())
+    });
+    Report {
+        kernel,
+        checks,
+        hooks,
+        will_use,
+        will_not_use,
+        can_capture,
+    }
+}
+
+fn btf_check(cfg: &ProbeConfig, support: &KernelSupport) -> Check {
+    Check {
         name: "btf",
-        ok: support.btf.is_ok(),
-        detail: match &support.btf {
-            Ok(b) => format!("{} ({} types)", cfg.btf.display(), b.type_count()),
+        ok: support.btf_ok.is_ok(),
+        detail: match &support.btf_ok {
+            Ok(()) => format!("{} ({} types)", cfg.btf.display(), support.btf_types),
             Err(e) => e.clone(),
         },
-    });
-    checks.push(Check {
+    }
+}
+
+fn tracefs_check(support: &KernelSupport) -> Check {
+    Check {
         name: "tracefs",
         ok: support.tracefs.is_ok(),
         detail: match &support.tracefs {
             Ok(p) => p.display().to_string(),
             Err(e) => e.clone(),
         },
-    });
-    checks.push(Check {
+    }
+}
+
+fn mark_victim_check(support: &KernelSupport) -> Check {
+    Check {
         name: "mark_victim tracepoint",
         ok: support.layout.is_ok(),
         detail: match &support.layout {
@@ -94,124 +133,121 @@ pub fn collect(trace: &TraceArgs) -> Report {
             Ok(_) => "pid-only ABI (before 6.9 and its backports): rss and oom_score_adj come from other sources".to_string(),
             Err(e) => e.clone(),
         },
-    });
-    checks.push(Check {
-        name: "tp_btf task argument",
-        ok: support.tp_btf_task_arg.is_ok(),
-        detail: match &support.tp_btf_task_arg {
-            Ok(()) => "mark_victim(struct task_struct *task, uid_t uid)".to_string(),
-            Err(e) => e.clone(),
-        },
-    });
-    if let Some(r) = &support.offsets {
-        checks.push(Check {
-            name: "kernel struct offsets",
-            ok: r.walk_ok(),
-            detail: if r.missing.is_empty() {
-                "all found in BTF".to_string()
-            } else {
-                format!("missing: {}", r.missing.join("; "))
-            },
-        });
     }
-    checks.push(Check {
-        name: "oom_kill_process symbol",
-        ok: support.oom_kill_process_kallsyms || support.oom_kill_process_func,
-        detail: format!(
-            "kallsyms: {}, BTF FUNC: {}",
-            support.oom_kill_process_kallsyms, support.oom_kill_process_func
-        ),
-    });
-    checks.push(Check {
-        name: "oom_kill_memcg_member symbol",
-        ok: support.group_member_kallsyms || support.group_member_func,
-        detail: format!(
-            "kallsyms: {}, BTF FUNC: {} (names memory.oom.group members' cgroups where tp_btf cannot)",
-            support.group_member_kallsyms, support.group_member_func
-        ),
-    });
-    let kprobes = support
-        .tracefs
-        .as_ref()
-        .is_ok_and(|t| t.join("kprobe_events").exists());
-    checks.push(Check {
-        name: "kprobes",
-        ok: kprobes,
-        detail: if kprobes {
-            "kprobe_events present".to_string()
-        } else {
-            "no kprobe_events in tracefs: kernel built without CONFIG_KPROBES".to_string()
-        },
-    });
-    let kmsg = fs::File::open(&trace.paths.kmsg);
-    checks.push(Check {
+}
+
+fn kmsg_check(trace: &TraceArgs) -> Check {
+    let path = &trace.paths.kmsg;
+    Check {
         name: "kernel log",
-        ok: kmsg.is_ok(),
-        detail: match &kmsg {
-            Ok(_) => format!("{} readable", trace.paths.kmsg.display()),
-            Err(e) => format!(
-                "{}: {e}: run as root or grant CAP_SYSLOG",
-                trace.paths.kmsg.display()
-            ),
+        ok: fs::File::open(path).is_ok(),
+        detail: match fs::File::open(path) {
+            Ok(_) => format!("{} readable", path.display()),
+            Err(e) => format!("{}: {e}: run as root or grant CAP_SYSLOG", path.display()),
         },
-    });
-    drop(kmsg);
-    let cgfs = fs::read_to_string("/proc/self/mounts")
-        .ok()
-        .and_then(|m| CgroupFs::detect(&m));
-    checks.push(Check {
+    }
+}
+
+/// The memory controller the agent would use (`--cgroup-root` honoured).
+fn cgroup_check(trace: &TraceArgs) -> Check {
+    let cgfs = CgroupFs::find(trace.paths.cgroup_root.as_deref());
+    Check {
         name: "memory cgroup",
         ok: cgfs.is_some(),
         detail: match &cgfs {
             Some(c) => format!("{:?} at {}", c.version, c.root.display()),
-            None => "no memory cgroup controller mounted: OOM domains cannot be named".to_string(),
+            None => match &trace.paths.cgroup_root {
+                Some(root) => format!(
+                    "no memory controller at --cgroup-root {}: OOM domains cannot be named",
+                    root.display()
+                ),
+                None => {
+                    "no memory cgroup controller mounted: OOM domains cannot be named".to_string()
+                }
+            },
         },
-    });
+    }
+}
+
+fn caps_check() -> Check {
     let caps = own_caps();
-    checks.push(Check {
+    Check {
         name: "capabilities",
         ok: caps.as_ref().is_some_and(|c| {
             c.contains(&"CAP_SYS_ADMIN") || (c.contains(&"CAP_BPF") && c.contains(&"CAP_PERFMON"))
         }),
         detail: caps.map_or_else(|| "unknown".to_string(), |c| c.join(", ")),
-    });
+    }
+}
 
-    let (will_use, will_not_use) = match Probe::load(&cfg, support) {
+/// Every hook of the chain with each of its needs, met or not.
+fn hook_needs(support: &KernelSupport) -> Vec<HookNeeds> {
+    CHAIN
+        .iter()
+        .map(|spec| HookNeeds {
+            hook: spec.hook.name(),
+            needs: spec
+                .needs
+                .iter()
+                .map(|&need| {
+                    let unmet = support.unmet(need);
+                    Check {
+                        name: need_name(need),
+                        ok: unmet.is_none(),
+                        detail: unmet.unwrap_or_else(|| need.to_string()),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A static label for a need (the detail says the rest).
+fn need_name(need: crate::probe::Need) -> &'static str {
+    use crate::probe::Need;
+    match need {
+        Need::MarkVictimLayout => "mark_victim format",
+        Need::SignalLayout => "signal_generate format",
+        Need::Btf => "btf",
+        Need::MarkVictimTaskArg => "mark_victim task argument",
+        Need::SignalTaskArg => "signal_generate task argument",
+        Need::WalkOffsets => "cgroup walk offsets",
+        Need::OomControlOffsets => "oom_control offsets",
+        Need::BtfFunc(_) => "btf func",
+        Need::KprobePmu => "kprobes",
+        Need::Kallsyms(_) => "kallsyms",
+        Need::Killers => "userspace killers",
+    }
+}
+
+/// Loads and attaches the real programs: what a run would use, and why not the rest.
+fn trial_load(
+    cfg: &ProbeConfig,
+    support: KernelSupport,
+) -> (Vec<&'static str>, Vec<(String, String)>) {
+    match Probe::load(cfg, support) {
         Ok(p) => (
-            p.active.iter().map(|h| h.name()).collect::<Vec<_>>(),
+            p.active.iter().map(|h| h.name()).collect(),
             p.inactive
                 .iter()
                 .map(|(h, w)| (h.name().to_string(), w.clone()))
                 .collect(),
         ),
         Err(e) => (Vec::new(), vec![("ebpf".to_string(), e.to_string())]),
-    };
-    let mut will_use = will_use;
-    let mut will_not_use = will_not_use;
-    if checks.iter().any(|c| c.name == "kernel log" && c.ok) {
-        will_use.push(Hook::Kmsg.name());
-    } else {
-        will_not_use.push((Hook::Kmsg.name().to_string(), "not readable".to_string()));
-    }
-    let can_capture = !will_use.is_empty();
-    Report {
-        kernel,
-        checks,
-        will_use,
-        will_not_use,
-        can_capture,
     }
 }
 
 pub fn render_text(r: &Report) -> String {
     let mut out = format!("kernel {}\n", r.kernel);
     for c in &r.checks {
-        out.push_str(&format!(
-            "  [{}] {:<24} {}\n",
-            if c.ok { " ok " } else { "FAIL" },
-            c.name,
-            c.detail
-        ));
+        out.push_str(&check_line("  ", c));
+    }
+    out.push_str("hooks and what they need:\n");
+    for h in &r.hooks {
+        out.push_str(&format!("  {}\n", h.hook));
+        for n in &h.needs {
+            out.push_str(&check_line("    ", n));
+        }
     }
     out.push_str("will use:\n");
     for h in &r.will_use {
@@ -227,6 +263,15 @@ pub fn render_text(r: &Report) -> String {
         "oomtrace can NOT capture OOM kills here: fix one of the failures above\n"
     });
     out
+}
+
+fn check_line(indent: &str, c: &Check) -> String {
+    format!(
+        "{indent}[{}] {:<24} {}\n",
+        if c.ok { " ok " } else { "FAIL" },
+        c.name,
+        c.detail
+    )
 }
 
 /// Runs `oomtrace doctor`; returns whether kills can be captured.

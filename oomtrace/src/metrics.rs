@@ -61,17 +61,7 @@ use crate::{
 };
 
 /// Every hook of the capture chain, in fallback order.
-pub const HOOKS: [Hook; 9] = [
-    Hook::Tracepoint,
-    Hook::TpBtf,
-    Hook::Fentry,
-    Hook::Kprobe,
-    Hook::FentryGroup,
-    Hook::KprobeGroup,
-    Hook::Kmsg,
-    Hook::TpBtfSignal,
-    Hook::TracepointSignal,
-];
+pub const HOOKS: [Hook; 9] = Hook::ALL;
 
 /// The OpenMetrics text content type (what `prometheus-client` encodes).
 pub const CONTENT_TYPE_OPENMETRICS: &str =

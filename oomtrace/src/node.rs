@@ -100,6 +100,17 @@ impl CgroupFs {
             })
     }
 
+    /// The memory controller: at `root` (`--cgroup-root`) when given, else
+    /// the one found in `/proc/self/mounts`.
+    pub fn find(root: Option<&Path>) -> Option<CgroupFs> {
+        match root {
+            Some(root) => Self::at(root.to_path_buf()),
+            None => fs::read_to_string("/proc/self/mounts")
+                .ok()
+                .and_then(|m| Self::detect(&m)),
+        }
+    }
+
     /// The memory controller mounted at `root` (a `--cgroup-root` setting):
     /// v1 when `memory.usage_in_bytes` is there, v2 when `cgroup.controllers`
     /// lists `memory`; `None` otherwise.

@@ -336,21 +336,10 @@ pub fn memcg_max_pages(
     limit.saturating_add(swap).max(1)
 }
 
-/// The memory controller: `root` (the global --cgroup-root) or the one in
-/// /proc/self/mounts.
-fn cgroup_fs(root: Option<&PathBuf>) -> Option<CgroupFs> {
-    match root {
-        Some(root) => CgroupFs::at(root.clone()),
-        None => fs::read_to_string("/proc/self/mounts")
-            .ok()
-            .and_then(|m| CgroupFs::detect(&m)),
-    }
-}
-
 /// Ranks as `args` asks: the node, or one cgroup (`--cgroup`, `--pod`,
 /// `--allocatable`).
 pub fn rank(args: &RankArgs, resolve: &dyn Resolve) -> Result<Ranking, RankError> {
-    let cgfs = cgroup_fs(args.cgroup_root.as_ref());
+    let cgfs = CgroupFs::find(args.cgroup_root.as_deref());
     let scoped = args.cgroup.is_some() || args.pod.is_some() || args.allocatable;
     if !scoped {
         let entries = collect_node(&args.proc_root, cgfs.as_ref(), resolve)?;
