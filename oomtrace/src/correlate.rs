@@ -411,7 +411,8 @@ impl Correlator {
             })
             .map(|p| {
                 (
-                    p.ktime_ns.unwrap_or(p.kmsg_ts_usec.unwrap_or(0) * 1000),
+                    p.ktime_ns
+                        .unwrap_or(p.kmsg_ts_usec.unwrap_or(0).saturating_mul(1000)),
                     p.pid,
                 )
             })

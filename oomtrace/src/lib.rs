@@ -23,6 +23,7 @@
 //! - [`node`]: node memory, pressure and the largest consumers at the moment of a kill.
 //! - [`explain`]: the explanation and advice for each OOM domain.
 //! - [`report`]: the event a user reads (JSON field names are a contract).
+//! - [`readcap`]: whole-file reads with a size cap.
 //! - [`sink`]: JSON lines and text output.
 //! - [`metrics`]: Prometheus/OpenMetrics counters and `/healthz` on `--metrics-addr`.
 //! - [`kube`]: `--kube`: a Pod Event per kill and pod metadata from a watch of this node's pods.
@@ -46,6 +47,7 @@ pub mod podnames;
 pub mod probe;
 pub mod qos;
 pub mod rank;
+pub mod readcap;
 pub mod report;
 pub mod sink;
 pub mod tracefs;
