@@ -7,6 +7,7 @@
 //!   `rust-src` (aya-build compiles the eBPF crate with `-Z build-std=core`);
 //! - `bpf-linker`, built against the nightly's own libLLVM (see
 //!   [`BpfLinker`]);
+//! - `cargo-fuzz` (pinned), for the fuzz targets in `fuzz/`;
 //! - the Debian packages the tests need (root only; otherwise the command);
 //! - tracefs mounted at `/sys/kernel/tracing`.
 
@@ -26,6 +27,9 @@ use crate::{
 
 /// Pinned: newer releases may need another rustc or LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Pinned: the `fuzz` test stage runs the targets in `fuzz/` with it.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What the tests need from Debian: qemu, busybox and cpio for the VM tests'
 /// guests, kmod for loading modules, python3 for test helpers, prometheus
@@ -66,6 +70,7 @@ pub fn setup() -> anyhow::Result<Outcome> {
     rust_src(&sysroot)?;
     musl_target()?;
     BpfLinker::probe(&sysroot)?.ensure()?;
+    cargo_fuzz()?;
     outcome.to_do += debian_packages()?;
     outcome.to_do += tracefs()?;
     let elapsed = util::human(started.elapsed());
@@ -360,6 +365,34 @@ impl BpfLinker {
             Some(_) => None,
         }
     }
+}
+
+/// `cargo fuzz` at the pinned version, installed from crates.io when absent
+/// or another version (it builds with the stable toolchain in about a minute).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let item = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let installed = util::read(cmd!("cargo", "fuzz", "--version")).ok();
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION))
+    {
+        report(&item, "present");
+        return Ok(());
+    }
+    let mut install = cmd!(
+        "cargo",
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force"
+    );
+    // Build in cargo's own temporary directory, not in a workspace's.
+    install.env_remove("CARGO_TARGET_DIR");
+    util::run(install).context("installing cargo-fuzz failed")?;
+    report(&item, "installed");
+    Ok(())
 }
 
 /// bpf-linker as rustc will find it: on `PATH`, else where cargo installs.

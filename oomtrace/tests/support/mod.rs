@@ -198,10 +198,17 @@ pub struct Agent {
 impl Agent {
     /// Starts `oomtrace --format json ARGS` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Agent::start`] with environment variables (`OOMTRACE_LOG` is `info`
+    /// unless `env` sets it).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
             .args(["--format", "json"])
             .args(args)
             .env("OOMTRACE_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
