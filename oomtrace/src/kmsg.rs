@@ -18,6 +18,13 @@
 //!   kernel then moves the reader to the oldest record still held, so the gap in
 //!   sequence numbers of the next record is the number of records lost.
 //!
+//! - Anyone allowed to write `/dev/kmsg` can write `Out of memory: Killed
+//!   process ...`, but not with the kernel's facility (0): only such records are
+//!   read as kernel lines ([`KmsgRecord::is_kernel`], [`kernel_oom_line`]); the
+//!   others are counted as forgeries. The names in the lines (comms, cgroup
+//!   paths) are user-chosen too; the summary parser reads the line by its
+//!   structure so that they cannot change its fields (see `parse_summary`).
+//!
 //! Parsing is pure and never panics ([`parse_record`], [`parse_oom_line`]); the
 //! reader ([`spawn_reader`], [`read_records`]) runs a blocking `read()` loop in
 //! a dedicated thread, one record per `read()`.
