@@ -25,7 +25,7 @@
 
 use std::{
     collections::HashMap,
-    fmt, fs, io,
+    fmt, io,
     path::{Path, PathBuf},
     sync::OnceLock,
 };
@@ -43,6 +43,11 @@ const MIN_HEADER_LEN: usize = 24;
 const TYPE_HEADER_LEN: usize = 12;
 /// Modifier chains in real BTF are a handful deep; this bounds malformed cycles.
 const MAX_RESOLVE_DEPTH: usize = 64;
+/// Members visited in one lookup by name, anonymous ones included: the
+/// kernel's `task_struct` with its anonymous unions has a few hundred.
+const MAX_MEMBER_VISITS: usize = 1 << 14;
+/// Largest BTF file read: a distribution kernel's vmlinux BTF is 5 to 10 MiB.
+pub const MAX_BTF_BYTES: u64 = 128 << 20;
 
 /// Errors of the BTF reader. Messages say what the user can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +70,17 @@ pub enum BtfError {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+    /// The file is larger than [`MAX_BTF_BYTES`].
+    #[error(
+        "{path} is larger than {limit} bytes, far more than any kernel's BTF: pass \
+         /sys/kernel/btf/vmlinux or a raw BTF blob with --btf"
+    )]
+    TooLarge {
+        /// The path that was tried.
+        path: PathBuf,
+        /// The cap.
+        limit: u64,
     },
     /// The data does not start with the BTF magic.
     #[error(
@@ -369,10 +385,15 @@ impl Btf {
     /// Reads and parses a BTF file, typically [`VMLINUX_BTF`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref();
-        let data = fs::read(path).map_err(|source| {
+        let data = crate::readcap::read_capped(path, MAX_BTF_BYTES).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 BtfError::NotFound {
                     path: path.to_path_buf(),
+                }
+            } else if source.kind() == io::ErrorKind::FileTooLarge {
+                BtfError::TooLarge {
+                    path: path.to_path_buf(),
+                    limit: MAX_BTF_BYTES,
                 }
             } else {
                 BtfError::Io {
@@ -805,6 +826,17 @@ impl Btf {
     }
 
     fn type_size(&self, id: u32) -> Result<u32, BtfError> {
+        self.type_size_at(id, 0)
+    }
+
+    /// `type_size` at nesting `depth` of arrays and variables: real BTF nests
+    /// a few arrays (`int[2][3]`); a self-referencing one would recurse forever.
+    fn type_size_at(&self, id: u32, depth: usize) -> Result<u32, BtfError> {
+        if depth > MAX_RESOLVE_DEPTH {
+            return Err(malformed(format!(
+                "array or variable type {id} nested too deep (a cycle?)"
+            )));
+        }
         let id = self.skip_modifiers(id)?;
         let t = self.header(id)?;
         match t.kind() {
@@ -821,11 +853,11 @@ impl Btf {
             Kind::Ptr => Ok(self.pointer_size),
             Kind::Array => {
                 let (elem, _, len) = self.array(t)?;
-                self.type_size(elem)?
+                self.type_size_at(elem, depth + 1)?
                     .checked_mul(len)
                     .ok_or_else(|| malformed(format!("array type {id} size overflows")))
             }
-            Kind::Var => self.type_size(t.size_or_type),
+            Kind::Var => self.type_size_at(t.size_or_type, depth + 1),
             other => Err(BtfError::NoSize {
                 what: format!("{other:?} `{}` (type {id})", self.str_at(t.name_off)?),
             }),
@@ -850,17 +882,31 @@ impl Btf {
 
     /// Searches `container` (a resolved struct/union id) for `name`, descending into
     /// anonymous members. Returns the member and its bit offset from `container`.
-    fn find_member(
+    fn find_member(&self, container: u32, name: &str) -> Result<Option<(Member, u32)>, BtfError> {
+        let mut budget = MAX_MEMBER_VISITS;
+        self.find_member_in(container, name, 0, &mut budget)
+    }
+
+    /// [`Btf::find_member`] at nesting `depth`, visiting at most `budget` more
+    /// members: anonymous members that share types (a DAG, or a cycle) would
+    /// otherwise take exponential time.
+    fn find_member_in(
         &self,
         container: u32,
         name: &str,
         depth: usize,
+        budget: &mut usize,
     ) -> Result<Option<(Member, u32)>, BtfError> {
         if depth > MAX_RESOLVE_DEPTH {
             return Err(malformed("anonymous members nested too deep"));
         }
         let t = self.header(container)?;
         for i in 0..t.vlen() {
+            *budget = budget.checked_sub(1).ok_or_else(|| {
+                malformed(format!(
+                    "more than {MAX_MEMBER_VISITS} members searched for `{name}`: anonymous members repeat"
+                ))
+            })?;
             let m = self.member(t, i)?;
             if m.name_off != 0 {
                 if self.str_at(m.name_off)? == name {
@@ -870,9 +916,13 @@ impl Btf {
             }
             let inner = self.skip_modifiers(m.type_id)?;
             if matches!(self.header(inner)?.kind(), Kind::Struct | Kind::Union)
-                && let Some((found, off)) = self.find_member(inner, name, depth + 1)?
+                && let Some((found, off)) = self.find_member_in(inner, name, depth + 1, budget)?
             {
-                return Ok(Some((found, m.bit_offset + off)));
+                let bits = m
+                    .bit_offset
+                    .checked_add(off)
+                    .ok_or_else(|| malformed("member offset overflows"))?;
+                return Ok(Some((found, bits)));
             }
         }
         Ok(None)
@@ -889,7 +939,9 @@ impl Btf {
         let enc = self.u32_at(t.extra)?;
         let bits = enc & 0xff;
         let offset = (enc >> 16) & 0xff;
-        Ok((offset != 0 || bits != t.size_or_type * 8).then_some(bits))
+        // In u64: a (malformed) size above 512 MiB would overflow `* 8` in u32.
+        let size_bits = u64::from(t.size_or_type) * 8;
+        Ok((offset != 0 || u64::from(bits) != size_bits).then_some(bits))
     }
 
     /// Walks `path` from `struct_name`; returns the byte offset and the member's type id.
@@ -899,7 +951,7 @@ impl Btf {
         let mut bits: u32 = 0;
         let mut components = path.split('.').peekable();
         while let Some(component) = components.next() {
-            let Some((member, off)) = self.find_member(container, component, 0)? else {
+            let Some((member, off)) = self.find_member(container, component)? else {
                 return Err(BtfError::NoSuchMember {
                     container: container_name,
                     member: component.to_owned(),
@@ -960,6 +1012,8 @@ impl Btf {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::fs;
 
     use super::*;
 
@@ -1628,6 +1682,133 @@ mod tests {
         }
     }
 
+    /// Issue 9: an ARRAY whose element is itself sent `type_size` into
+    /// unbounded recursion (a stack overflow that killed the agent).
+    #[test]
+    fn a_self_referencing_array_is_malformed_not_a_stack_overflow() {
+        let mut e = Enc::new();
+        let int = e.int("int", 4, true);
+        let own_id = e.next_id;
+        let arr = e.array(own_id, int, 2);
+        assert_eq!(arr, own_id);
+        // Two arrays that are each other's element, and a VAR of itself.
+        let a_id = e.next_id;
+        e.array(a_id + 1, int, 3);
+        e.array(a_id, int, 3);
+        let var_id = e.next_id;
+        e.ty("v", VAR, false, 0, var_id);
+        e.words(&[1]);
+        e.composite(
+            STRUCT,
+            "s",
+            16,
+            false,
+            &[("a", arr, 0, 0), ("b", a_id, 0, 0), ("v", var_id, 0, 0)],
+        );
+        let btf = Btf::parse(e.build()).unwrap();
+        for member in ["a", "b", "v"] {
+            let err = btf.member_type_size("s", member).unwrap_err();
+            assert!(matches!(err, BtfError::Malformed(_)), "{member}: {err:?}");
+            assert!(err.to_string().contains("too deep"), "{member}: {err}");
+        }
+        assert!(matches!(
+            btf.member_array("s", "a"),
+            Err(BtfError::Malformed(_))
+        ));
+        // A real nesting (int[2][3]) still has a size.
+        let mut e = Enc::new();
+        let int = e.int("int", 4, true);
+        let inner = e.array(int, int, 3);
+        let outer = e.array(inner, int, 2);
+        e.composite(STRUCT, "m", 24, false, &[("x", outer, 0, 0)]);
+        let btf = Btf::parse(e.build()).unwrap();
+        assert_eq!(btf.member_type_size("m", "x").unwrap(), 24);
+    }
+
+    /// Issue 9: member bit offsets were added in u32 without a check, so an
+    /// anonymous member near the top of the range overflowed (a panic).
+    #[test]
+    fn member_bit_offsets_past_u32_are_malformed_not_a_panic() {
+        let mut e = Enc::new();
+        let int = e.int("int", 4, true);
+        let inner = e.composite(STRUCT, "", 8, false, &[("x", int, 0x200, 0)]);
+        e.composite(STRUCT, "outer", 8, false, &[("", inner, 0xffff_ff00, 0)]);
+        let btf = Btf::parse(e.build()).unwrap();
+        let err = btf.member_offset("outer", "x").unwrap_err();
+        assert!(matches!(err, BtfError::Malformed(_)), "{err:?}");
+        assert!(err.to_string().contains("overflows"), "{err}");
+    }
+
+    /// Issue 9: `size * 8` of an INT overflowed u32 for a size above 512 MiB.
+    #[test]
+    fn a_huge_int_size_is_not_an_overflow() {
+        let mut e = Enc::new();
+        let huge = e.ty("huge", INT, false, 0, 0x2000_0000);
+        e.words(&[64]);
+        e.composite(STRUCT, "s", 8, false, &[("h", huge, 0, 0)]);
+        let btf = Btf::parse(e.build()).unwrap();
+        // 64 bits in a 512 MiB int: its width is not its size, so it reads as a bit-field.
+        assert!(matches!(
+            btf.member_offset("s", "h"),
+            Err(BtfError::BitField { bit_size: 64, .. })
+        ));
+        assert!(matches!(
+            btf.member_type_size("s", "h"),
+            Err(BtfError::BitField { .. })
+        ));
+    }
+
+    /// Anonymous members that fan out (each level two anonymous members of
+    /// the next) took 2^depth steps to search: bounded, and an error.
+    #[test]
+    fn fanned_out_anonymous_members_are_bounded() {
+        let mut e = Enc::new();
+        let int = e.int("int", 4, true);
+        let mut next = e.composite(STRUCT, "", 4, false, &[("leaf", int, 0, 0)]);
+        for _ in 0..40 {
+            next = e.composite(STRUCT, "", 8, false, &[("", next, 0, 0), ("", next, 0, 0)]);
+        }
+        e.composite(STRUCT, "top", 8, false, &[("", next, 0, 0)]);
+        let btf = Btf::parse(e.build()).unwrap();
+        let start = std::time::Instant::now();
+        // Depth 42 is within the nesting bound: the leaf is found at once...
+        assert_eq!(btf.member_offset("top", "leaf").unwrap(), 0);
+        // ...but a name that is nowhere would visit 2^41 members.
+        let err = btf.member_offset("top", "absent").unwrap_err();
+        assert!(matches!(err, BtfError::Malformed(_)), "{err:?}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        // And a struct that is its own anonymous member: nesting too deep.
+        let mut e = Enc::new();
+        let id = e.next_id;
+        e.composite(STRUCT, "self", 8, false, &[("", id, 0, 0)]);
+        let btf = Btf::parse(e.build()).unwrap();
+        assert!(matches!(
+            btf.member_offset("self", "x"),
+            Err(BtfError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_btf_file_larger_than_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(MAX_BTF_BYTES + 1).unwrap();
+        let err = Btf::from_file(&path).unwrap_err();
+        assert!(matches!(err, BtfError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("--btf"), "{err}");
+        // Below the cap it is read (and then refused as not BTF).
+        f.set_len(4096).unwrap();
+        assert!(matches!(
+            Btf::from_file(&path),
+            Err(BtfError::BadMagic { magic: 0 })
+        ));
+    }
+
     #[test]
     fn unknown_kinds_are_skipped_with_a_layout_section_only() {
         let mut e = Enc::new();
@@ -1663,6 +1844,238 @@ mod tests {
         assert_eq!(btf.pointer_size(), 4);
         assert_eq!(btf.member_type_size("s", "p").unwrap(), 4);
         assert_eq!(btf.member_offset("s", "l").unwrap(), 4);
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Names the agent looks up, so generated graphs hit its queries.
+        const NAMES: &[&str] = &[
+            "",
+            "task_struct",
+            "pid",
+            "tgid",
+            "comm",
+            "cgroups",
+            "signal",
+            "real_cred",
+            "cred",
+            "uid",
+            "signal_struct",
+            "oom_score_adj",
+            "css_set",
+            "subsys",
+            "cgroup_subsys_state",
+            "cgroup",
+            "parent",
+            "kn",
+            "kernfs_node",
+            "name",
+            "id",
+            "mem_cgroup",
+            "css",
+            "memory",
+            "usage",
+            "max",
+            "oom_control",
+            "memcg",
+            "chosen",
+            "totalpages",
+            "cgroup_subsys_id",
+            "memory_cgrp_id",
+            "btf_trace_mark_victim",
+            "oom_kill_process",
+            "uid_t",
+            "long int",
+        ];
+
+        /// One generated type; references are type ids that may point
+        /// anywhere: at itself, forwards, past the last type.
+        #[derive(Debug, Clone)]
+        enum Spec {
+            Int(usize, u32, u32),
+            Ref(u32, usize, u32),
+            Array(u32, u32),
+            Composite(bool, usize, u32, bool, Vec<(usize, u32, u32)>),
+            Enum(usize, bool, Vec<(usize, i32)>),
+            Var(usize, u32),
+            Proto(Vec<u32>),
+        }
+
+        fn id() -> impl Strategy<Value = u32> {
+            prop_oneof![0_u32..24, Just(u32::MAX)]
+        }
+
+        fn word() -> impl Strategy<Value = u32> {
+            prop::sample::select(vec![
+                0,
+                1,
+                4,
+                8,
+                16,
+                64,
+                96,
+                0x00ff_ffff,
+                0x2000_0000,
+                0xffff_ff00,
+                u32::MAX,
+            ])
+        }
+
+        fn spec() -> impl Strategy<Value = Spec> {
+            let name = 0..NAMES.len();
+            prop_oneof![
+                (name.clone(), word(), word()).prop_map(|(n, s, e)| Spec::Int(n, s, e)),
+                (
+                    prop::sample::select(vec![
+                        PTR, TYPEDEF, CONST, VOLATILE, RESTRICT, TYPE_TAG, FUNC, FWD
+                    ]),
+                    name.clone(),
+                    id()
+                )
+                    .prop_map(|(k, n, t)| Spec::Ref(k, n, t)),
+                (id(), word()).prop_map(|(e, l)| Spec::Array(e, l)),
+                // Members are anonymous one time in three (anonymous structs and unions are searched through).
+                (
+                    any::<bool>(),
+                    name.clone(),
+                    word(),
+                    any::<bool>(),
+                    prop::collection::vec(
+                        (prop_oneof![1 => Just(0), 2 => name.clone()], id(), word()),
+                        0..6
+                    )
+                )
+                    .prop_map(|(u, n, s, k, m)| Spec::Composite(u, n, s, k, m)),
+                (
+                    name.clone(),
+                    any::<bool>(),
+                    prop::collection::vec((name.clone(), any::<i32>()), 0..4)
+                )
+                    .prop_map(|(n, s, v)| Spec::Enum(n, s, v)),
+                (name.clone(), id()).prop_map(|(n, t)| Spec::Var(n, t)),
+                prop::collection::vec(id(), 0..4).prop_map(Spec::Proto),
+            ]
+        }
+
+        fn encode(specs: &[Spec]) -> Vec<u8> {
+            let mut e = Enc::new();
+            for s in specs {
+                match s {
+                    Spec::Int(n, size, enc) => {
+                        e.ty(NAMES[*n], INT, false, 0, *size);
+                        e.words(&[*enc]);
+                    }
+                    Spec::Ref(kind, n, t) => {
+                        e.refer(*kind, NAMES[*n], *t);
+                    }
+                    Spec::Array(elem, len) => {
+                        e.array(*elem, 1, *len);
+                    }
+                    Spec::Composite(union, n, size, kflag, members) => {
+                        let m: Vec<M> = members
+                            .iter()
+                            .map(|&(mn, t, off)| {
+                                (
+                                    NAMES[mn],
+                                    t,
+                                    off & if *kflag { 0x00ff_ffff } else { u32::MAX },
+                                    off >> 24,
+                                )
+                            })
+                            .collect();
+                        e.composite(
+                            if *union { UNION } else { STRUCT },
+                            NAMES[*n],
+                            *size,
+                            *kflag,
+                            &m,
+                        );
+                    }
+                    Spec::Enum(n, signed, values) => {
+                        let v: Vec<(&str, i32)> =
+                            values.iter().map(|&(vn, x)| (NAMES[vn], x)).collect();
+                        e.enum32(NAMES[*n], *signed, &v);
+                    }
+                    Spec::Var(n, t) => {
+                        e.ty(NAMES[*n], VAR, false, 0, *t);
+                        e.words(&[1]);
+                    }
+                    Spec::Proto(params) => {
+                        let p: Vec<(&str, u32)> = params.iter().map(|&t| ("", t)).collect();
+                        e.proto(0, &p);
+                    }
+                }
+            }
+            e.build()
+        }
+
+        /// Every query the agent makes, and the size queries, on `btf`.
+        pub(super) fn query_all(btf: &Btf) {
+            let _ = crate::offsets::resolve(btf);
+            let _ = btf.tracepoint_args("mark_victim");
+            let _ = btf.has_func("oom_kill_process");
+            let _ = btf.has_func("oom_kill_memcg_member");
+            for (s, m) in [
+                ("task_struct", "comm"),
+                ("css_set", "subsys"),
+                ("mem_cgroup", "memory.usage"),
+                ("task_struct", "cgroups"),
+            ] {
+                let _ = btf.member_type_size(s, m);
+                let _ = btf.member_array(s, m);
+            }
+            for s in ["task_struct", "mem_cgroup", "oom_control", "cgroup"] {
+                let _ = btf.struct_size(s);
+            }
+            let _ = btf.enum_value("cgroup_subsys_id", "memory_cgrp_id");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+            /// Generated type graphs (cycles, dangling and self references,
+            /// extreme sizes and offsets), intact or with bytes flipped: every
+            /// query answers, quickly, without a panic.
+            #[test]
+            fn btf_queries_on_generated_graphs_never_panic(
+                specs in prop::collection::vec(spec(), 1..24),
+                flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            ) {
+                let mut blob = encode(&specs);
+                let start = std::time::Instant::now();
+                if let Ok(btf) = Btf::parse(blob.clone()) {
+                    query_all(&btf);
+                    // And every member of every generated struct, one and two levels deep.
+                    let members: Vec<&str> = specs.iter().flat_map(|s| match s {
+                        Spec::Composite(_, _, _, _, m) => m.iter().map(|&(n, _, _)| NAMES[n]).collect(),
+                        _ => vec![],
+                    }).collect();
+                    for s in &specs {
+                        let Spec::Composite(_, n, _, _, m) = s else { continue };
+                        let _ = btf.struct_size(NAMES[*n]);
+                        for &(mn, _, _) in m {
+                            let first = NAMES[mn];
+                            for path in std::iter::once(first.to_owned()).chain(members.iter().map(|m2| format!("{first}.{m2}"))) {
+                                let _ = btf.member_offset(NAMES[*n], &path);
+                                let _ = btf.member_type_size(NAMES[*n], &path);
+                                let _ = btf.member_array(NAMES[*n], &path);
+                            }
+                        }
+                    }
+                }
+                for (at, x) in flips {
+                    let i = at.index(blob.len());
+                    blob[i] ^= x;
+                }
+                if let Ok(btf) = Btf::parse(blob) {
+                    query_all(&btf);
+                }
+                prop_assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+            }
+        }
     }
 
     #[test]

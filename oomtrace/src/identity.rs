@@ -945,4 +945,142 @@ mod tests {
             OomDomain::Cgroup
         );
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A kubelet-made container cgroup path (KERNEL-FACTS §6) and what it must parse to.
+        #[derive(Debug, Clone)]
+        struct Made {
+            path: String,
+            kubepods: String,
+            pod: String,
+            container: String,
+            uid: String,
+            id: String,
+            qos: QosClass,
+            runtime: Option<Runtime>,
+        }
+
+        fn made() -> impl Strategy<Value = Made> {
+            (
+                any::<bool>(),
+                prop::sample::select(vec![
+                    QosClass::Guaranteed,
+                    QosClass::Burstable,
+                    QosClass::BestEffort,
+                ]),
+                "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                "[0-9a-f]{64}",
+                0..3_usize,
+                prop::sample::select(vec!["", "/lxc.payload.node-1", "/kubelet.slice"]),
+                any::<bool>(),
+            )
+                .prop_map(|(systemd, qos, uid, id, rt, outer, crun)| {
+                    let q = qos.as_str().to_ascii_lowercase();
+                    let (kubepods, pod, container, runtime);
+                    if systemd {
+                        let unit = if outer == "/kubelet.slice" {
+                            "kubelet-kubepods"
+                        } else {
+                            "kubepods"
+                        };
+                        let mut k = format!("{outer}/{unit}.slice");
+                        kubepods = k.clone();
+                        let parent = if qos == QosClass::Guaranteed {
+                            unit.to_owned()
+                        } else {
+                            k += &format!("/{unit}-{q}.slice");
+                            format!("{unit}-{q}")
+                        };
+                        pod = format!("{k}/{parent}-pod{}.slice", uid.replace('-', "_"));
+                        let (name, r) = [
+                            (format!("cri-containerd-{id}.scope"), Runtime::Containerd),
+                            (format!("crio-{id}.scope"), Runtime::CriO),
+                            (format!("docker-{id}.scope"), Runtime::Docker),
+                        ][rt]
+                            .clone();
+                        container = format!("{pod}/{name}");
+                        runtime = Some(r);
+                    } else {
+                        kubepods = format!("{outer}/kubepods");
+                        let k = if qos == QosClass::Guaranteed {
+                            kubepods.clone()
+                        } else {
+                            format!("{kubepods}/{q}")
+                        };
+                        pod = format!("{k}/pod{uid}");
+                        let (name, r) = if rt == 1 {
+                            (format!("crio-{id}"), Some(Runtime::CriO))
+                        } else {
+                            (id.clone(), None)
+                        };
+                        container = format!("{pod}/{name}");
+                        runtime = r;
+                    }
+                    // crun on cgroup v2 runs the workload in a `container` child.
+                    let path = if crun {
+                        format!("{container}/container")
+                    } else {
+                        container.clone()
+                    };
+                    Made {
+                        path,
+                        kubepods,
+                        pod,
+                        container,
+                        uid,
+                        id,
+                        qos,
+                        runtime,
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn identity_of_a_generated_kubelet_path(m in made(), form in 0..4_usize) {
+                let written = match form {
+                    0 => m.path.clone(),
+                    1 => format!("0::{}", m.path),
+                    2 => format!("4:memory:{}/", m.path),
+                    _ => format!("/sys/fs/cgroup/memory{}", m.path),
+                };
+                let id = parse(&written);
+                prop_assert_eq!(id.level, Level::Container);
+                prop_assert_eq!(id.pod_uid.as_deref(), Some(m.uid.as_str()));
+                prop_assert_eq!(id.container_id.as_deref(), Some(m.id.as_str()));
+                prop_assert_eq!(id.qos, Some(m.qos));
+                prop_assert_eq!(id.runtime, m.runtime);
+                prop_assert_eq!(id.container_path.as_deref(), Some(m.container.as_str()));
+                prop_assert_eq!(id.pod_path.as_deref(), Some(m.pod.as_str()));
+                prop_assert_eq!(id.kubepods_path.as_deref(), Some(m.kubepods.as_str()));
+                let victim = Some(m.path.as_str());
+                prop_assert_eq!(oom_domain(Some(&m.path), victim), OomDomain::Container);
+                prop_assert_eq!(oom_domain(Some(&m.container), victim), OomDomain::Container);
+                prop_assert_eq!(oom_domain(Some(&m.pod), victim), OomDomain::Pod);
+                prop_assert_eq!(oom_domain(Some(&m.kubepods), victim), OomDomain::NodeAllocatable);
+                prop_assert_eq!(oom_domain(None, victim), OomDomain::Node);
+            }
+
+            #[test]
+            fn identity_never_panics(path in "[/a-z0-9:._@,-]{0,120}", other in any::<String>()) {
+                for p in [&path, &other] {
+                    let id = parse(p);
+                    // Each level's path is a prefix of the next one's.
+                    let levels = [&id.kubepods_path, &id.qos_path, &id.pod_path, &id.container_path];
+                    let known: Vec<&String> = levels.iter().filter_map(|l| l.as_ref()).collect();
+                    for w in known.windows(2) {
+                        prop_assert!(w[1].starts_with(w[0].as_str()), "{:?}", id);
+                    }
+                    let _ = oom_domain(Some(p), Some(&path));
+                    let _ = oom_domain(Some(&other), Some(p));
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,13 @@
 //!   kernel then moves the reader to the oldest record still held, so the gap in
 //!   sequence numbers of the next record is the number of records lost.
 //!
+//! - Anyone allowed to write `/dev/kmsg` can write `Out of memory: Killed
+//!   process ...`, but not with the kernel's facility (0): only such records are
+//!   read as kernel lines ([`KmsgRecord::is_kernel`], [`kernel_oom_line`]); the
+//!   others are counted as forgeries. The names in the lines (comms, cgroup
+//!   paths) are user-chosen too; the summary parser reads the line by its
+//!   structure so that they cannot change its fields (see `parse_summary`).
+//!
 //! Parsing is pure and never panics ([`parse_record`], [`parse_oom_line`]); the
 //! reader ([`spawn_reader`], [`read_records`]) runs a blocking `read()` loop in
 //! a dedicated thread, one record per `read()`.
@@ -70,6 +77,18 @@ pub struct KmsgRecord {
     pub continuation: bool,
     /// The message text, with the kernel's `\xNN` escapes undone.
     pub message: String,
+}
+
+impl KmsgRecord {
+    /// Whether the kernel wrote this record: its facility (`prio >> 3`) is 0
+    /// (`LOG_KERN`). User space cannot write facility 0: `devkmsg_write()` in
+    /// `kernel/printk/printk.c` starts from `facility = 1; /* LOG_USER */` and
+    /// only takes the facility of a `<N>` prefix when it is not 0, "to be able
+    /// to reliably distinguish kernel-generated messages from
+    /// userspace-injected ones" (since 3.5, when `/dev/kmsg` became readable).
+    pub fn is_kernel(&self) -> bool {
+        self.facility_prio >> 3 == 0
+    }
 }
 
 /// Parses one record as returned by one `read()` of `/dev/kmsg`:
@@ -225,11 +244,7 @@ pub fn parse_oom_line(msg: &str) -> Option<OomLine> {
         });
     }
     if let Some(rest) = msg.strip_prefix("Task in ") {
-        let (task, limit) = rest.split_once(" killed as a result of limit of ")?;
-        return Some(OomLine::TaskInMemcg {
-            task_cgroup: task.to_owned(),
-            limit_cgroup: limit.trim_end().to_owned(),
-        });
+        return parse_task_in(rest);
     }
     if let Some(rest) = msg.strip_prefix("oom_reaper: reaped process ") {
         return parse_reaped(rest);
@@ -295,85 +310,276 @@ fn parse_header(comm: &str, rest: &str) -> OomLine {
     }
 }
 
-/// Start of `key=` at the beginning of `s` or right after a comma.
-fn key_pos(s: &str, key: &str) -> Option<usize> {
-    let pat = format!("{key}=");
-    if s.starts_with(&pat) {
-        return Some(0);
-    }
-    s.find(&format!(",{pat}")).map(|i| i + 1)
+/// Longest comm the kernel prints: `TASK_COMM_LEN` (16) minus the NUL.
+const COMM_MAX_BYTES: usize = 15;
+
+/// The number a `%d` of the kernel printed, `%5d` padding allowed.
+fn is_int(s: &str) -> bool {
+    let s = s.trim_start();
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Parses what follows `oom-kill:`. Values may contain commas (nodemask and
-/// mems_allowed lists, cgroup paths, the comm), so each value runs up to the
-/// next known key. `task,pid,uid` always come last and the comm may itself
-/// contain `,pid=`: the pid is taken from the last `,pid=`.
-fn parse_summary(rest: &str) -> OomLine {
-    let rest = rest.trim();
-    let (head, tail) = match rest
-        .find(",task=")
-        .or(rest.starts_with("task=").then_some(0))
-    {
-        Some(i) => (&rest[..i], Some(rest[i..].trim_start_matches(','))),
-        None => (rest, None),
-    };
-    let keys = [
-        "constraint",
-        "nodemask",
-        "cpuset",
-        "mems_allowed",
-        "oom_memcg",
-        "task_memcg",
-    ];
-    let mut starts: Vec<(usize, &str)> = keys
-        .iter()
-        .filter_map(|k| key_pos(head, k).map(|p| (p, *k)))
-        .collect();
-    let global_at = head.match_indices("global_oom").map(|(i, _)| i).find(|&i| {
-        (i == 0 || head.as_bytes()[i - 1] == b',')
-            && matches!(
-                head.as_bytes().get(i + "global_oom".len()),
-                None | Some(b',')
-            )
-    });
-    if let Some(i) = global_at {
-        starts.push((i, "global_oom"));
+/// Splits off a `%*pbl` node list (`0`, `0-1,3`, `(null)`) at the start of
+/// `s`: returns it and what follows (`,next=...`).
+fn split_node_list(s: &str) -> (&str, &str) {
+    if let Some(rest) = s.strip_prefix("(null)") {
+        return ("(null)", rest);
     }
-    starts.sort_unstable();
-    let value = |key: &str| -> Option<String> {
-        let idx = starts.iter().position(|(_, k)| *k == key)?;
-        let from = starts[idx].0 + key.len() + 1;
-        let to = starts
-            .get(idx + 1)
-            .map_or(head.len(), |(p, _)| p.saturating_sub(1));
-        head.get(from..to.max(from)).map(str::to_owned)
+    let mut end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == ',' || c == '-'))
+        .unwrap_or(s.len());
+    // The list stops before the comma that starts the next key.
+    while end > 0 && s.as_bytes()[end - 1] == b',' && end < s.len() {
+        end -= 1;
+    }
+    (&s[..end], &s[end..])
+}
+
+/// Whether `s` is a whole node list, as [`split_node_list`] reads one.
+fn is_node_list(s: &str) -> bool {
+    split_node_list(s).1.is_empty()
+}
+
+/// Bytes of the comm as the kernel held it: the message's invalid UTF-8
+/// became one U+FFFD per byte sequence, counted as one byte.
+fn comm_bytes(comm: &str) -> usize {
+    comm.chars()
+        .map(|c| if c == '\u{fffd}' { 1 } else { c.len_utf8() })
+        .sum()
+}
+
+/// Whether cgroup `path` is `ancestor` or below it.
+fn within(path: &str, ancestor: &str) -> bool {
+    path == ancestor
+        || ancestor == "/"
+        || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
+}
+
+/// `,cpuset=<name>,mems_allowed=<list>`: the name and whether the block
+/// parsed. The name is hostile (any cgroup name but one with a `/`), the
+/// list is not, so the list starts after the last `,mems_allowed=`.
+fn parse_cpuset(block: &str) -> Option<String> {
+    let body = block.strip_prefix(",cpuset=")?;
+    Some(match body.rfind(",mems_allowed=") {
+        Some(i) if is_node_list(&body[i + ",mems_allowed=".len()..]) => body[..i].to_owned(),
+        _ => body.to_owned(),
+    })
+}
+
+/// In the pre-5.0 order (`…,task_memcg=<path>,cpuset=<name>,mems_allowed=<list>`)
+/// splits the cpuset block off the end of the task_memcg value.
+fn split_trailing_cpuset(value: &str) -> (&str, Option<String>) {
+    let Some(m) = value
+        .rfind(",mems_allowed=")
+        .filter(|&i| is_node_list(&value[i + ",mems_allowed=".len()..]))
+    else {
+        return (value, None);
     };
-    let (mut task, mut pid, mut uid) = (None, None, None);
-    if let Some(tail) = tail {
-        let body = tail.strip_prefix("task=").unwrap_or(tail);
-        let (before_uid, uid_str) = match body.rfind(",uid=") {
-            Some(i) => (&body[..i], Some(&body[i + ",uid=".len()..])),
-            None => (body, None),
-        };
-        uid = uid_str.and_then(num);
-        match before_uid.rfind(",pid=") {
-            Some(i) => {
-                task = Some(before_uid[..i].to_owned());
-                pid = num(&before_uid[i + ",pid=".len()..]);
-            }
-            None => task = Some(before_uid.to_owned()),
+    // The name holds no `/` (it is one cgroup's name; the root's is `/`).
+    match value[..m].rfind(",cpuset=") {
+        Some(c) if !value[c + ",cpuset=".len()..m].contains('/') || &value[c..m] == ",cpuset=/" => {
+            (&value[..c], Some(value[c + ",cpuset=".len()..m].to_owned()))
         }
+        _ => (value, None),
+    }
+}
+
+/// Parses what follows `oom-kill:`, as `dump_oom_summary()` (5.0+) prints it:
+///
+/// ```text
+/// constraint=<word>,nodemask=<list>[,cpuset=<name>,mems_allowed=<list>](,oom_memcg=<path>|,global_oom),task_memcg=<path>,task=<comm>,pid=<n>,uid=<n>
+/// ```
+///
+/// The cpuset name, both cgroup paths and the comm come from user space (a
+/// process names its cgroups and its comm) and may contain `,`, `global_oom`
+/// or any `key=`; everything else is a fixed word, a number or a node list.
+/// So the line is read by its structure, not by splitting at commas:
+///
+/// - `pid` and `uid` are numbers at the end: the last `,uid=` and the last
+///   `,pid=` before it are the kernel's.
+/// - The memcg part starts at the first `,oom_memcg=/` or
+///   `,global_oom,task_memcg=/`: what comes before it (the constraint, node
+///   lists and a cpuset name, which cannot hold a `/` unless it is the
+///   root's `/`) cannot contain either. `CONSTRAINT_MEMCG` always has an
+///   `oom_memcg=` and `CONSTRAINT_CPUSET`/`_MEMORY_POLICY` never do, so for
+///   them only that form is looked for. `CONSTRAINT_NONE` can be either: 4.19
+///   and 5.0 printed it for every OOM, memcg ones included (the constraint was
+///   set after the summary until the 5.1 fix).
+/// - Between `oom_memcg=` and `task=` the split into oom_memcg, task_memcg
+///   and comm is chosen so that task_memcg lies within oom_memcg (the victim
+///   is always in the subtree of the cgroup at its limit) and the comm fits
+///   in `TASK_COMM_LEN`; the leftmost such split is taken.
+///
+/// What remains ambiguous: a comm or a last cgroup name that itself holds
+/// `,task=` (or `,task_memcg=` in a name below the OOM cgroup) admits more than
+/// one split that satisfies both rules; the leftmost is taken. Every such split
+/// yields paths that start with the real victim's (or OOM cgroup's) own path up
+/// to the hostile name, so no choice names a cgroup outside the subtree whose
+/// owner wrote the name. Without a split that satisfies the rules (a task that
+/// moved between the kill and the message) `task_memcg` is `None`. The 4.19
+/// development order (memcg before cpuset) is read too, with the cpuset name
+/// split off the end of task_memcg by the same kind of rule. A path the kernel
+/// could not print (`(name too long)`) is not recognised: `oom_memcg` is then
+/// `None`. A fragment (the kernel split the line) yields the fields it holds.
+fn parse_summary(rest: &str) -> OomLine {
+    let line = rest.trim();
+    // `,pid=<n>,uid=<n>` at the end.
+    let (body, pid, uid) = match line.rfind(",uid=") {
+        Some(u) if is_int(&line[u + ",uid=".len()..]) => match line[..u].rfind(",pid=") {
+            Some(p) if is_int(&line[p + ",pid=".len()..u]) => (
+                &line[..p],
+                num(&line[p + ",pid=".len()..u]),
+                num(&line[u + ",uid=".len()..]),
+            ),
+            _ => (line, None, None),
+        },
+        _ => (line, None, None),
+    };
+    let complete = pid.is_some();
+
+    // `constraint=<word>,nodemask=<list>`.
+    let mut pos = 0;
+    let mut constraint = None;
+    if let Some(r) = body.strip_prefix("constraint=") {
+        let end = r.find(',').unwrap_or(r.len());
+        constraint = Some(r[..end].to_owned());
+        pos = "constraint=".len() + end;
+    }
+    if let Some(r) = body[pos..].strip_prefix(",nodemask=") {
+        let (list, _) = split_node_list(r);
+        pos += ",nodemask=".len() + list.len();
+    }
+
+    // The memcg part: the first authentic `,oom_memcg=/` or `,global_oom,task_memcg=/`.
+    const MEMCG: &str = ",oom_memcg=";
+    const GLOBAL: &str = ",global_oom";
+    let after = &body[pos..];
+    let memcg_at = after.find(",oom_memcg=/");
+    let global_at = after.match_indices(GLOBAL).map(|(i, _)| i).find(|&i| {
+        let r = &after[i + GLOBAL.len()..];
+        r.starts_with(",task_memcg=/") || r.is_empty()
+    });
+    let block = match constraint.as_deref() {
+        Some("CONSTRAINT_MEMCG") => memcg_at.map(|i| (i, false)),
+        Some("CONSTRAINT_CPUSET" | "CONSTRAINT_MEMORY_POLICY") => global_at.map(|i| (i, true)),
+        _ => match (memcg_at, global_at) {
+            (Some(m), Some(g)) if g < m => Some((g, true)),
+            (Some(m), _) => Some((m, false)),
+            (None, g) => g.map(|g| (g, true)),
+        },
+    };
+
+    // The cpuset block before the memcg part (5.0+ order), or the whole rest of
+    // a fragment without a memcg part.
+    let before = &after[..block.map_or(after.len(), |(i, _)| i)];
+    let mut cpuset = parse_cpuset(before);
+
+    let (mut oom_memcg, mut task_memcg, mut task) = (None, None, None);
+    let global = block.is_some_and(|(_, g)| g);
+    if let Some((at, is_global)) = block {
+        let text = if is_global {
+            &after[at + GLOBAL.len()..]
+        } else {
+            &after[at + MEMCG.len()..]
+        };
+        let old_order = cpuset.is_none();
+        // Where oom_memcg ends: every `,task_memcg=` (global: the one at 0).
+        let ends: Vec<usize> = if is_global {
+            vec![0]
+        } else {
+            text.match_indices(",task_memcg=").map(|(i, _)| i).collect()
+        };
+        // Every split (oom_memcg, task_memcg, cpuset of the old order, comm), leftmost first.
+        let mut splits = Vec::new();
+        for &a in &ends {
+            let p1 = &text[..a];
+            let Some(rest) = text.get(a..).and_then(|r| r.strip_prefix(",task_memcg=")) else {
+                continue;
+            };
+            let tasks: Vec<usize> = if complete {
+                rest.match_indices(",task=").map(|(i, _)| i).collect()
+            } else {
+                // A fragment: task_memcg runs to its end, or to a cut-off `,task=`.
+                vec![rest.rfind(",task=").unwrap_or(rest.len())]
+            };
+            for b in tasks {
+                let (p2, cs) = if old_order {
+                    split_trailing_cpuset(&rest[..b])
+                } else {
+                    (&rest[..b], None)
+                };
+                let comm = rest[b..].strip_prefix(",task=").unwrap_or("");
+                splits.push((p1, p2, cs, complete.then_some(comm)));
+            }
+        }
+        let fits = |(p1, p2, _, comm): &(&str, &str, Option<String>, Option<&str>)| {
+            (is_global || within(p2, p1)) && comm.is_none_or(|c| comm_bytes(c) <= COMM_MAX_BYTES)
+        };
+        // Without a fitting split, a line with one split only (nothing hostile in
+        // it: an abridged or racy line) is taken as it is.
+        let best = match splits.iter().position(fits) {
+            Some(i) => Some(splits.swap_remove(i)),
+            None if splits.len() == 1 => splits.pop(),
+            None => None,
+        };
+        match best {
+            Some((p1, p2, cs, comm)) => {
+                oom_memcg = (!is_global).then(|| p1.to_owned());
+                task_memcg = Some(p2.to_owned());
+                if cs.is_some() {
+                    cpuset = cs;
+                }
+                task = comm.map(str::to_owned);
+            }
+            None => {
+                // Nothing satisfies the rules: the OOM cgroup up to the first
+                // `,task_memcg=` (or the whole fragment) and no task_memcg.
+                if !is_global {
+                    let end = ends.first().copied().unwrap_or(text.len());
+                    oom_memcg = Some(text[..end].to_owned());
+                }
+                if complete {
+                    task = text
+                        .rfind(",task=")
+                        .map(|i| text[i + ",task=".len()..].to_owned());
+                }
+            }
+        }
+    } else if complete {
+        task = body
+            .rfind(",task=")
+            .map(|i| body[i + ",task=".len()..].to_owned());
     }
     OomLine::Summary {
-        constraint: value("constraint"),
-        global: global_at.is_some(),
-        oom_memcg: value("oom_memcg"),
-        task_memcg: value("task_memcg"),
+        constraint,
+        global,
+        oom_memcg,
+        task_memcg,
         task,
         pid,
         uid,
-        cpuset: value("cpuset"),
+        cpuset,
     }
+}
+
+/// `<task cgroup> killed as a result of limit of <memcg>` (before 4.19). Both
+/// paths may hold the separator; the split taken is the first whose limit
+/// cgroup is the task's or one of its ancestors (the victim is always in the
+/// subtree of the cgroup at its limit), else the first.
+fn parse_task_in(rest: &str) -> Option<OomLine> {
+    const SEP: &str = " killed as a result of limit of ";
+    let split = |i: usize| (&rest[..i], rest[i + SEP.len()..].trim_end());
+    let first = rest.find(SEP)?;
+    let (task, limit) = rest
+        .match_indices(SEP)
+        .map(|(i, _)| split(i))
+        .find(|(task, limit)| within(task, limit))
+        .unwrap_or_else(|| split(first));
+    Some(OomLine::TaskInMemcg {
+        task_cgroup: task.to_owned(),
+        limit_cgroup: limit.to_owned(),
+    })
 }
 
 /// Splits `N (comm)...` where the comm ends at the last `)` before `limit`.
@@ -481,8 +687,11 @@ pub struct KmsgStats {
     pub lost_records: AtomicU64,
     /// `EPIPE`s: the reader fell behind the ring buffer and was moved forward.
     pub resyncs: AtomicU64,
-    /// OOM-killer lines recognised.
+    /// OOM-killer lines recognised (in records the kernel wrote).
     pub oom_lines: AtomicU64,
+    /// Records that look like OOM-killer lines but were written by user space
+    /// (a facility other than 0): ignored, never reported as kills.
+    pub forged_oom_lines: AtomicU64,
 }
 
 /// One OOM-killer line with its record's sequence number and timestamp.
@@ -575,23 +784,57 @@ pub fn spawn_reader(
         .name("kmsg".into())
         .spawn(move || {
             let result = read_records(file, &stats, |record| {
-                let Some(line) = parse_oom_line(&record.message) else {
-                    return !tx.is_closed();
-                };
-                stats.oom_lines.fetch_add(1, Ordering::Relaxed);
-                let oom = KmsgOom {
-                    seq: record.seq,
-                    ts_usec: record.ts_usec,
-                    line,
-                    received: Instant::now(),
-                };
-                tx.blocking_send(oom).is_ok()
+                match kernel_oom_line(record, &stats) {
+                    Some(oom) => tx.blocking_send(oom).is_ok(),
+                    None => !tx.is_closed(),
+                }
             });
             if let Err(e) = result {
                 tracing::warn!("{e}");
             }
         })
         .map_err(KmsgError::Spawn)
+}
+
+/// The OOM-killer line of a record the kernel wrote, counted in `stats`.
+///
+/// A record from user space that looks like one (anyone who may write
+/// `/dev/kmsg` can write `Out of memory: Killed process ...`) is counted in
+/// [`KmsgStats::forged_oom_lines`]; the first is logged at warn with what to
+/// do, the later ones at debug.
+pub fn kernel_oom_line(record: KmsgRecord, stats: &KmsgStats) -> Option<KmsgOom> {
+    let line = parse_oom_line(&record.message)?;
+    if !record.is_kernel() {
+        let count = stats.forged_oom_lines.fetch_add(1, Ordering::Relaxed) + 1;
+        let facility = record.facility_prio >> 3;
+        if count == 1 {
+            tracing::warn!(
+                seq = record.seq,
+                facility,
+                message = ?record.message,
+                "a process wrote an OOM-killer line to the kernel log (facility {facility}, not the \
+                 kernel's 0): ignored, no kill is reported for it or for any later one (counted); \
+                 find the writer with `dmesg -x` (facility user/daemon) and the logs of processes \
+                 allowed to write /dev/kmsg, or refuse such writes with `sysctl kernel.printk_devkmsg=off`"
+            );
+        } else {
+            tracing::debug!(
+                seq = record.seq,
+                facility,
+                message = ?record.message,
+                forged_oom_lines = count,
+                "OOM-killer line from user space ignored"
+            );
+        }
+        return None;
+    }
+    stats.oom_lines.fetch_add(1, Ordering::Relaxed);
+    Some(KmsgOom {
+        seq: record.seq,
+        ts_usec: record.ts_usec,
+        line,
+        received: Instant::now(),
+    })
 }
 
 fn open(path: &Path, from_end: bool) -> Result<File, KmsgError> {
@@ -676,6 +919,14 @@ mod tests {
         (
             "lkml-sysrq-order-minus-1",
             include_str!("../tests/data/kmsg/lkml-sysrq-order-minus-1.txt"),
+        ),
+        (
+            "host-6.18-forged.kmsg",
+            include_str!("../tests/data/kmsg/host-6.18-forged.kmsg.txt"),
+        ),
+        (
+            "host-6.18-hostile-names.kmsg",
+            include_str!("../tests/data/kmsg/host-6.18-hostile-names.kmsg.txt"),
         ),
     ];
 
@@ -1082,6 +1333,385 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// The records of a sample file, as the reader gets them.
+    fn records(name: &str) -> Vec<KmsgRecord> {
+        sample(name)
+            .lines()
+            .skip(1)
+            .map(|l| parse_record(l.as_bytes()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn kmsg_user_space_records_are_counted_never_reported() {
+        // What the kernel made of the issue's forgeries written to /dev/kmsg.
+        let forged = records("host-6.18-forged.kmsg");
+        assert_eq!(forged.len(), 5);
+        assert_eq!(
+            forged
+                .iter()
+                .map(|r| r.facility_prio >> 3)
+                .collect::<Vec<_>>(),
+            [1, 1, 1, 1, 3],
+            "<3>, <6>, no prefix and <0> all became LOG_USER; <30> is daemon"
+        );
+        let stats = KmsgStats::default();
+        for r in forged.clone() {
+            assert!(!r.is_kernel());
+            assert!(parse_oom_line(&r.message).is_some(), "{r:?}");
+            assert!(kernel_oom_line(r, &stats).is_none());
+        }
+        assert_eq!(stats.forged_oom_lines.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.oom_lines.load(Ordering::Relaxed), 0);
+
+        // The kernel's own lines (facility 0, levels 3, 4 and 6) pass.
+        let real = records("host-6.18-memcg.kmsg");
+        let mut kernel_lines = 0;
+        for r in real {
+            assert!(r.is_kernel(), "{r:?}");
+            let seq = r.seq;
+            if let Some(oom) = kernel_oom_line(r, &stats) {
+                assert_eq!(oom.seq, seq);
+                kernel_lines += 1;
+            }
+        }
+        assert_eq!(kernel_lines, 12);
+        assert_eq!(stats.oom_lines.load(Ordering::Relaxed), 12);
+        assert_eq!(stats.forged_oom_lines.load(Ordering::Relaxed), 5);
+
+        // A user-space record that is no OOM line is not a forgery.
+        let other =
+            parse_record(b"30,9,1,-;systemd[1]: Started Session 3 of User root.\n").unwrap();
+        assert!(kernel_oom_line(other, &stats).is_none());
+        assert_eq!(stats.forged_oom_lines.load(Ordering::Relaxed), 5);
+    }
+
+    /// Real kernel lines of two memcg kills on this host whose cgroup names,
+    /// cpuset name and comms were chosen to break a comma splitter.
+    #[test]
+    fn kmsg_hostile_names_from_a_real_kernel_keep_the_real_fields() {
+        let got: Vec<OomLine> = records("host-6.18-hostile-names.kmsg")
+            .iter()
+            .filter_map(|r| parse_oom_line(&r.message))
+            .collect();
+        assert_eq!(got.len(), 6);
+        let p1 = "/oomtrace-hostile-2374/x,global_oom,task_memcg=/kubepods/besteffort";
+        assert_eq!(
+            got[1],
+            OomLine::Summary {
+                constraint: Some("CONSTRAINT_MEMCG".into()),
+                global: false,
+                oom_memcg: Some(p1.into()),
+                task_memcg: Some(format!("{p1}/c,task=v,pid=1,uid=0")),
+                task: Some("e,task=f,pid=7".into()),
+                pid: Some(2439),
+                uid: Some(0),
+                cpuset: Some("cs,oom_memcg=,global_oom,mems_allowed=0".into()),
+            }
+        );
+        assert!(
+            matches!(&got[2], OomLine::Killed { memcg: true, pid: Some(2439), comm, .. } if comm == "e,task=f,pid=7")
+        );
+        assert!(matches!(&got[0], OomLine::Header { comm, .. } if comm == "e,task=f,pid=7"));
+        // The victim directly in the OOM cgroup: the comm `w,task=q` and the
+        // name `k,task=z` make two comm splits; only one keeps the victim in
+        // the OOM cgroup.
+        let p = "/oomtrace-hostile-2374/k,task=z";
+        assert_eq!(
+            got[4],
+            OomLine::Summary {
+                constraint: Some("CONSTRAINT_MEMCG".into()),
+                global: false,
+                oom_memcg: Some(p.into()),
+                task_memcg: Some(p.into()),
+                task: Some("w,task=q".into()),
+                pid: Some(2460),
+                uid: Some(0),
+                cpuset: Some("/".into()),
+            }
+        );
+    }
+
+    /// `dump_oom_summary()` of 5.0+ as the kernel formats it.
+    fn summary(
+        constraint: &str,
+        cpuset: Option<&str>,
+        oom_memcg: Option<&str>,
+        task_memcg: &str,
+        comm: &str,
+        pid: u32,
+    ) -> String {
+        let mut l = format!("oom-kill:constraint={constraint},nodemask=(null)");
+        if let Some(c) = cpuset {
+            l += &format!(",cpuset={c},mems_allowed=0");
+        }
+        match oom_memcg {
+            Some(m) => l += &format!(",oom_memcg={m}"),
+            None => l += ",global_oom",
+        }
+        l + &format!(",task_memcg={task_memcg},task={comm},pid={pid},uid=0")
+    }
+
+    /// constraint, global, oom_memcg, task_memcg, task, pid.
+    type Fields = (
+        Option<String>,
+        bool,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<u32>,
+    );
+
+    fn summary_fields(line: &str) -> Fields {
+        match parse_oom_line(line) {
+            Some(OomLine::Summary {
+                constraint,
+                global,
+                oom_memcg,
+                task_memcg,
+                task,
+                pid,
+                ..
+            }) => (constraint, global, oom_memcg, task_memcg, task, pid),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kmsg_summary_hostile_names_cannot_change_the_verdict() {
+        let pod = "/kubepods/burstable/pod3e61aa2b-1b1d-4d5e-8f0a-2b8f0c9d1e2f/0123456789abcdef";
+        // A memcg OOM whose cgroup is named to look global and to name another pod.
+        for evil in [
+            "x,global_oom,task_memcg=/kubepods/besteffort/podother",
+            "y,oom_memcg=/kubepods",
+            "z,pid=1,uid=0",
+            ",",
+            "global_oom",
+            "a,task_memcg=/kubepods/besteffort/podother,task=x",
+        ] {
+            let oom = format!("{pod}/{evil}");
+            for task_memcg in [oom.clone(), format!("{oom}/child")] {
+                let line = summary(
+                    "CONSTRAINT_MEMCG",
+                    Some("/"),
+                    Some(&oom),
+                    &task_memcg,
+                    "python3",
+                    42,
+                );
+                let (c, global, m, t, comm, pid) = summary_fields(&line);
+                assert_eq!(c.as_deref(), Some("CONSTRAINT_MEMCG"), "{line}");
+                assert!(!global, "{line}");
+                assert_eq!(m.as_deref(), Some(oom.as_str()), "{line}");
+                assert_eq!(t.as_deref(), Some(task_memcg.as_str()), "{line}");
+                assert_eq!(
+                    (comm.as_deref(), pid),
+                    (Some("python3"), Some(42)),
+                    "{line}"
+                );
+                // 4.19/5.0 printed CONSTRAINT_NONE for memcg OOMs too.
+                let old = line.replace("CONSTRAINT_MEMCG", "CONSTRAINT_NONE");
+                let (_, global, m, t, _, _) = summary_fields(&old);
+                assert!(!global, "{old}");
+                assert_eq!(m.as_deref(), Some(oom.as_str()), "{old}");
+                assert_eq!(t.as_deref(), Some(task_memcg.as_str()), "{old}");
+            }
+            // A global OOM of a victim with that name: still global, the victim's path whole.
+            let victim = format!("{pod}/{evil}");
+            for constraint in [
+                "CONSTRAINT_NONE",
+                "CONSTRAINT_CPUSET",
+                "CONSTRAINT_MEMORY_POLICY",
+            ] {
+                let line = summary(constraint, Some("/"), None, &victim, "java", 7);
+                let (_, global, m, t, comm, pid) = summary_fields(&line);
+                assert!(global, "{line}");
+                assert_eq!(m, None, "{line}");
+                assert_eq!(pid, Some(7), "{line}");
+                if evil.contains(",task=") {
+                    // The documented ambiguity: `…,task=x` + `,task=java` splits
+                    // as comm `x,task=java` too; the path stays the victim's own.
+                    let t = t.unwrap();
+                    assert!(victim.starts_with(&t) && t.starts_with(pod), "{line}");
+                    continue;
+                }
+                assert_eq!(t.as_deref(), Some(victim.as_str()), "{line}");
+                assert_eq!(comm.as_deref(), Some("java"), "{line}");
+            }
+        }
+        // A hostile cpuset name (a trigger's cgroup name; no `/` possible) before the memcg part.
+        for cpuset in [
+            "c,oom_memcg=,global_oom",
+            "d,global_oom",
+            "e,mems_allowed=1,oom_memcg=",
+        ] {
+            let line = summary("CONSTRAINT_NONE", Some(cpuset), None, pod, "x", 9);
+            let (_, global, m, t, _, _) = summary_fields(&line);
+            assert!(global && m.is_none(), "{line}");
+            assert_eq!(t.as_deref(), Some(pod), "{line}");
+            let line = summary("CONSTRAINT_MEMCG", Some(cpuset), Some(pod), pod, "x", 9);
+            let (_, global, m, _, _, _) = summary_fields(&line);
+            assert!(!global, "{line}");
+            assert_eq!(m.as_deref(), Some(pod), "{line}");
+            let OomLine::Summary { cpuset: got, .. } = parse_oom_line(&line).unwrap() else {
+                panic!()
+            };
+            assert_eq!(got.as_deref(), Some(cpuset), "{line}");
+        }
+        // A comm may hold any of it too (15 bytes at most).
+        for comm in ["a,pid=1,uid=2", "b,task=c", ",global_oom", "d,uid=5"] {
+            let line = summary("CONSTRAINT_MEMCG", None, Some(pod), pod, comm, 11);
+            let (_, global, m, t, got, pid) = summary_fields(&line);
+            assert!(!global, "{line}");
+            assert_eq!(
+                (m.as_deref(), t.as_deref()),
+                (Some(pod), Some(pod)),
+                "{line}"
+            );
+            assert_eq!((got.as_deref(), pid), (Some(comm), Some(11)), "{line}");
+        }
+        // The constraint word decides against a forged memcg part.
+        let line = "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),global_oom,task_memcg=/a,oom_memcg=/b,task_memcg=/b,task=x,pid=1,uid=0";
+        let (_, global, m, _, _, _) = summary_fields(line);
+        assert!(!global, "{line}");
+        assert_eq!(m.as_deref(), Some("/b"), "{line}");
+    }
+
+    #[test]
+    fn kmsg_task_in_memcg_with_hostile_names() {
+        // The task's cgroup is named with the separator: the only split that
+        // keeps the task below its limit cgroup is the kernel's.
+        let line =
+            "Task in /p/x killed as a result of limit of /y killed as a result of limit of /p";
+        assert_eq!(
+            parse_oom_line(line),
+            Some(OomLine::TaskInMemcg {
+                task_cgroup: "/p/x killed as a result of limit of /y".into(),
+                limit_cgroup: "/p".into()
+            })
+        );
+        // No split keeps it below: the first is taken.
+        let line = "Task in /a killed as a result of limit of /x killed as a result of limit of /b";
+        assert_eq!(
+            parse_oom_line(line),
+            Some(OomLine::TaskInMemcg {
+                task_cgroup: "/a".into(),
+                limit_cgroup: "/x killed as a result of limit of /b".into()
+            })
+        );
+        let line =
+            "Task in /p/q killed as a result of limit of /r killed as a result of limit of /p";
+        assert_eq!(
+            parse_oom_line(line),
+            Some(OomLine::TaskInMemcg {
+                task_cgroup: "/p/q killed as a result of limit of /r".into(),
+                limit_cgroup: "/p".into()
+            })
+        );
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Pieces of hostile names: every separator and key of the summary.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "x",
+                "0",
+                ",",
+                "=",
+                " ",
+                ")",
+                "(null)",
+                "task=",
+                "task_memcg=",
+                "oom_memcg=",
+                "global_oom",
+                "pid=1",
+                "uid=0",
+                "cpuset=",
+                "mems_allowed=0",
+                "nodemask=",
+                "constraint=CONSTRAINT_MEMCG",
+                "kubepods",
+                "\u{e9}",
+            ])
+        }
+
+        fn name(max: usize) -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 1..max).prop_map(|p| p.concat())
+        }
+
+        /// A comm of at most 15 bytes.
+        fn comm() -> impl Strategy<Value = String> {
+            name(6).prop_map(|mut c| {
+                while c.len() > COMM_MAX_BYTES {
+                    c.pop();
+                }
+                if c.is_empty() { "x".into() } else { c }
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            /// Whatever the names: pid, uid, constraint and the OOM domain
+            /// kind are the kernel's; the paths start with the real path up to
+            /// the first hostile name (never another pod's); without a `,task`
+            /// in any name every field is exact.
+            #[test]
+            fn kmsg_summary_survives_hostile_names(
+                base in prop::sample::select(vec![
+                    "/kubepods/burstable/pod3e61aa2b-1b1d-4d5e-8f0a-2b8f0c9d1e2f",
+                    "/kubepods.slice/kubepods-pod3e61aa2b_1b1d_4d5e_8f0a_2b8f0c9d1e2f.slice",
+                    "/system.slice/batch.service",
+                ]),
+                oom_names in prop::collection::vec(name(5), 0..3),
+                below in prop::collection::vec(name(5), 0..3),
+                comm in comm(),
+                cpuset in prop::option::of(prop_oneof![Just("/".to_owned()), name(5)]),
+                memcg in any::<bool>(),
+                constraint in prop::sample::select(vec!["CONSTRAINT_NONE", "CONSTRAINT_CPUSET", "CONSTRAINT_MEMORY_POLICY"]),
+                pid in 1_u32..4_194_304,
+            ) {
+                let oom = std::iter::once(base.to_owned()).chain(oom_names.iter().cloned()).collect::<Vec<_>>().join("/");
+                let victim = std::iter::once(oom.clone()).chain(below.iter().cloned()).collect::<Vec<_>>().join("/");
+                let constraint = if memcg { "CONSTRAINT_MEMCG" } else { constraint };
+                let line = summary(constraint, cpuset.as_deref(), memcg.then_some(oom.as_str()), &victim, &comm, pid);
+                let Some(OomLine::Summary { constraint: c, global, oom_memcg, task_memcg, task, pid: p, uid, cpuset: cs }) =
+                    parse_oom_line(&line) else { panic!("{line}") };
+                prop_assert_eq!(c.as_deref(), Some(constraint));
+                prop_assert_eq!(p, Some(pid));
+                prop_assert_eq!(uid, Some(0));
+                prop_assert_eq!(global, !memcg);
+                prop_assert_eq!(oom_memcg.is_some(), memcg);
+                let t = task_memcg.expect("task_memcg");
+                prop_assert!(t.starts_with(base), "{t}");
+                if let Some(m) = &oom_memcg {
+                    prop_assert!(m.starts_with(base), "{m}");
+                    prop_assert!(within(&t, m), "{t} not within {m}");
+                }
+                let task_free = |s: &str| !s.contains(",task");
+                if oom_names.iter().chain(&below).all(|n| task_free(n)) && task_free(&comm) {
+                    prop_assert_eq!(t, victim);
+                    prop_assert_eq!(oom_memcg, memcg.then_some(oom));
+                    prop_assert_eq!(task, Some(comm));
+                    prop_assert_eq!(cs, cpuset);
+                }
+            }
+
+            #[test]
+            fn kmsg_parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                if let Some(r) = parse_record(&bytes) {
+                    let _ = parse_oom_line(&r.message);
+                }
+                let _ = parse_oom_line(&String::from_utf8_lossy(&bytes));
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! - [`proc`]: processes of the node's `/proc`, each read through one pinned handle (procfs).
 //! - [`explain`]: the explanation and advice for each OOM domain.
 //! - [`report`]: the event a user reads (JSON field names are a contract).
+//! - [`readcap`]: whole-file reads with a size cap.
 //! - [`sink`]: JSON lines and text output.
 //! - [`metrics`]: Prometheus/OpenMetrics counters and `/healthz` on `--metrics-addr`.
 //! - [`kube`]: `--kube`: a Pod Event per kill and pod metadata from a watch of this node's pods.
@@ -50,6 +51,7 @@ pub mod probe;
 pub mod proc;
 pub mod qos;
 pub mod rank;
+pub mod readcap;
 pub mod report;
 pub mod sink;
 pub mod tracefs;

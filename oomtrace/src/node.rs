@@ -199,28 +199,40 @@ impl CgroupFs {
     }
 }
 
-/// `/proc/mounts` escapes space, tab, newline and backslash as `\ooo`.
+/// Undoes the escaping of a path in `/proc/mounts`: the kernel writes space,
+/// tab, newline and backslash as `\ooo`, three octal digits (`mangle()` in
+/// `fs/proc_namespace.c`). A backslash not followed by three octal digits of
+/// a byte value (`\000` to `\377`) is kept as it is. The result keeps the
+/// path's bytes as they are (a mount point need not be UTF-8).
 // Kept by hand: procfs 0.18 leaves `\040` (space) escaped in mount points.
-fn unescape_mount_path(field: &str) -> PathBuf {
+pub fn unescape_mount_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt as _;
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+        let escaped = (bytes[i] == b'\\')
+            .then(|| bytes.get(i + 1..i + 4))
+            .flatten()
+            .filter(|digits| digits.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|digits| {
+                let value = digits
+                    .iter()
+                    .fold(0_u32, |v, b| v * 8 + u32::from(b - b'0'));
+                u8::try_from(value).ok()
+            });
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
         }
     }
-    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// A file holding one unsigned number (`memory.usage_in_bytes`, `memory.current`).
@@ -542,6 +554,53 @@ mod tests {
             unescape_mount_path(r"/mnt/my\040cg"),
             PathBuf::from("/mnt/my cg")
         );
+    }
+
+    /// Issue 9: `\777` is three octal digits but not a byte; `(7 * 64)`
+    /// overflowed u8 (a panic). Such a sequence is kept as it is.
+    #[test]
+    fn octal_escapes_above_a_byte_are_kept_literally() {
+        use std::os::unix::ffi::OsStrExt as _;
+        assert_eq!(unescape_mount_path(r"/a\777b"), PathBuf::from(r"/a\777b"));
+        assert_eq!(unescape_mount_path(r"/a\400"), PathBuf::from(r"/a\400"));
+        assert_eq!(
+            unescape_mount_path(r"\134\011\012\377"),
+            PathBuf::from(std::ffi::OsStr::from_bytes(b"\\\t\n\xff"))
+        );
+        assert_eq!(unescape_mount_path(r"/x\04"), PathBuf::from(r"/x\04"));
+    }
+
+    mod props {
+        use std::os::unix::ffi::OsStrExt as _;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// What `mangle()` in fs/proc_namespace.c writes for a mount point.
+        fn mangle(path: &str) -> String {
+            path.chars()
+                .map(|c| match c {
+                    ' ' | '\t' | '\n' | '\\' => format!("\\{:03o}", c as u32),
+                    c => c.to_string(),
+                })
+                .collect()
+        }
+
+        proptest! {
+            #[test]
+            fn mount_path_unescape_undoes_the_kernel_escape(path in any::<String>()) {
+                let got = unescape_mount_path(&mangle(&path));
+                prop_assert_eq!(got.as_os_str().as_bytes(), path.as_bytes());
+            }
+
+            #[test]
+            fn mount_path_unescape_never_panics(field in r"[\\0-9a-z ]{0,40}", any_text in any::<String>()) {
+                let _ = unescape_mount_path(&field);
+                let _ = unescape_mount_path(&any_text);
+                let _ = CgroupFs::detect_with(&any_text, |_| None);
+            }
+        }
     }
 
     #[test]

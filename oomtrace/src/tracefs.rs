@@ -20,7 +20,7 @@
 //! `u64` fields in some backports).
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -30,6 +30,9 @@ pub const TRACEFS_CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/d
 /// Room kept for the `__data_loc` comm string after the fixed fields
 /// (`TASK_COMM_LEN`).
 pub const COMM_ROOM: u32 = 16;
+
+/// Largest `format` file read: real ones are one or two KiB.
+pub const MAX_FORMAT_BYTES: u64 = 256 << 10;
 
 /// Errors of the tracefs module. Messages say what the user can do about them.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,17 @@ pub enum TracefsError {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+    /// A format file is larger than [`MAX_FORMAT_BYTES`].
+    #[error(
+        "{path} is larger than {limit} bytes, which no tracepoint format file is: \
+         pass the tracefs mount point (usually /sys/kernel/tracing) with --tracefs"
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        limit: u64,
     },
     /// A line of a format file could not be parsed.
     #[error("malformed tracepoint format, line {line}: {reason}")]
@@ -121,7 +135,17 @@ pub fn read_format(tracefs: &Path, system: &str, event: &str) -> Result<Format, 
         .join(system)
         .join(event)
         .join("format");
-    let text = fs::read_to_string(&path).map_err(|source| TracefsError::Io { path, source })?;
+    let text =
+        crate::readcap::read_to_string_capped(&path, MAX_FORMAT_BYTES).map_err(|source| {
+            if source.kind() == io::ErrorKind::FileTooLarge {
+                TracefsError::TooLarge {
+                    path,
+                    limit: MAX_FORMAT_BYTES,
+                }
+            } else {
+                TracefsError::Io { path, source }
+            }
+        })?;
     parse_format(&text)
 }
 
@@ -475,6 +499,8 @@ impl MarkVictimLayout {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
+    use std::fs;
+
     use super::*;
 
     /// REAL: `/sys/kernel/tracing/events/oom/mark_victim/format` of the 6.18 development host.
@@ -799,5 +825,13 @@ mod tests {
             read_format(&good, "oom", "nope"),
             Err(TracefsError::Io { .. })
         ));
+        // A format file far larger than any real one is refused, not read.
+        let big = good.join("events/oom/big");
+        fs::create_dir_all(&big).unwrap();
+        let f = fs::File::create(big.join("format")).unwrap();
+        f.set_len(MAX_FORMAT_BYTES + 1).unwrap();
+        let err = read_format(&good, "oom", "big").unwrap_err();
+        assert!(matches!(err, TracefsError::TooLarge { .. }), "{err:?}");
+        assert!(err.to_string().contains("--tracefs"), "{err}");
     }
 }

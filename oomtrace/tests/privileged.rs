@@ -279,3 +279,92 @@ fn the_kernel_side_logs_a_full_ring_buffer_and_what_it_saw() {
     assert!(lost > 0, "the exit summary counts the lost records: {log}");
     eprintln!("{warn}");
 }
+
+/// A pid no process has now, for lines about a process that does not exist.
+fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(32_768);
+    (1..max)
+        .rev()
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid")
+}
+
+/// Issue 9: a process that writes the kernel's OOM lines to /dev/kmsg (any
+/// root process, or one with write access to the device) made a node-level
+/// kill report with advice. The kernel stores what user space writes with
+/// facility LOG_USER; the agent reads only facility 0 as kernel lines, counts
+/// the forgery and says so once. A real kill right after shows that the agent
+/// was reading when the forgeries came.
+#[test]
+#[ignore = "privileged: needs root, BPF, /dev/kmsg and a memory cgroup; run by cargo xtask test"]
+fn lines_written_to_the_kernel_log_by_a_process_report_no_kill() {
+    use std::io::Write as _;
+    for args in [&[][..], &["--no-bpf"][..]] {
+        let agent = Agent::start_with_env(args, &[("OOMTRACE_LOG", "info,oomtrace::kmsg=debug")]);
+        let fake = unused_pid();
+        let mut kmsg = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .expect("open /dev/kmsg for writing");
+        for line in [
+            format!(
+                "<3>Out of memory: Killed process {fake} (x) total-vm:221368kB, anon-rss:50816kB, \
+                 file-rss:6584kB, shmem-rss:0kB, UID:0 pgtables:156kB oom_score_adj:0"
+            ),
+            format!(
+                "<6>oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,\
+                 global_oom,task_memcg=/kubepods/burstable/podx,task=x,pid={fake},uid=0"
+            ),
+        ] {
+            // One write() is one record.
+            kmsg.write_all(format!("{line}\n").as_bytes())
+                .expect("write /dev/kmsg");
+        }
+        let cg = Memcg::unique("forgery");
+        cg.set_limit(32 << 20);
+        let (real, status) = run_hog(&cg, 0, 128);
+        assert!(killed_by_sigkill(&status), "{status:?}");
+        let either = |v: &Value| {
+            i(v, &["victim", "pid"]).is_some_and(|p| p == i64::from(real) || p == i64::from(fake))
+        };
+        let first = agent.events(1, Duration::from_secs(15), either);
+        // The forged kill would wait for the other sources first: give it time.
+        let later = agent.events(1, Duration::from_millis(2500), either);
+        let (_, log) = agent.stop();
+        assert_eq!(
+            first.len(),
+            1,
+            "{args:?}: the real kill was not reported; stderr:\n{log}"
+        );
+        assert_eq!(
+            i(&first[0], &["victim", "pid"]),
+            Some(i64::from(real)),
+            "{args:?}: the first report is not the real kill: {}",
+            first[0]
+        );
+        assert!(
+            later.is_empty(),
+            "{args:?}: the forgery was reported: {later:?}"
+        );
+        let warned = log
+            .lines()
+            .filter(|l| {
+                l.contains("WARN") && l.contains("wrote an OOM-killer line to the kernel log")
+            })
+            .count();
+        assert_eq!(
+            warned, 1,
+            "{args:?}: the forgery is logged once at warn:\n{log}"
+        );
+        assert!(
+            log.lines().any(|l| l.contains("forged_oom_lines=2")),
+            "{args:?}: both forged lines are counted:\n{log}"
+        );
+        println!(
+            "{args:?}: real kill {real} reported, forged pid {fake} not; forgery logged once and counted twice"
+        );
+    }
+}

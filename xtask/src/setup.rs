@@ -10,6 +10,7 @@
 //!   arm64 VM tests (`cargo xtask image`, [`crate::arch`]);
 //! - `bpf-linker`, built against the nightly's own libLLVM (see
 //!   [`BpfLinker`]);
+//! - `cargo-fuzz` (pinned), for the fuzz targets in `fuzz/`;
 //! - the Debian packages the tests need (root only; otherwise the command);
 //! - `cargo-deny`, pinned, for the licence check of the deploy stage;
 //! - `kubectl` (checked, not installed: see [`kubectl`]);
@@ -35,6 +36,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Pinned licence checker (MIT OR Apache-2.0; needs rustc >= 1.88). Built
 /// from the crate registry once: about 5 minutes of CPU on 2 cores.
 const CARGO_DENY_VERSION: &str = "0.20.2";
+/// Pinned: the `fuzz` test stage runs the targets in `fuzz/` with it.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What the tests need from Debian: qemu, busybox and cpio for the VM tests'
 /// guests (qemu-system-arm brings qemu-system-aarch64 for the arm64 guest),
@@ -82,6 +85,7 @@ pub fn setup() -> anyhow::Result<Outcome> {
     rust_src(&sysroot)?;
     musl_targets()?;
     BpfLinker::probe(&sysroot)?.ensure()?;
+    cargo_fuzz()?;
     outcome.to_do += debian_packages()?;
     cargo_deny()?;
     outcome.to_do += kubectl();
@@ -380,6 +384,34 @@ impl BpfLinker {
             Some(_) => None,
         }
     }
+}
+
+/// `cargo fuzz` at the pinned version, installed from crates.io when absent
+/// or another version (it builds with the stable toolchain in about a minute).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let item = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    let installed = util::read(cmd!("cargo", "fuzz", "--version")).ok();
+    if installed
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION))
+    {
+        report(&item, "present");
+        return Ok(());
+    }
+    let mut install = cmd!(
+        "cargo",
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force"
+    );
+    // Build in cargo's own temporary directory, not in a workspace's.
+    install.env_remove("CARGO_TARGET_DIR");
+    util::run(install).context("installing cargo-fuzz failed")?;
+    report(&item, "installed");
+    Ok(())
 }
 
 /// bpf-linker as rustc will find it: on `PATH`, else where cargo installs.

@@ -1,9 +1,13 @@
 //! `cargo xtask test`: setup, then every test stage in order:
 //! 1. `unit`: `cargo test` on every host crate (the eBPF crate only builds for
 //!    bpfel, through `oomtrace/build.rs`);
-//! 2. `host`: the privileged tests (`#[ignore]`d, root only), one at a time
+//! 2. `fuzz`: every cargo-fuzz target of `fuzz/` for `--fuzz-secs` each
+//!    (nightly, libFuzzer); a crash, a timeout or an out-of-memory fails the
+//!    stage and prints the reproducer;
+//! 3. `deploy`: the Kubernetes manifests;
+//! 4. `host`: the privileged tests (`#[ignore]`d, root only), one at a time
 //!    since they share kernel state (tracepoints, cgroups, kmsg);
-//! 3. `vm`: the qemu tests across kernels ([`crate::vm`]), with a fresh
+//! 5. `vm`: the qemu tests across kernels ([`crate::vm`]), with a fresh
 //!    debug build of the agent unless `--oomtrace-bin` names one, and on an
 //!    arm64 guest with the static aarch64 release build of the agent and of
 //!    tests/vm.rs ([`crate::arch::build_static`], the image's binary).
@@ -11,9 +15,15 @@
 //! A failed stage does not stop the later ones; the exit code is non-zero if
 //! any stage failed.
 
-use std::time::Instant;
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Instant,
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 
 use crate::{arch, cmd, deploy_check, setup, util, vm};
@@ -33,6 +43,10 @@ pub struct TestArgs {
     #[arg(long)]
     allow_skip: bool,
 
+    /// Seconds each fuzz target runs in the `fuzz` stage.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    fuzz_secs: u64,
+
     #[command(flatten)]
     vm: vm::VmTestOpts,
 }
@@ -41,6 +55,8 @@ pub struct TestArgs {
 pub enum Stage {
     /// Unit tests of every host crate.
     Unit,
+    /// Every fuzz target for a bounded time.
+    Fuzz,
     /// Render and validate the Kubernetes manifests in deploy/.
     Deploy,
     /// Privileged tests on this host (root).
@@ -61,8 +77,14 @@ pub fn test(args: &TestArgs) -> anyhow::Result<i32> {
     setup::setup()?;
     let stages: Vec<Stage> = match args.only {
         Some(stage) => vec![stage],
-        None if args.no_vm => vec![Stage::Unit, Stage::Deploy, Stage::Host],
-        None => vec![Stage::Unit, Stage::Deploy, Stage::Host, Stage::Vm],
+        None if args.no_vm => vec![Stage::Unit, Stage::Fuzz, Stage::Deploy, Stage::Host],
+        None => vec![
+            Stage::Unit,
+            Stage::Fuzz,
+            Stage::Deploy,
+            Stage::Host,
+            Stage::Vm,
+        ],
     };
     let mut lines = Vec::new();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
@@ -106,6 +128,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<i32> {
 fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::Unit => "unit",
+        Stage::Fuzz => "fuzz",
         Stage::Deploy => "deploy",
         Stage::Host => "host",
         Stage::Vm => "vm",
@@ -120,6 +143,7 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
             c.current_dir(&root);
             util::run(c)?;
         }
+        Stage::Fuzz => fuzz(&root, args.fuzz_secs)?,
         Stage::Deploy => deploy_check::check(&root)?,
         Stage::Host => {
             if !util::is_root() {
@@ -192,4 +216,134 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Passed)
+}
+
+/// The fuzz targets of `fuzz/Cargo.toml` and their seed corpora (besides the
+/// corpus libFuzzer grows in `fuzz/corpus/<target>`): the real samples the
+/// unit tests use.
+const FUZZ_TARGETS: &[(&str, &[&str])] = &[
+    ("kmsg", &["oomtrace/tests/data/kmsg"]),
+    ("tracefs", &["oomtrace/tests/data/tracefs"]),
+    ("btf_raw", &["fuzz/seeds/btf_raw"]),
+    ("btf_graph", &[]),
+    ("identity", &["oomtrace/tests/data/identity"]),
+    ("mount", &["oomtrace/tests/data/node"]),
+];
+
+/// `cargo +nightly fuzz <sub>` as the stage runs it: no sanitizer (safe Rust;
+/// libFuzzer still traces coverage), debug assertions and overflow checks on,
+/// and no eBPF object (`oomtrace/build.rs` skips it).
+fn fuzz_command(root: &Path, sub: &str) -> std::process::Command {
+    let mut c = cmd!(
+        "cargo",
+        "+nightly",
+        "fuzz",
+        sub,
+        "--sanitizer",
+        "none",
+        "--debug-assertions"
+    );
+    c.env("AYA_BUILD_SKIP", "1")
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .env_remove("CARGO_TARGET_DIR")
+        .current_dir(root);
+    // What `cargo run` set for this xtask process: ring's build script reruns
+    // when CARGO_MANIFEST_DIR changes, and with it every crate above it, so a
+    // fuzz build by hand and one from here would rebuild each other.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                &*key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            c.env_remove(&*key);
+        }
+    }
+    c
+}
+
+fn files_in(dir: &Path) -> BTreeSet<PathBuf> {
+    fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default()
+}
+
+/// Builds every fuzz target once, then runs each for `secs` seconds. All
+/// targets run even when one fails; the reproducers of the failures are printed.
+fn fuzz(root: &Path, secs: u64) -> anyhow::Result<()> {
+    util::run(fuzz_command(root, "build"))?;
+    let mut failed = Vec::new();
+    for &(target, seeds) in FUZZ_TARGETS {
+        let corpus = root.join("fuzz/corpus").join(target);
+        fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        let artifacts = root.join("fuzz/artifacts").join(target);
+        let before = files_in(&artifacts);
+        let mut c = fuzz_command(root, "run");
+        c.arg(target).arg(&corpus);
+        for seed in seeds {
+            c.arg(root.join(seed));
+        }
+        c.arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            // A slow input is a failure too (an exponential search, a loop).
+            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]);
+        let shown = util::display(&c);
+        eprintln!("$ {shown}");
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("could not start `{shown}`"))?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map_or("?".to_owned(), |n| n.trim().to_owned());
+        if out.status.success() {
+            eprintln!(
+                "fuzz: {target:<10} {secs} s, {runs} runs, corpus {} inputs: no crash",
+                files_in(&corpus).len()
+            );
+            continue;
+        }
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        for line in tail.iter().rev() {
+            eprintln!("  {line}");
+        }
+        let new: Vec<PathBuf> = files_in(&artifacts).difference(&before).cloned().collect();
+        if new.is_empty() {
+            eprintln!(
+                "fuzz: {target} failed ({}) without writing a reproducer",
+                util::describe(out.status)
+            );
+        }
+        for artifact in &new {
+            eprintln!(
+                "fuzz: {target} FAILED: reproducer {}; run it again with:\n  \
+                 cd {} && AYA_BUILD_SKIP=1 cargo +nightly fuzz run --sanitizer none --debug-assertions {target} {}",
+                artifact.display(),
+                root.display(),
+                artifact.display()
+            );
+        }
+        failed.push(target);
+    }
+    if !failed.is_empty() {
+        bail!(
+            "fuzz target(s) {} failed: the reproducers are printed above",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }

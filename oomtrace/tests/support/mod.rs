@@ -207,6 +207,20 @@ impl Agent {
         Self::start_with_log(args, "info")
     }
 
+    /// [`Agent::start`] with environment variables (`OOMTRACE_LOG` is `info`
+    /// unless `env` sets it).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_oomtrace"));
+        cmd.args(["--format", "json"])
+            .args(args)
+            .envs(env.iter().copied());
+        let filter = env
+            .iter()
+            .find(|(k, _)| *k == "OOMTRACE_LOG")
+            .map_or("info", |(_, v)| *v);
+        Self::spawn(cmd, filter)
+    }
+
     /// [`Agent::start`] with `OOMTRACE_LOG` set to `filter`.
     pub fn start_with_log(args: &[&str], filter: &str) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_oomtrace"));
