@@ -184,7 +184,7 @@ impl NodeContext {
 /// The running stages, and what shutdown needs to end them in order.
 struct Running {
     stop_tx: watch::Sender<bool>,
-    correlate: JoinHandle<u64>,
+    correlate: JoinHandle<CorrelateCounts>,
     output: thread::JoinHandle<(u64, Option<SinkError>)>,
     monitor: JoinHandle<()>,
     pod_watch: Option<JoinHandle<()>>,
@@ -244,6 +244,7 @@ impl Running {
             lookup,
             snapshots: context.snapshots.clone(),
             out: out_tx,
+            losses: losses.clone(),
         };
         let correlate = tokio::spawn({
             let stop = stop.clone();
@@ -251,7 +252,11 @@ impl Running {
                 stage
                     .run(&mut correlator, input_rx, kmsg_rx, stop, ring_task)
                     .await;
-                correlator.late
+                CorrelateCounts {
+                    late: correlator.late,
+                    not_killed: correlator.not_killed,
+                    repeated: correlator.repeated,
+                }
             }
         });
         let (sinks, poster) = sinks(args, metrics.as_ref(), context.api.as_ref());
@@ -305,7 +310,7 @@ impl Running {
             _ = stopped.wait_for(|s| *s) => {}
         }
         let _ = self.stop_tx.send(true);
-        let late = self.correlate.await.unwrap_or(0);
+        let counts = self.correlate.await.unwrap_or_default();
         let output = self.output;
         let written = tokio::task::spawn_blocking(move || output.join())
             .await
@@ -330,8 +335,14 @@ impl Running {
             .as_ref()
             .map_or(0, |s| s.snapshot().read_errors);
         eprintln!(
-            "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {late} late sources dropped",
-            summary.kills, summary.lost_kernel, summary.lost_kmsg, read_errors
+            "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {} late sources dropped, {} marked victims not killed (already exiting), {} repeated kill lines",
+            summary.kills,
+            summary.lost_kernel,
+            summary.lost_kmsg,
+            read_errors,
+            counts.late,
+            counts.not_killed,
+            counts.repeated
         );
         drop(self.probe);
         match error {
@@ -586,11 +597,21 @@ impl RingReader {
     }
 }
 
+/// What the correlator counted, for the exit summary.
+#[derive(Debug, Default, Clone, Copy)]
+struct CorrelateCounts {
+    late: u64,
+    not_killed: u64,
+    repeated: u64,
+}
+
 /// The correlation stage: inputs in, complete kills out.
 struct CorrelateStage {
     lookup: Option<ProcLookup>,
     snapshots: Option<NodeSnapshots>,
     out: mpsc::Sender<Correlated>,
+    /// The kernel log's losses tell whether a missing kill line may be lost.
+    losses: Losses,
 }
 
 impl CorrelateStage {
@@ -607,7 +628,11 @@ impl CorrelateStage {
             let ready = tokio::select! {
                 Some(input) = inputs.recv() => self.push(correlator, input),
                 Some(line) = recv(&mut kmsg) => self.push(correlator, kmsg_input(line)),
-                _ = tick.tick() => correlator.tick(Instant::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    correlator.note_kmsg_losses(self.losses.kmsg_lost(), now);
+                    correlator.tick(now)
+                }
                 _ = stop.wait_for(|s| *s) => break,
             };
             if !self.send(ready).await {

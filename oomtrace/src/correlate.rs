@@ -22,6 +22,7 @@
 
 mod assemble;
 pub mod incident;
+pub mod matching;
 mod merge;
 pub mod pending;
 pub mod verdict;
@@ -32,7 +33,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use self::{incident::Incidents, merge::KmsgContext, pending::Pending};
+use self::{
+    incident::Incidents,
+    matching::{ClockSync, Facts},
+    merge::KmsgContext,
+    pending::Pending,
+};
 use crate::{
     capture::{Decision, Input, TaskSighting},
     report::Kill,
@@ -59,12 +65,35 @@ pub struct Correlated {
     pub at_ns: Option<u64>,
 }
 
-/// How long a reported pid's late sources are recognised as late.
-const EMITTED_MEMORY: Duration = Duration::from_secs(10);
+/// Reported kills remembered, to recognise their late sources.
+const EMITTED_MAX: usize = 4096;
+/// Victims marked but not shown killed, kept for a kill line that comes late.
+const UNCONFIRMED_MAX: usize = 256;
+/// How long such a victim waits for a late kill line.
+const UNCONFIRMED_KEEP: Duration = Duration::from_secs(60);
+/// A kernel-log loss noticed this long before a victim was first seen may
+/// still be its kill line (the kill line follows the mark by microseconds,
+/// the eBPF record reaches the agent later).
+const LOSS_SLACK: Duration = Duration::from_secs(5);
+const LOST_KILL_LINE: &str = "its kill line may be among the kernel-log records lost around it; no record of the OOM killer's SIGKILL confirms it";
+/// Pending victims at most; beyond, the oldest is reported with what is known.
+const PENDING_MAX: usize = 8192;
 /// How long a decision is kept for victims that come later.
 const DECISION_KEEP_NS: u64 = 60_000_000_000;
 /// How long a scanned group member waits for a source that reports its death.
 const MEMBER_KEEP: Duration = Duration::from_secs(60);
+
+/// Whether the OOM killer really killed a marked victim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Killed {
+    /// Its kill line, or the OOM killer's own SIGKILL, says so.
+    Yes,
+    /// No: `mark_oom_victim()` also marks a task that was already exiting
+    /// (`task_will_free_mem()`); the OOM killer only reaps it.
+    No,
+    /// Nothing that could tell was there: why.
+    Unknown(&'static str),
+}
 
 /// Settings and state of the correlator.
 pub struct Correlator {
@@ -73,19 +102,34 @@ pub struct Correlator {
     expect: Expect,
     page_size: u64,
     boot_id: String,
-    pending: HashMap<u32, Pending>,
-    /// Pids emitted recently: late sources for them are dropped, not re-reported.
-    emitted: VecDeque<(Instant, u32)>,
+    /// Victims being put together; few at a time, bounded by [`PENDING_MAX`].
+    pending: Vec<Pending>,
+    /// Kills reported, newest last, bounded by [`EMITTED_MAX`].
+    emitted: VecDeque<Facts>,
+    /// Marked victims no source showed killed (newest last).
+    unconfirmed: VecDeque<Pending>,
     /// Decisions by the thread that made them.
     decisions: HashMap<u32, Arc<Decision>>,
     /// Group members scanned by the kernel, by pid, with when they were seen.
     members: HashMap<u32, (Instant, TaskSighting)>,
     context: KmsgContext,
     incidents: Incidents,
+    clock: ClockSync,
+    /// Kernel-log records lost so far (the reader's count).
+    kmsg_losses: u64,
+    /// When the reader's count of lost records last grew.
+    kmsg_loss_at: Option<Instant>,
+    /// It grew since the last [`Correlator::tick`].
+    kmsg_lost_since_tick: bool,
     /// Victims first seen since [`Correlator::take_new_victims`] was called.
     new_victims: Vec<u32>,
-    /// Sources that arrived after their kill was emitted.
+    /// Sources that arrived after their kill was reported.
     pub late: u64,
+    /// Victims marked by the OOM killer but not killed (already exiting).
+    pub not_killed: u64,
+    /// Kill lines of a task killed again in the same OOM (the chosen task of
+    /// a memory.oom.group kill): the kernel counts them in vmstat `oom_kill`.
+    pub repeated: u64,
 }
 
 impl Correlator {
@@ -95,14 +139,21 @@ impl Correlator {
             expect,
             page_size,
             boot_id,
-            pending: HashMap::new(),
+            pending: Vec::new(),
             emitted: VecDeque::new(),
+            unconfirmed: VecDeque::new(),
             decisions: HashMap::new(),
             members: HashMap::new(),
             context: KmsgContext::default(),
             incidents: Incidents::default(),
+            clock: ClockSync::default(),
+            kmsg_losses: 0,
+            kmsg_loss_at: None,
+            kmsg_lost_since_tick: false,
             new_victims: Vec::new(),
             late: 0,
+            not_killed: 0,
+            repeated: 0,
         }
     }
 
@@ -124,17 +175,21 @@ impl Correlator {
             // Attributed by the userspace-killer stage, not here.
             Input::Signal(_) => None,
         };
-        match touched {
-            Some(pid) if self.complete(pid) => self.emit(pid).into_iter().collect(),
-            _ => Vec::new(),
+        let mut out = Vec::new();
+        if let Some(i) = touched
+            && self.complete(&self.pending[i])
+        {
+            let p = self.pending.swap_remove(i);
+            out.extend(self.finish(p, now, false));
         }
+        if self.pending.len() > PENDING_MAX {
+            out.extend(self.emit_oldest(now));
+        }
+        out
     }
 
-    /// Every active per-victim source has reported `pid`.
-    fn complete(&self, pid: u32) -> bool {
-        let Some(p) = self.pending.get(&pid) else {
-            return false;
-        };
+    /// Every active per-victim source has reported `p`.
+    fn complete(&self, p: &Pending) -> bool {
         (!self.expect.tracepoint || p.tp.is_some())
             && (!self.expect.tp_btf || p.btf.is_some())
             && (!self.expect.kmsg || p.kmsg.killed.is_some())
@@ -142,34 +197,48 @@ impl Correlator {
     }
 
     /// The pids of victims first seen since the last call: their `/proc`
-    /// entry is worth reading now, and a node snapshot worth keeping.
+    /// entry is worth reading now.
     pub fn take_new_victims(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.new_victims)
     }
 
+    /// The newest pending victim with this pid.
+    fn newest(&self, pid: u32) -> Option<&Pending> {
+        self.pending
+            .iter()
+            .filter(|p| p.pid == pid)
+            .max_by_key(|p| p.first_seen)
+    }
+
     /// When the pending victim `pid` was killed (CLOCK_MONOTONIC), if known.
     pub fn kill_time(&self, pid: u32) -> Option<Duration> {
-        let ns = self.pending.get(&pid)?.at_ns();
+        let ns = self.newest(pid)?.at_ns();
         (ns > 0).then(|| Duration::from_nanos(ns))
     }
 
     /// A `/proc` lookup for `pid` could not be made: do not wait for it.
     pub fn lookup_failed(&mut self, pid: u32) {
-        if let Some(p) = self.pending.get_mut(&pid) {
+        for p in self.pending.iter_mut().filter(|p| p.pid == pid) {
             p.proc_looked_up = true;
+        }
+    }
+
+    /// The kernel-log reader's count of lost records: a victim with no kill
+    /// line is only taken for "not killed" when no record was lost around
+    /// the time it was seen. The reader notices a loss when it next reads,
+    /// which may be after the victim's wait ran out: victims set aside are
+    /// then reported (unconfirmed) at the next tick.
+    pub fn note_kmsg_losses(&mut self, total: u64, now: Instant) {
+        if total > self.kmsg_losses {
+            self.kmsg_losses = total;
+            self.kmsg_loss_at = Some(now);
+            self.kmsg_lost_since_tick = true;
         }
     }
 
     /// Emits every kill whose wait has run out, oldest first, and forgets
     /// what is too old to match anything.
     pub fn tick(&mut self, now: Instant) -> Vec<Correlated> {
-        while self
-            .emitted
-            .front()
-            .is_some_and(|&(t, _)| now.duration_since(t) > EMITTED_MEMORY)
-        {
-            self.emitted.pop_front();
-        }
         if let Some(newest) = self.decisions.values().map(|d| d.meta.ktime_ns).max() {
             self.decisions
                 .retain(|_, d| newest.saturating_sub(d.meta.ktime_ns) < DECISION_KEEP_NS);
@@ -178,24 +247,41 @@ impl Correlator {
         // never reported; forget them.
         self.members
             .retain(|_, (t, _)| now.duration_since(*t) < MEMBER_KEEP);
-        let mut due: Vec<(u64, u32)> = self
-            .pending
-            .values()
-            .filter(|p| now.duration_since(p.first_seen) >= self.wait)
-            .map(|p| (p.at_ns(), p.pid))
-            .collect();
-        due.sort_unstable();
-        due.into_iter()
-            .filter_map(|(_, pid)| self.emit(pid))
-            .collect()
+        self.unconfirmed
+            .retain(|p| now.duration_since(p.first_seen) < UNCONFIRMED_KEEP);
+        let mut out = Vec::new();
+        if std::mem::take(&mut self.kmsg_lost_since_tick) {
+            // Their kill lines may be among the records just lost.
+            let aside: Vec<Pending> = self.unconfirmed.drain(..).collect();
+            self.not_killed = self.not_killed.saturating_sub(aside.len() as u64);
+            out.extend(
+                aside
+                    .into_iter()
+                    .map(|p| self.emit(p, Some(LOST_KILL_LINE))),
+            );
+        }
+        let mut due: Vec<Pending> = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if now.duration_since(self.pending[i].first_seen) >= self.wait {
+                due.push(self.pending.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|p| (p.at_ns(), p.pid));
+        out.extend(due.into_iter().filter_map(|p| self.finish(p, now, false)));
+        out
     }
 
-    /// Emits everything still pending (at shutdown).
+    /// Emits everything still pending (at shutdown): what no source showed
+    /// killed is reported, and says so, rather than dropped unseen.
     pub fn flush(&mut self) -> Vec<Correlated> {
-        let mut due: Vec<(u64, u32)> = self.pending.values().map(|p| (p.at_ns(), p.pid)).collect();
-        due.sort_unstable();
+        let now = Instant::now();
+        let mut due = std::mem::take(&mut self.pending);
+        due.sort_by_key(|p| (p.at_ns(), p.pid));
         due.into_iter()
-            .filter_map(|(_, pid)| self.emit(pid))
+            .filter_map(|p| self.finish(p, now, true))
             .collect()
     }
 
@@ -203,12 +289,68 @@ impl Correlator {
         self.pending.len()
     }
 
-    fn emit(&mut self, pid: u32) -> Option<Correlated> {
-        let p = self.pending.remove(&pid)?;
-        self.emitted.push_back((p.first_seen, pid));
-        Some(self.build(p))
+    fn emit_oldest(&mut self, now: Instant) -> Option<Correlated> {
+        let oldest = (0..self.pending.len()).min_by_key(|&i| self.pending[i].first_seen)?;
+        let p = self.pending.swap_remove(oldest);
+        self.finish(p, now, true)
+    }
+
+    /// Reports a victim the OOM killer killed; keeps one it only marked
+    /// aside for a late kill line.
+    fn finish(&mut self, p: Pending, _now: Instant, flushing: bool) -> Option<Correlated> {
+        let killed = self.killed(&p);
+        if killed == Killed::No && !flushing {
+            self.not_killed += 1;
+            if self.unconfirmed.len() >= UNCONFIRMED_MAX {
+                self.unconfirmed.pop_front();
+            }
+            self.unconfirmed.push_back(p);
+            return None;
+        }
+        let why = match killed {
+            Killed::Yes => None,
+            Killed::No => Some(
+                "the agent stopped before a kill line or the OOM killer's SIGKILL confirmed it",
+            ),
+            Killed::Unknown(why) => Some(why),
+        };
+        Some(self.emit(p, why))
+    }
+
+    fn emit(&mut self, p: Pending, unconfirmed: Option<&str>) -> Correlated {
+        self.emitted.push_back(p.facts());
+        if self.emitted.len() > EMITTED_MAX {
+            self.emitted.pop_front();
+        }
+        self.build(p, unconfirmed)
+    }
+
+    /// Whether the OOM killer killed `p`, as far as the sources tell.
+    fn killed(&self, p: &Pending) -> Killed {
+        if p.kmsg.killed.is_some() || p.oom_sigkill == Some(true) {
+            return Killed::Yes;
+        }
+        if p.oom_sigkill == Some(false) {
+            return Killed::No;
+        }
+        if self.expect.kmsg {
+            let lost_around = self
+                .kmsg_loss_at
+                .is_some_and(|t| t + LOSS_SLACK >= p.first_seen)
+                || self.kmsg_losses > p.kmsg_losses_at_first_sight;
+            return if lost_around {
+                Killed::Unknown(LOST_KILL_LINE)
+            } else {
+                Killed::No
+            };
+        }
+        Killed::Unknown(
+            "without the kernel log or the signal hook nothing confirms the OOM killer killed it (mark_victim also fires for a task that was already exiting)",
+        )
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -57,6 +57,9 @@ pub struct RecordMeta {
 pub struct TpSighting {
     pub meta: RecordMeta,
     pub fields: MarkVictimFields,
+    /// Whether the OOM killer's own SIGKILL preceded this mark (`None`: not
+    /// known, without the signal hook).
+    pub oom_sigkill: Option<bool>,
 }
 
 impl TpSighting {
@@ -80,6 +83,8 @@ pub struct TaskSighting {
     pub start_time_ns: Option<u64>,
     /// Its memory cgroup and every ancestor, with usage and limit.
     pub walk: Option<Walk>,
+    /// As [`TpSighting::oom_sigkill`] (victim records only).
+    pub oom_sigkill: Option<bool>,
 }
 
 /// The task `oom_kill_process` was given as the victim.

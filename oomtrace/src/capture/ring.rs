@@ -33,6 +33,7 @@ impl Decoder {
             Record::TpVictim(ev) => Input::Tracepoint(TpSighting {
                 meta: meta(&ev.header),
                 fields: self.tp_fields(&ev),
+                oom_sigkill: None,
             }),
             Record::BtfVictim(ev) => Input::TpBtf(self.task(&ev)),
             Record::GroupMember(ev) => Input::GroupMember(self.task(&ev)),
@@ -97,6 +98,7 @@ impl Decoder {
             uid: v.uid,
             start_time_ns: nonzero(v.start_time_ns),
             walk: Walk::decode(&v.memcg, self.page_size),
+            oom_sigkill: None,
         }
     }
 }

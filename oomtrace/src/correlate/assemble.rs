@@ -15,9 +15,13 @@ use crate::{
 };
 
 impl Correlator {
-    pub(super) fn build(&mut self, p: Pending) -> Correlated {
-        let member = self.members.remove(&p.pid).map(|(_, m)| m);
+    /// `unconfirmed` says why nothing confirmed the OOM killer killed it.
+    pub(super) fn build(&mut self, p: Pending, unconfirmed: Option<&str>) -> Correlated {
+        let member = self.take_member(&p);
         let mut missing = expected_but_absent(&self.expect, &p);
+        if let Some(why) = unconfirmed {
+            missing.push(format!("kill confirmation: {why}"));
+        }
         let mut victim = victim(&p, member.as_ref());
         if let Some(m) = points_missing(&p, &victim, &self.expect) {
             missing.push(m);

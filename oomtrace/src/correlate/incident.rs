@@ -24,15 +24,30 @@ impl Incidents {
     pub const SAME_DECISION_NS: u64 = 20_000_000;
 
     pub fn assign(&mut self, boot_id: &str, key: &IncidentKey, at_ns: u64) -> String {
+        // A seen decision names its incident by itself: every victim the
+        // decision record reached gets the same id, whatever came between.
+        if let Some(d) = key.decision_ktime {
+            let id = format!("{boot_id}-{d:x}");
+            self.last = Some((key.clone(), at_ns, id.clone()));
+            return id;
+        }
         if let Some((last_key, last_ns, id)) = &mut self.last {
             let same = match (key.decision_ktime, last_key.decision_ktime) {
                 (Some(a), Some(b)) => a == b,
                 _ => {
                     let close = at_ns.abs_diff(*last_ns) < Self::SAME_DECISION_NS;
-                    let grouped = key.group.is_some() && key.group == last_key.group;
+                    // The kernel prints "Tasks in ... are going to be killed
+                    // due to memory.oom.group set" after killing the chosen
+                    // task: the first group member follows it.
+                    let grouped = key.group.is_some()
+                        && (key.group == last_key.group || last_key.group.is_none());
+                    let same_trigger = key.trigger.is_some() && key.trigger == last_key.trigger;
+                    // Without a trigger (kernel log only) nothing tells two
+                    // decisions at one cgroup within this time apart.
+                    let unknown = key.trigger.is_none() || last_key.trigger.is_none();
                     close
                         && key.oom_cgroup == last_key.oom_cgroup
-                        && (grouped || (key.trigger.is_some() && key.trigger == last_key.trigger))
+                        && (grouped || same_trigger || unknown)
                 }
             };
             if same {

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use super::matching::Facts;
 use crate::{
     capture::{Decision, TaskSighting, Trigger},
     kmsg::OomLine,
@@ -14,7 +15,12 @@ use crate::{
 #[derive(Debug)]
 pub struct Pending {
     pub pid: u32,
+    /// The victim task's start time, from a record read from the task.
+    pub start_time_ns: Option<u64>,
     pub first_seen: Instant,
+    /// Kernel-log records lost before this victim was first seen: more since
+    /// then means its kill line may be among them.
+    pub kmsg_losses_at_first_sight: u64,
     /// BPF time of the first eBPF sighting.
     pub ktime_ns: Option<u64>,
     /// Kernel-log time of the kill line or summary.
@@ -33,13 +39,18 @@ pub struct Pending {
     pub proc_cgroup: Option<String>,
     /// The `/proc` lookup answered (or could not be made).
     pub proc_looked_up: bool,
+    /// The OOM killer's own SIGKILL preceded the mark (`None`: not known,
+    /// the signal hook is off or the record predates it).
+    pub oom_sigkill: Option<bool>,
 }
 
 impl Pending {
-    pub fn new(pid: u32, first_seen: Instant) -> Self {
+    pub fn new(pid: u32, first_seen: Instant, kmsg_losses: u64) -> Self {
         Self {
             pid,
+            start_time_ns: None,
             first_seen,
+            kmsg_losses_at_first_sight: kmsg_losses,
             ktime_ns: None,
             kmsg_ts_usec: None,
             trigger: None,
@@ -49,6 +60,20 @@ impl Pending {
             kmsg: KmsgLines::default(),
             proc_cgroup: None,
             proc_looked_up: false,
+            oom_sigkill: None,
+        }
+    }
+
+    /// What matching needs to know of this kill.
+    pub fn facts(&self) -> Facts {
+        Facts {
+            pid: self.pid,
+            start_time_ns: self.start_time_ns,
+            ktime_ns: self.ktime_ns,
+            kmsg_ts_ns: self.kmsg_ts_usec.map(|u| u.saturating_mul(1000)),
+            has_task: self.btf.is_some(),
+            has_tracepoint: self.tp.is_some(),
+            has_kill_line: self.kmsg.killed.is_some(),
         }
     }
 

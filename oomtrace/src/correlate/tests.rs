@@ -152,6 +152,7 @@ fn tp_input(pid: u32, ktime_ns: u64, trigger: u32, fields: MarkVictimFields) -> 
             pid: Some(pid),
             ..fields
         },
+        oom_sigkill: None,
     })
 }
 
@@ -203,19 +204,13 @@ fn every_source_of_one_kill_makes_one_event_and_no_duplicate() {
     let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
     let now = Instant::now();
     let kmsg = first_kill(kmsg_inputs(HOST));
-    let pid = kmsg
-        .iter()
-        .find_map(|i| match i {
-            Input::Kmsg(KmsgSighting {
-                line: OomLine::Killed { pid, .. },
-                ..
-            }) => *pid,
-            _ => None,
-        })
-        .expect("kill line");
+    let (pid, ts_usec) = kill_line(&kmsg);
+    // mark_victim's BPF time: 1.35 ms before printk stamps the kill line
+    // (as measured on the host; the clocks are close but not the same).
+    let bpf = ts_usec * 1000 - 1_350_000;
     let w = walk(&[("kmsgsample", 16_384, 16_384), ("", 90_000, UNLIMITED)]);
-    assert!(c.push(tp_victim(pid, 1_000), now).is_empty());
-    assert!(c.push(btf_victim(pid, 1_001, w), now).is_empty());
+    assert!(c.push(tp_victim(pid, bpf), now).is_empty());
+    assert!(c.push(btf_victim(pid, bpf + 1_000, w), now).is_empty());
     let out: Vec<_> = kmsg.into_iter().flat_map(|i| c.push(i, now)).collect();
     assert_eq!(out.len(), 1);
     let k = &out[0].kill;
@@ -223,10 +218,66 @@ fn every_source_of_one_kill_makes_one_event_and_no_duplicate() {
     assert_eq!(k.memcg.victim_limit_bytes, Some(16_384 * 4096));
     assert_eq!(k.memcg.oom_limit_bytes, Some(16_384 * 4096));
     assert_eq!(k.victim.oom_score_adj, Some(500));
-    // A late duplicate source for the same pid is dropped and counted.
-    assert!(c.push(tp_victim(pid, 1_002), now).is_empty());
+    // A late duplicate source of this kill is dropped and counted.
+    assert!(c.push(btf_victim(pid, bpf + 2_000, w), now).is_empty());
     assert_eq!(c.late, 1);
     assert!(c.tick(now + Duration::from_secs(5)).is_empty());
+}
+
+/// The pid and timestamp of the first kill line.
+fn kill_line(inputs: &[Input]) -> (u32, u64) {
+    inputs
+        .iter()
+        .find_map(|i| match i {
+            Input::Kmsg(KmsgSighting {
+                line: OomLine::Killed { pid, .. },
+                ts_usec,
+                ..
+            }) => pid.map(|p| (p, *ts_usec)),
+            _ => None,
+        })
+        .expect("kill line")
+}
+
+#[test]
+fn a_mark_no_kill_line_confirms_is_no_kill_until_the_kill_line_comes() {
+    // mark_victim also fires for a task that was already exiting: the OOM
+    // killer marks and reaps it, prints no kill line and sends no SIGKILL.
+    let active = expect(true, true, true, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let w = walk(&[
+        ("child", 1_000, UNLIMITED),
+        ("parent", 8_190, 8_192),
+        ("", 90_000, UNLIMITED),
+    ]);
+    let bpf = 5_000_000_000;
+    assert!(c.push(tp_victim(42, bpf), now).is_empty());
+    assert!(c.push(btf_victim(42, bpf + 1_000, w), now).is_empty());
+    assert!(
+        c.tick(now + Duration::from_millis(100)).is_empty(),
+        "not before the wait"
+    );
+    assert!(
+        c.tick(now + Duration::from_millis(600)).is_empty(),
+        "no kill line, no kernel-log loss: not a kill"
+    );
+    assert_eq!((c.not_killed, c.pending_count()), (1, 0));
+    // A kill line that comes late (the reader was behind) makes it a kill,
+    // with every source's details.
+    let line = "Memory cgroup out of memory: Killed process 42 (dd) total-vm:105376kB, anon-rss:32512kB, file-rss:1624kB, shmem-rss:0kB, UID:0 pgtables:112kB oom_score_adj:500";
+    let late = Input::Kmsg(KmsgSighting {
+        seq: 9,
+        ts_usec: (bpf + 1_400_000) / 1000,
+        line: parse_oom_line(line).expect("kill line"),
+        received: now,
+    });
+    let out = c.push(late, now + Duration::from_secs(3));
+    assert_eq!(out.len(), 1);
+    let k = &out[0].kill;
+    assert_eq!(k.sources, vec!["tracepoint", "tp_btf", "kmsg"]);
+    assert_eq!(k.oom_cgroup.as_deref(), Some("/parent"));
+    assert_eq!(c.not_killed, 0);
 }
 
 #[test]
@@ -234,7 +285,8 @@ fn a_kill_missing_a_source_is_emitted_after_the_wait_with_what_is_missing() {
     let active = expect(true, true, true, false);
     let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
     let now = Instant::now();
-    // The summary was rate-limited and the kill line did not arrive: only BPF.
+    // The kernel log lost records while this victim was pending (its ring
+    // wrapped): its kill line may be among them, so it is reported, unconfirmed.
     let w = walk(&[
         ("child", 1_000, UNLIMITED),
         ("parent", 8_190, 8_192),
@@ -242,6 +294,7 @@ fn a_kill_missing_a_source_is_emitted_after_the_wait_with_what_is_missing() {
     ]);
     assert!(c.push(tp_victim(42, 1_000), now).is_empty());
     assert!(c.push(btf_victim(42, 1_001, w), now).is_empty());
+    c.note_kmsg_losses(17, now);
     assert!(
         c.tick(now + Duration::from_millis(100)).is_empty(),
         "not before the wait"
@@ -254,6 +307,13 @@ fn a_kill_missing_a_source_is_emitted_after_the_wait_with_what_is_missing() {
     assert_eq!(k.victim.cgroup.as_deref(), Some("/parent/child"));
     assert!(
         k.missing.iter().any(|m| m.contains("kernel log kill line")),
+        "{:?}",
+        k.missing
+    );
+    assert!(
+        k.missing
+            .iter()
+            .any(|m| m.starts_with("kill confirmation:")),
         "{:?}",
         k.missing
     );
@@ -386,4 +446,138 @@ fn separate_decisions_are_separate_incidents() {
     let b = c.push(tp_victim(2, 51_000_000), now);
     assert_eq!(a.len() + b.len(), 2);
     assert_ne!(a[0].kill.incident, b[0].kill.incident);
+}
+
+/// dmesg lines (`[date] message`) as kernel-log inputs, 100 µs apart.
+fn dmesg_inputs(text: &str) -> Vec<Input> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("] ").map(|(_, msg)| msg))
+        .filter_map(parse_oom_line)
+        .enumerate()
+        .map(|(i, line)| {
+            Input::Kmsg(KmsgSighting {
+                seq: i as u64,
+                ts_usec: 1_000_000 + 100 * i as u64,
+                line,
+                received: Instant::now(),
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn before_5_1_only_the_process_killed_is_a_kill_not_the_one_chosen() {
+    // CentOS 7 (kubernetes#56891): the kernel chose java 24572 and killed
+    // its child java 28438 instead.
+    let text = include_str!("../../tests/data/kmsg/centos7-3.10-k8s-56891.txt");
+    let first_two: String = text.lines().take(3).collect::<Vec<_>>().join("\n");
+    let mut c = Correlator::new(
+        expect(false, false, true, false),
+        Duration::from_millis(500),
+        4096,
+        "b".into(),
+    );
+    let now = Instant::now();
+    let mut out: Vec<Correlated> = dmesg_inputs(&first_two)
+        .into_iter()
+        .flat_map(|i| c.push(i, now))
+        .collect();
+    out.extend(c.tick(now + Duration::from_secs(2)));
+    let pids: Vec<Option<u32>> = out.iter().map(|k| k.kill.victim.pid).collect();
+    assert_eq!(pids, [Some(28438)], "the chosen parent survived");
+    assert_eq!(
+        out[0].kill.victim.points, None,
+        "the chosen task's score is not the child's"
+    );
+}
+
+#[test]
+fn a_group_kill_reports_each_task_once_and_no_task_that_was_already_exiting() {
+    let text = include_str!("../../tests/data/kmsg/k8s-2025-group-kill-already-exiting.txt");
+    let mut c = Correlator::new(
+        expect(false, false, true, false),
+        Duration::from_millis(500),
+        4096,
+        "b".into(),
+    );
+    let now = Instant::now();
+    let mut out: Vec<Correlated> = dmesg_inputs(text)
+        .into_iter()
+        .flat_map(|i| c.push(i, now))
+        .collect();
+    out.extend(c.tick(now + Duration::from_secs(2)));
+    let mut pids: Vec<u32> = out.iter().filter_map(|k| k.kill.victim.pid).collect();
+    pids.sort_unstable();
+    assert_eq!(
+        pids,
+        [
+            3803554, 3803846, 3804873, 3804874, 3804875, 3804876, 3804879, 3804880, 3804881,
+            3804883
+        ],
+        "ten kills; the chosen task (killed twice) once; the exiting ones never"
+    );
+    assert_eq!(c.repeated, 1, "the kernel counted the chosen task twice");
+    let incidents: std::collections::HashSet<_> =
+        out.iter().map(|k| k.kill.incident.clone()).collect();
+    assert_eq!(incidents.len(), 1, "one decision");
+    for k in &out {
+        assert_eq!(
+            k.kill.oom_cgroup.as_deref(),
+            Some("/kubepods.slice/kubepods-podf9411888_a753_41f4_9520_afc45712f5b5.slice"),
+            "{:?}",
+            k.kill.victim.pid
+        );
+    }
+}
+
+#[test]
+fn a_reused_pid_is_another_kill_and_a_late_source_is_not() {
+    let active = expect(false, true, false, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let w = walk(&[("app", 8_192, 8_192), ("", 90_000, UNLIMITED)]);
+    let mut first = btf_record(4242, 5_000_000_000, 4242, w);
+    first.start_time_ns = 111;
+    let mut second = btf_record(4242, 5_004_000_000, 4242, w);
+    second.start_time_ns = 222;
+    let a = c.push(decode(&first), now);
+    let b = c.push(decode(&second), now);
+    assert_eq!(a.len() + b.len(), 2, "two tasks with one pid, 4 ms apart");
+    // The first task's record again, 30 s late (a stall): the same kill.
+    let late = c.push(decode(&first), now + Duration::from_secs(30));
+    assert!(late.is_empty());
+    assert_eq!(c.late, 1);
+}
+
+#[test]
+fn a_kill_line_long_after_its_bpf_records_makes_one_report() {
+    // The kmsg reader stalled for 30 s: the BPF records waited, were set
+    // aside as not (yet) shown killed, and the kill line revives them.
+    let active = expect(true, true, true, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let w = walk(&[("app", 8_192, 8_192), ("", 90_000, UNLIMITED)]);
+    let bpf = 7_000_000_000;
+    assert!(c.push(tp_victim(77, bpf), now).is_empty());
+    assert!(c.push(btf_victim(77, bpf + 500, w), now).is_empty());
+    assert!(c.tick(now + Duration::from_secs(1)).is_empty());
+    let line = "Memory cgroup out of memory: Killed process 77 (dd) total-vm:105376kB, anon-rss:32512kB, file-rss:1624kB, shmem-rss:0kB, UID:0 pgtables:112kB oom_score_adj:500";
+    let kill_line = |seq| {
+        Input::Kmsg(KmsgSighting {
+            seq,
+            ts_usec: (bpf + 1_350_000) / 1000,
+            line: parse_oom_line(line).expect("kill line"),
+            received: now,
+        })
+    };
+    let out = c.push(kill_line(1), now + Duration::from_secs(30));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].kill.sources, vec!["tracepoint", "tp_btf", "kmsg"]);
+    // And the same kill line read twice (a replayed log) is no second kill.
+    assert!(
+        c.push(kill_line(1), now + Duration::from_secs(31))
+            .is_empty()
+    );
+    assert!(c.tick(now + Duration::from_secs(40)).is_empty());
 }
