@@ -54,9 +54,14 @@ pub struct Verdict {
 
 /// Decides the verdict; see the module documentation for the order.
 pub fn decide(e: &Evidence<'_>) -> Verdict {
+    // The kill line's prefix is printed by the kernel from `oc->memcg` and no
+    // name can change it; a summary that disagrees was misread (or forged).
+    let summary = e
+        .summary
+        .filter(|s| e.kill_line.is_none_or(|k| (k == Scope::Node) == s.global));
     let mut v = if let Some(d) = e.decision {
         from_decision(d)
-    } else if let Some(s) = e.summary {
+    } else if let Some(s) = summary {
         from_summary(s)
     } else if let Some(t) = e.task_in {
         Verdict {
@@ -290,6 +295,34 @@ mod tests {
                 assert_eq!(v.constraint, Some(Constraint::Memcg), "{name}");
             }
         }
+    }
+
+    #[test]
+    fn a_summary_the_kill_line_contradicts_does_not_decide() {
+        // A memcg kill line with a summary read as global (a hostile name):
+        // the prefix wins, the walk decides the cgroup.
+        let w = walk(vec![
+            level("/t/c", 10 << 20, None),
+            level("/t", 32 << 20, Some(32 << 20)),
+        ]);
+        let forged = summary(true, None);
+        let v = decide(&Evidence {
+            summary: Some(&forged),
+            kill_line: Some(Scope::Cgroup),
+            walk: Some(&w),
+            ..Evidence::default()
+        });
+        assert_eq!(v.scope, Some(Scope::Cgroup));
+        assert_eq!(v.oom_cgroup.as_deref(), Some("/t"));
+        assert_eq!(v.source, Some(VerdictSource::CgroupUsage));
+        // When they agree, the summary decides.
+        let real = summary(false, Some("/t"));
+        let v = decide(&Evidence {
+            summary: Some(&real),
+            kill_line: Some(Scope::Cgroup),
+            ..Evidence::default()
+        });
+        assert_eq!(v.source, Some(VerdictSource::Kmsg));
     }
 
     #[test]
