@@ -517,8 +517,10 @@ impl std::ops::Deref for LoadedProbe {
 
 fn load_probe(args: &TraceArgs) -> Result<Probe, crate::probe::ProbeError> {
     let cfg = ProbeConfig::from_args(args);
-    let support = KernelSupport::discover(&cfg);
-    Probe::load(&cfg, support)
+    // Before the kernel facts: see `Loader`.
+    let loader = crate::probe::Loader::new();
+    let mut support = KernelSupport::discover(&cfg);
+    Probe::load_with(&cfg, support.take_btf(), support, loader)
 }
 
 /// Drains the ring buffer into the correlator's input channel whenever it
@@ -761,12 +763,18 @@ async fn monitor_losses(losses: Losses, metrics: Option<Arc<Metrics>>) {
 /// Gives the heap pages freed after loading (the kernel's BTF, parsed twice
 /// and dropped) back to the kernel: glibc keeps freed memory of a fragmented
 /// heap mapped, and the agent's idle RSS would carry it for its whole life.
+/// musl (the static image build) returns freed pages itself and has no
+/// malloc_trim.
+#[cfg(target_env = "gnu")]
 fn release_freed_memory() {
     // SAFETY: malloc_trim has no preconditions; it only returns free pages.
     unsafe {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(not(target_env = "gnu"))]
+fn release_freed_memory() {}
 
 /// The first 8 characters of the boot id: incidents are unique per boot.
 fn boot_id() -> String {

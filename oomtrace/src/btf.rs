@@ -27,7 +27,7 @@ use std::{
     collections::HashMap,
     fmt, io,
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::Mutex,
 };
 
 /// Where the running kernel exposes its own BTF.
@@ -353,7 +353,10 @@ pub struct Btf {
     /// Index 0 is `void` (a placeholder); type id N is at index N.
     types: Vec<TypeHeader>,
     /// Name → type ids, built on the first lookup by name.
-    by_name: OnceLock<HashMap<Box<str>, Vec<u32>>>,
+    /// Type ids by name, for the names looked up so far. The agent asks for
+    /// a few dozen names: a full index of the kernel's ~130k names would
+    /// cost more memory (10+ MiB) than every scan together costs time.
+    by_name: Mutex<HashMap<Box<str>, Vec<u32>>>,
     pointer_size: u32,
 }
 
@@ -510,7 +513,7 @@ impl Btf {
             data,
             strings,
             types,
-            by_name: OnceLock::new(),
+            by_name: Mutex::new(HashMap::new()),
             pointer_size: 8,
         };
         btf.pointer_size = btf.guess_pointer_size();
@@ -520,6 +523,13 @@ impl Btf {
     /// Number of types, not counting `void`.
     pub fn type_count(&self) -> u32 {
         (self.types.len() - 1) as u32
+    }
+
+    /// The id of the first type of this name and kind.
+    pub fn type_id(&self, name: &str, kind: Kind) -> Option<u32> {
+        self.ids_named(name)
+            .into_iter()
+            .find(|&id| self.types[id as usize].kind() == kind)
     }
 
     /// Size of a pointer on the kernel that produced this BTF.
@@ -585,7 +595,7 @@ impl Btf {
     pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<i64, BtfError> {
         let ids = self.ids_named(enum_name);
         let mut found_enum = false;
-        for &id in ids {
+        for &id in &ids {
             let t = self.types[id as usize];
             let step = match t.kind() {
                 Kind::Enum => 8,
@@ -760,30 +770,34 @@ impl Btf {
             .map_err(|_| malformed(format!("string at {off} is not UTF-8")))
     }
 
-    fn index(&self) -> &HashMap<Box<str>, Vec<u32>> {
-        self.by_name.get_or_init(|| {
-            let mut map: HashMap<Box<str>, Vec<u32>> = HashMap::with_capacity(self.types.len());
-            for (id, t) in self.types.iter().enumerate().skip(1) {
-                if t.name_off == 0 {
-                    continue;
-                }
-                if let Ok(name) = self.str_at(t.name_off) {
-                    map.entry(name.into()).or_default().push(id as u32);
-                }
-            }
-            map
-        })
-    }
-
-    fn ids_named(&self, name: &str) -> &[u32] {
-        self.index().get(name).map_or(&[], Vec::as_slice)
+    /// The ids of the types named `name`: one scan of the type table per
+    /// name, then cached.
+    fn ids_named(&self, name: &str) -> Vec<u32> {
+        if let Ok(cache) = self.by_name.lock()
+            && let Some(ids) = cache.get(name)
+        {
+            return ids.clone();
+        }
+        let ids: Vec<u32> = self
+            .types
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, t)| t.name_off != 0)
+            .filter(|(_, t)| self.str_at(t.name_off).is_ok_and(|n| n == name))
+            .map(|(id, _)| id as u32)
+            .collect();
+        if let Ok(mut cache) = self.by_name.lock() {
+            cache.insert(name.into(), ids.clone());
+        }
+        ids
     }
 
     /// The struct or union named `name`; a complete definition is preferred over
     /// an empty one (a FWD never matches).
     fn find_composite(&self, name: &str) -> Result<u32, BtfError> {
         let mut fallback = None;
-        for &id in self.ids_named(name) {
+        for id in self.ids_named(name) {
             let t = self.types[id as usize];
             if matches!(t.kind(), Kind::Struct | Kind::Union) {
                 if t.vlen() > 0 {

@@ -26,6 +26,7 @@
 //! buffer, failed kernel reads) are forwarded into `tracing` under the target
 //! `oomtrace_ebpf`.
 
+mod btf_stub;
 mod chain;
 mod killers;
 mod memlock;
@@ -40,12 +41,12 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use oomtrace_common::{
-    DEFAULT_RINGBUF_BYTES, EVENTS_MAP, KILLERS_GLOBAL, KillerNames, LOG_MAP, LOG_MAP_BYTES,
-    LOG_TARGET, OFFSETS_GLOBAL, SIGNAL_LAYOUT_GLOBAL, STAT_FILTERED_SIGNAL, STAT_FIRED_BTF_VICTIM,
-    STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM, STAT_LISTED_SIGNAL,
-    STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER, STAT_LOST_SIGNAL,
-    STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STATS_MAP, SignalLayout,
-    TP_LAYOUT_GLOBAL, TP_RECORD_MAX, TracepointLayout,
+    DEFAULT_RINGBUF_BYTES, EVENTS_MAP, KILLERS_GLOBAL, KernelOffsets, KillerNames, LOG_MAP,
+    LOG_MAP_BYTES, LOG_TARGET, OFFSETS_GLOBAL, SIGNAL_LAYOUT_GLOBAL, STAT_FILTERED_SIGNAL,
+    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM,
+    STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
+    STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STATS_MAP,
+    SignalLayout, TP_LAYOUT_GLOBAL, TP_RECORD_MAX, TracepointLayout,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -149,23 +150,71 @@ pub struct Probe {
     _logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
+/// aya's loader, made before anything else is held.
+///
+/// `EbpfLoader::new` parses the whole kernel BTF (about 19 MiB of heap on a
+/// 6.18 kernel) even when it is then given another one, and aya offers no
+/// other constructor: made first and its parse dropped at once, that peak
+/// never stacks on our own BTF parse or the stub aya is given later.
+pub struct Loader(EbpfLoader<'static>);
+
+impl Loader {
+    pub fn new() -> Self {
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        Self(loader)
+    }
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Probe {
     /// Loads the object and attaches every hook of the chain the kernel allows.
     pub fn load(cfg: &ProbeConfig, mut support: KernelSupport) -> Result<Self, ProbeError> {
+        Self::load_with(cfg, support.take_btf(), support, Loader::new())
+    }
+
+    /// [`Probe::load`] with a loader made before the kernel facts were
+    /// gathered (see [`Loader`]) and our BTF parse taken out of them.
+    pub fn load_with(
+        cfg: &ProbeConfig,
+        btf: Option<crate::btf::Btf>,
+        support: KernelSupport,
+        loader: Loader,
+    ) -> Result<Self, ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        // Our parse is no longer needed: free it before aya parses the same
-        // file, so start-up holds one copy of the kernel's BTF, not two.
-        drop(support.take_btf());
-        let aya_btf = support
-            .btf_ok
-            .is_ok()
-            .then(|| aya::Btf::parse_file(&cfg.btf, aya::Endianness::default()).ok())
-            .flatten();
+        // aya gets a stand-in with the attach targets' ids (see btf_stub);
+        // our parse is dropped before aya parses anything.
+        let stub = btf.map(|b| btf_stub::build(&b, &attach_targets()));
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         info!("{}", raise_memlock(release.trim()));
-        let mut ebpf = load_object(cfg, &support, aya_btf.as_ref())?;
+        let stub_btf = stub
+            .as_ref()
+            .and_then(|s| aya::Btf::parse(s, aya::Endianness::default()).ok());
+        drop(stub);
+        let globals = Globals::of(&support);
+        let full_btf;
+        let mut loader: EbpfLoader<'_> = loader.0;
+        let offsets = &support.offsets.offsets;
+        let mut ebpf = match load_object(&mut loader, cfg, offsets, &globals, stub_btf.as_ref()) {
+            Err(ProbeError::Load(aya::EbpfError::BtfRelocationError(e))) if stub_btf.is_some() => {
+                debug!("the object needs the whole kernel BTF ({e}): parsing it");
+                full_btf = aya::Btf::parse_file(&cfg.btf, aya::Endianness::default()).ok();
+                load_object(&mut loader, cfg, offsets, &globals, full_btf.as_ref())?
+            }
+            other => {
+                full_btf = None;
+                other?
+            }
+        };
+        drop(loader);
+        let aya_btf = full_btf.or(stub_btf);
 
         let mut active = Vec::new();
         let mut inactive = Vec::new();
@@ -220,41 +269,71 @@ impl Probe {
     }
 }
 
-/// Loads the object with the globals this kernel needs: struct offsets,
-/// the classic tracepoints' layouts, the killer names, the log level.
-fn load_object(
+/// The chain's `tp_btf` and `fentry` targets, as BTF names.
+fn attach_targets() -> Vec<btf_stub::Target> {
+    CHAIN
+        .iter()
+        .filter_map(|spec| match spec.attach {
+            Attach::TpBtf { name } => Some(btf_stub::Target::Tracepoint(name)),
+            Attach::Fentry { function } => Some(btf_stub::Target::Func(function)),
+            Attach::Tracepoint { .. } | Attach::Kprobe { .. } => None,
+        })
+        .collect()
+}
+
+/// The globals this kernel needs besides the struct offsets: the classic
+/// tracepoints' layouts, the killer names, the log level.
+struct Globals {
+    tp_layout: TracepointLayout,
+    signal_layout: SignalLayout,
+    killers: KillerNames,
+    log_level: u8,
+}
+
+impl Globals {
+    fn of(support: &KernelSupport) -> Self {
+        let tp_layout = match &support.layout {
+            Ok(l) => TracepointLayout {
+                pid_offset: l.pid.offset,
+                record_len: l.record_len.min(TP_RECORD_MAX as u32),
+            },
+            Err(_) => TracepointLayout {
+                pid_offset: 8,
+                record_len: 0,
+            },
+        };
+        Self {
+            tp_layout,
+            signal_layout: support
+                .signal_layout
+                .as_ref()
+                .copied()
+                .unwrap_or(SignalLayout::zeroed()),
+            killers: support
+                .killers
+                .as_ref()
+                .copied()
+                .unwrap_or(KillerNames::zeroed()),
+            log_level: kernel_log_level(),
+        }
+    }
+}
+
+/// Loads the object with the struct offsets and the other globals.
+fn load_object<'a>(
+    loader: &mut EbpfLoader<'a>,
     cfg: &ProbeConfig,
-    support: &KernelSupport,
-    btf: Option<&aya::Btf>,
+    offsets: &'a KernelOffsets,
+    globals: &'a Globals,
+    btf: Option<&'a aya::Btf>,
 ) -> Result<Ebpf, ProbeError> {
-    let tp_layout = match &support.layout {
-        Ok(l) => TracepointLayout {
-            pid_offset: l.pid.offset,
-            record_len: l.record_len.min(TP_RECORD_MAX as u32),
-        },
-        Err(_) => TracepointLayout {
-            pid_offset: 8,
-            record_len: 0,
-        },
-    };
-    let signal_layout = support
-        .signal_layout
-        .as_ref()
-        .copied()
-        .unwrap_or(SignalLayout::zeroed());
-    let killers = support
-        .killers
-        .as_ref()
-        .copied()
-        .unwrap_or(KillerNames::zeroed());
-    let log_level = kernel_log_level();
-    EbpfLoader::new()
+    loader
         .btf(btf)
-        .override_global(OFFSETS_GLOBAL, &support.offsets.offsets, true)
-        .override_global(TP_LAYOUT_GLOBAL, &tp_layout, true)
-        .override_global(SIGNAL_LAYOUT_GLOBAL, &signal_layout, true)
-        .override_global(KILLERS_GLOBAL, &killers, true)
-        .override_global(aya_log::LEVEL, &log_level, false)
+        .override_global(OFFSETS_GLOBAL, offsets, true)
+        .override_global(TP_LAYOUT_GLOBAL, &globals.tp_layout, true)
+        .override_global(SIGNAL_LAYOUT_GLOBAL, &globals.signal_layout, true)
+        .override_global(KILLERS_GLOBAL, &globals.killers, true)
+        .override_global(aya_log::LEVEL, &globals.log_level, false)
         .map_max_entries(EVENTS_MAP, cfg.ringbuf_bytes)
         .map_max_entries(LOG_MAP, LOG_MAP_BYTES)
         .load(OBJECT)
