@@ -22,6 +22,7 @@
 
 mod assemble;
 pub mod incident;
+pub mod killer;
 mod merge;
 pub mod pending;
 pub mod verdict;
@@ -32,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use self::{incident::Incidents, merge::KmsgContext, pending::Pending};
+use self::{incident::Incidents, killer::UserspaceKills, merge::KmsgContext, pending::Pending};
 use crate::{
     capture::{Decision, Input, TaskSighting},
     report::Kill,
@@ -86,6 +87,8 @@ pub struct Correlator {
     new_victims: Vec<u32>,
     /// Sources that arrived after their kill was emitted.
     pub late: u64,
+    /// Kills by userspace OOM killers, between their signals and reports.
+    pub userspace: UserspaceKills,
 }
 
 impl Correlator {
@@ -103,6 +106,7 @@ impl Correlator {
             incidents: Incidents::default(),
             new_victims: Vec::new(),
             late: 0,
+            userspace: UserspaceKills::default(),
         }
     }
 
@@ -121,8 +125,19 @@ impl Correlator {
             }
             Input::Kmsg(k) => self.merge_kmsg(k, now),
             Input::ProcCgroup { pid, cgroup } => self.merge_proc_cgroup(pid, cgroup),
-            // Attributed by the userspace-killer stage, not here.
+            // Checked by the killer checker first; only confirmed ones come back.
             Input::Signal(_) => None,
+            Input::KillerSignal(s) => {
+                return self
+                    .userspace
+                    .signal(s, &self.boot_id)
+                    .into_iter()
+                    .collect();
+            }
+            Input::KillerFate(f) => {
+                return self.userspace.fate(f, &self.boot_id).into_iter().collect();
+            }
+            Input::Eviction(e) => return vec![killer::eviction_kill(e, &self.boot_id)],
         };
         match touched {
             Some(pid) if self.complete(pid) => self.emit(pid).into_iter().collect(),
