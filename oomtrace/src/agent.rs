@@ -31,7 +31,13 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    capture::{Input, KmsgSighting, lookup::ProcLookup, ring::Decoder},
+    capture::{
+        Input, KmsgSighting,
+        eviction::EvictedPod,
+        killer::{KillerCheck, KillerStats},
+        lookup::ProcLookup,
+        ring::Decoder,
+    },
     cli::TraceArgs,
     correlate::{Correlated, Correlator, Expect},
     enrich::{
@@ -146,6 +152,8 @@ struct NodeContext {
     snapshots: Option<NodeSnapshots>,
     api: Option<ApiClient>,
     pods: Option<(PodMetadata, JoinHandle<()>)>,
+    /// Pods the kubelet evicted for memory, from the pod watch.
+    evictions: Option<mpsc::Receiver<EvictedPod>>,
 }
 
 impl NodeContext {
@@ -169,14 +177,22 @@ impl NodeContext {
             None => None,
         };
         let api = args.kube.then(|| ApiClient::start(args.kubeconfig.clone()));
+        let (evictions_tx, evictions) = match &api {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel::<EvictedPod>(64);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let pods = api
             .as_ref()
-            .map(|api| PodMetadata::watch(api, node.to_string()));
+            .map(|api| PodMetadata::watch(api, node.to_string(), evictions_tx));
         Ok(Self {
             cgfs,
             snapshots,
             api,
             pods,
+            evictions,
         })
     }
 }
@@ -190,6 +206,8 @@ struct Running {
     pod_watch: Option<JoinHandle<()>>,
     poster: Option<EventsPoster>,
     losses: Losses,
+    /// Senders of listed signals that were not confirmed as memory killers.
+    killer_stats: Option<Arc<KillerStats>>,
     /// Keeps the eBPF programs attached until the end.
     probe: Option<LoadedProbe>,
 }
@@ -213,6 +231,7 @@ impl Running {
             kmsg_stats,
             expect,
             decoder,
+            active,
             ..
         } = sources;
         let losses = Losses {
@@ -238,19 +257,41 @@ impl Running {
             ),
             false => None,
         };
+        let killers =
+            match active.contains(&Hook::TpBtfSignal) || active.contains(&Hook::TracepointSignal) {
+                true => Some(
+                    KillerCheck::spawn(args.paths.proc_root.clone(), input_tx.clone()).map_err(
+                        |source| AgentError::Thread {
+                            what: "killer check",
+                            source,
+                        },
+                    )?,
+                ),
+                false => None,
+            };
+        let killer_stats = killers.as_ref().map(|k| Arc::clone(&k.stats));
         drop(input_tx);
         let mut correlator = Correlator::new(expect, args.wait_ms, units::page_size(), boot_id());
         let mut stage = CorrelateStage {
             lookup,
+            killers,
             snapshots: context.snapshots.clone(),
             out: out_tx,
             losses: losses.clone(),
         };
+        let evictions = context.evictions;
         let correlate = tokio::spawn({
             let stop = stop.clone();
             async move {
                 stage
-                    .run(&mut correlator, input_rx, kmsg_rx, stop, ring_task)
+                    .run(
+                        &mut correlator,
+                        input_rx,
+                        kmsg_rx,
+                        evictions,
+                        stop,
+                        ring_task,
+                    )
                     .await;
                 CorrelateCounts {
                     late: correlator.late,
@@ -296,6 +337,7 @@ impl Running {
             pod_watch,
             poster,
             losses,
+            killer_stats,
             probe,
         })
     }
@@ -344,6 +386,15 @@ impl Running {
             counts.not_killed,
             counts.repeated
         );
+        if let Some(k) = &self.killer_stats {
+            let unconfirmed = k.unconfirmed.load(std::sync::atomic::Ordering::Relaxed);
+            let dropped = k.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            if unconfirmed + dropped > 0 {
+                eprintln!(
+                    "oomtrace: {unconfirmed} signals from senders not confirmed as memory killers not reported, {dropped} dropped unchecked (queue full)"
+                );
+            }
+        }
         drop(self.probe);
         match error {
             Some(e) => Err(e.into()),
@@ -610,6 +661,8 @@ struct CorrelateCounts {
 /// The correlation stage: inputs in, complete kills out.
 struct CorrelateStage {
     lookup: Option<ProcLookup>,
+    /// Confirms the senders of listed signals (userspace OOM killers).
+    killers: Option<KillerCheck>,
     snapshots: Option<NodeSnapshots>,
     out: mpsc::Sender<Correlated>,
     /// The kernel log's losses tell whether a missing kill line may be lost.
@@ -622,6 +675,7 @@ impl CorrelateStage {
         correlator: &mut Correlator,
         mut inputs: mpsc::Receiver<Input>,
         mut kmsg: Option<mpsc::Receiver<KmsgOom>>,
+        mut evictions: Option<mpsc::Receiver<EvictedPod>>,
         mut stop: watch::Receiver<bool>,
         ring: Option<JoinHandle<()>>,
     ) {
@@ -630,6 +684,7 @@ impl CorrelateStage {
             let ready = tokio::select! {
                 Some(input) = inputs.recv() => self.push(correlator, input),
                 Some(line) = recv(&mut kmsg) => self.push(correlator, kmsg_input(line)),
+                Some(e) = recv(&mut evictions) => self.push(correlator, Input::Eviction(e)),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     correlator.note_kmsg_losses(self.losses.kmsg_lost(), now);
@@ -661,6 +716,15 @@ impl CorrelateStage {
     }
 
     fn push(&mut self, correlator: &mut Correlator, input: Input) -> Vec<Correlated> {
+        let input = match input {
+            Input::Signal(s) => {
+                if let Some(k) = &self.killers {
+                    k.request(s);
+                }
+                return Vec::new();
+            }
+            other => other,
+        };
         let now = Instant::now();
         let sighting = snapshots::worth_a_snapshot(&input);
         let ready = correlator.push(input, now);

@@ -22,6 +22,7 @@
 
 mod assemble;
 pub mod incident;
+pub mod killer;
 pub mod matching;
 mod merge;
 pub mod pending;
@@ -35,6 +36,7 @@ use std::{
 
 use self::{
     incident::Incidents,
+    killer::UserspaceKills,
     matching::{ClockSync, Facts},
     merge::KmsgContext,
     pending::Pending,
@@ -130,6 +132,8 @@ pub struct Correlator {
     /// Kill lines of a task killed again in the same OOM (the chosen task of
     /// a memory.oom.group kill): the kernel counts them in vmstat `oom_kill`.
     pub repeated: u64,
+    /// Kills by userspace OOM killers, between their signals and reports.
+    pub userspace: UserspaceKills,
 }
 
 impl Correlator {
@@ -154,6 +158,7 @@ impl Correlator {
             late: 0,
             not_killed: 0,
             repeated: 0,
+            userspace: UserspaceKills::default(),
         }
     }
 
@@ -172,8 +177,19 @@ impl Correlator {
             }
             Input::Kmsg(k) => self.merge_kmsg(k, now),
             Input::ProcCgroup { pid, cgroup } => self.merge_proc_cgroup(pid, cgroup),
-            // Attributed by the userspace-killer stage, not here.
+            // Checked by the killer checker first; only confirmed ones come back.
             Input::Signal(_) => None,
+            Input::KillerSignal(s) => {
+                return self
+                    .userspace
+                    .signal(s, &self.boot_id)
+                    .into_iter()
+                    .collect();
+            }
+            Input::KillerFate(f) => {
+                return self.userspace.fate(f, &self.boot_id).into_iter().collect();
+            }
+            Input::Eviction(e) => return vec![killer::eviction_kill(e, &self.boot_id)],
         };
         let mut out = Vec::new();
         if let Some(i) = touched

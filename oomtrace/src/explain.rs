@@ -6,7 +6,7 @@
 use crate::{
     enrich::Enriched,
     identity::{Identity, QosClass},
-    report::{Consumer, Kill, OomDomain},
+    report::{Consumer, Kill, KillerKind, OomDomain},
     units::Bytes,
 };
 
@@ -238,6 +238,11 @@ fn sentence(parts: &[Option<String>]) -> String {
 /// The explanation and the advice for one kill.
 pub fn explain(kill: &Kill, identity: Option<&Identity>) -> (String, String) {
     let v = victim(kill, identity);
+    match kill.killer.kind {
+        KillerKind::UserspaceOom => return userspace(kill, &v),
+        KillerKind::KubeletEviction => return eviction(kill, &v),
+        KillerKind::KernelOom => {}
+    }
     let who = v.describe();
 
     if kill.trigger.order == Some(-1) {
@@ -332,6 +337,217 @@ pub fn explain(kill: &Kill, identity: Option<&Identity>) -> (String, String) {
             "Check the kernel log (dmesg) for the oom-kill line to learn which cgroup's limit was hit.".into(),
         ),
     }
+}
+
+/// A userspace OOM killer's usual policy, and the advice that fits it.
+fn killer_policy(name: &str) -> (String, &'static str) {
+    match name {
+        "earlyoom" => (
+            "earlyoom kills when both MemAvailable and SwapFree are below its thresholds (by default 10% for \
+             SIGTERM, 5% for SIGKILL) and picks the process with the highest oom_score, which oom_score_adj raises"
+                .into(),
+            "to spare a process use earlyoom's --avoid (or --prefer for expendable ones) or lower its oom_score_adj; \
+             for a pod, raise its memory request (a lower oom_score_adj) or make it Guaranteed",
+        ),
+        "systemd-oomd" => (
+            "systemd-oomd kills the cgroup with the most reclaim activity below a unit with \
+             ManagedOOMMemoryPressure=kill whose memory pressure (PSI) stayed above its limit (by default 60% for \
+             30 s), or, below a unit with ManagedOOMSwap=kill, the cgroup using the most swap once swap use passes \
+             its limit (by default 90%)"
+                .into(),
+            "`oomctl` shows the monitored cgroups and their pressure; protect a unit with ManagedOOMPreference=avoid \
+             (or omit), raise ManagedOOMMemoryPressureLimit=, or reduce the memory used below that slice",
+        ),
+        "talos-machined" => (
+            "Talos's OOM controller (in machined, PID 1) kills a whole cgroup when its trigger on memory pressure \
+             (PSI) fires, choosing by its ranking: by default cgroups with a memory limit score 0, BestEffort pods \
+             come before Burstable ones and then by memory use, Guaranteed pods and system services last"
+                .into(),
+            "set memory limits on the pod's containers (the default ranking spares cgroups with a limit) or make it \
+             Guaranteed; if the controller acts too early, tune the OOMConfig document (triggerExpression, \
+             cgroupRankingExpression)",
+        ),
+        "nohang" => (
+            "nohang kills when MemAvailable and SwapFree fall below its thresholds (or on memory pressure) and \
+             picks the process with the highest badness (oom_score, adjusted by its configuration)"
+                .into(),
+            "adjust nohang's thresholds and badness rules in its configuration, or lower the process's oom_score_adj",
+        ),
+        "oomd" => (
+            "oomd acts on the rules of its configuration (memory pressure and swap detectors) and kills what its \
+             kill plugin ranks first"
+                .into(),
+            "check oomd's rules for the cgroup it killed in, and the detectors' thresholds",
+        ),
+        other => (
+            format!("{other} is a userspace OOM killer whose policy oomtrace does not know"),
+            "check that killer's thresholds and the processes it prefers or avoids",
+        ),
+    }
+}
+
+/// "MemAvailable 45 MiB of 461 MiB (9%), no swap, memory pressure (PSI some avg10) 37.1".
+fn node_state(kill: &Kill) -> Option<String> {
+    let nm = kill.node_memory.as_ref()?;
+    let mut parts = Vec::new();
+    match (nm.available_bytes, nm.total_bytes) {
+        (Some(a), Some(t)) if t > 0 => parts.push(format!(
+            "MemAvailable {} of {} ({}%)",
+            Bytes(a),
+            Bytes(t),
+            a * 100 / t
+        )),
+        (Some(a), _) => parts.push(format!("MemAvailable {}", Bytes(a))),
+        _ => {}
+    }
+    match (nm.swap_free_bytes, nm.swap_total_bytes) {
+        (_, Some(0)) => parts.push("no swap".into()),
+        (Some(f), Some(t)) => parts.push(format!("SwapFree {} of {}", Bytes(f), Bytes(t))),
+        _ => {}
+    }
+    if let Some(p) = nm.psi_some_avg10 {
+        parts.push(format!("memory pressure (PSI some avg10) {p:.1}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn largest_sentence(kill: &Kill) -> String {
+    top_consumers(kill)
+        .map(|t| format!(" Largest consumers: {t}."))
+        .unwrap_or_else(|| " The largest consumers are unknown.".into())
+}
+
+fn with_largest(advice: &str, kill: &Kill, v: &Victim) -> String {
+    let mut a = String::new();
+    if let Some(l) = largest_other(kill, v) {
+        a.push_str(&capitalise(&l));
+        a.push_str(", which filled the node; ");
+        a.push_str(advice);
+    } else {
+        a.push_str("Find out what filled the node's memory; ");
+        a.push_str(advice);
+    }
+    a.push('.');
+    a
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// A kill by a userspace OOM killer: who killed, its policy, the node's state.
+fn userspace(kill: &Kill, v: &Victim) -> (String, String) {
+    let k = &kill.killer;
+    let name = k
+        .name
+        .as_deref()
+        .or(k.comm.as_deref())
+        .unwrap_or("a userspace OOM killer");
+    let killer = match k.pid {
+        Some(pid) => format!("{name} (pid {pid})"),
+        None => name.to_string(),
+    };
+    let how = match k.signal.as_deref() {
+        Some("SIGTERM") => " with SIGTERM (it exited on it)",
+        Some("SIGKILL") => " with SIGKILL",
+        _ => "",
+    };
+    let (policy, advice) = killer_policy(name);
+    let rss = kill
+        .victim
+        .anon_rss_kb
+        .map(|kb| format!(" It held {} of anonymous memory.", Bytes(kb * 1024)))
+        .unwrap_or_default();
+    let state = node_state(kill)
+        .map(|s| format!(" Node memory then: {s}."))
+        .unwrap_or_default();
+    (
+        format!(
+            "The userspace OOM killer {killer} killed {}{how}, before the kernel's OOM killer had to; no memory \
+             limit was hit. {}.{rss}{state}{}",
+            v.describe(),
+            capitalise(&policy),
+            largest_sentence(kill)
+        ),
+        with_largest(advice, kill, v),
+    )
+}
+
+/// A kubelet eviction: what the kubelet said, and how it chooses.
+fn eviction(kill: &Kill, v: &Victim) -> (String, String) {
+    let e = kill.eviction.as_ref();
+    let threshold = e
+        .map(|e| match (e.threshold_bytes, e.available_bytes) {
+            (Some(t), Some(a)) => format!(
+                " (available memory {} below the eviction threshold {})",
+                Bytes(a),
+                Bytes(t)
+            ),
+            (Some(t), None) => format!(" (eviction threshold {})", Bytes(t)),
+            _ => String::new(),
+        })
+        .unwrap_or_default();
+    let over: Vec<String> = e
+        .iter()
+        .flat_map(|e| e.over_request.iter())
+        .map(|o| {
+            let usage = o
+                .usage_bytes
+                .map_or("?".to_string(), |u| Bytes(u).to_string());
+            let request = match o.request_bytes {
+                Some(0) => "no request".to_string(),
+                Some(r) => format!("its request of {}", Bytes(r)),
+                None => "its request".to_string(),
+            };
+            format!("{} {} was using {usage}, above {request}", o.level, o.name)
+        })
+        .collect();
+    let over = match over.is_empty() {
+        true => " The kubelet named no container above its request.".to_string(),
+        false => format!(" The kubelet found: {}.", over.join("; ")),
+    };
+    let container = kill.k8s.as_ref().and_then(|k| k.container.as_deref());
+    let blamed = e.and_then(|e| {
+        e.over_request
+            .iter()
+            .find(|o| Some(o.name.as_str()) == container)
+    });
+    let advice = match (blamed, v.qos) {
+        (Some(o), _) => {
+            let use_ = o
+                .usage_bytes
+                .map(|u| format!(" (about {})", Bytes(u)))
+                .unwrap_or_default();
+            format!(
+                "Raise the memory request of container {} to its real use{use_}, or make the pod Guaranteed \
+                 (requests == limits): a pod within its requests is evicted last",
+                o.name
+            )
+        }
+        (None, Some(QosClass::BestEffort)) => {
+            "Give the pod memory requests (BestEffort pods are evicted first), ideally requests == limits".into()
+        }
+        _ => "Keep the pod's memory use within its requests, or make it Guaranteed (requests == limits)".into(),
+    };
+    let mut advice = advice;
+    if let Some(l) = largest_other(kill, v) {
+        advice.push_str(&format!("; {l}"));
+    }
+    advice.push_str("; check the kubelet's eviction thresholds and kube-reserved/system-reserved.");
+    (
+        format!(
+            "The kubelet evicted {} because the node was low on memory{threshold}; no memory limit was hit \
+             and no process was OOM-killed.{over} The kubelet evicts first the pods whose usage exceeds their \
+             requests, then by priority, then by how far usage exceeds the request; Guaranteed pods, and \
+             Burstable pods within their requests, go last.{}",
+            v.describe(),
+            largest_sentence(kill)
+        ),
+        advice,
+    )
 }
 
 #[cfg(test)]
@@ -575,5 +791,99 @@ mod tests {
             "{e}"
         );
         assert!(a.contains("Guaranteed"), "{a}");
+    }
+
+    fn userspace_kill(name: &str, signal: &str) -> Kill {
+        let mut k = pod_kill(OomDomain::Node);
+        k.killer = crate::report::Killer {
+            kind: KillerKind::UserspaceOom,
+            pid: Some(412),
+            comm: Some(name.into()),
+            name: Some(name.into()),
+            exe: Some(format!("/usr/bin/{name}")),
+            signal: Some(signal.into()),
+            cgroup: None,
+        };
+        k.victim.anon_rss_kb = Some(180 * 1024);
+        if let Some(nm) = k.node_memory.as_mut() {
+            nm.total_bytes = Some(16 * GI);
+            nm.available_bytes = Some(GI + 600 * MI);
+            nm.swap_total_bytes = Some(0);
+        }
+        k
+    }
+
+    #[test]
+    fn a_userspace_killer_is_named_with_its_policy() {
+        let k = userspace_kill("earlyoom", "SIGTERM");
+        let (e, a) = explain(&k, Some(&identity::parse(CTR)));
+        assert!(e.starts_with("The userspace OOM killer earlyoom (pid 412) killed prod/api-7f9 (container api, Burstable, oom_score_adj 985) with SIGTERM (it exited on it)"), "{e}");
+        assert!(
+            e.contains("MemAvailable and SwapFree are below its thresholds"),
+            "{e}"
+        );
+        assert!(
+            e.contains("Node memory then: MemAvailable 1.6 GiB of 16.0 GiB (9%), no swap"),
+            "{e}"
+        );
+        assert!(e.contains("batch/hog 14.2 GiB"), "{e}");
+        assert!(!e.contains("kernel chose"), "{e}");
+        assert!(
+            a.starts_with("Find out why batch/hog uses 14.2 GiB, which filled the node"),
+            "{a}"
+        );
+        assert!(a.contains("--avoid"), "{a}");
+        let (e, a) = explain(&userspace_kill("talos-machined", "SIGKILL"), None);
+        assert!(
+            e.contains("with SIGKILL") && e.contains("Talos's OOM controller"),
+            "{e}"
+        );
+        assert!(a.contains("OOMConfig"), "{a}");
+        let (e, a) = explain(&userspace_kill("systemd-oomd", "SIGKILL"), None);
+        assert!(e.contains("ManagedOOMMemoryPressure=kill"), "{e}");
+        assert!(a.contains("oomctl"), "{a}");
+    }
+
+    #[test]
+    fn a_kubelet_eviction_quotes_the_kubelet_and_its_order() {
+        use crate::report::{Eviction, Killer, OverRequest};
+        let mut k = pod_kill(OomDomain::Node);
+        k.victim = crate::report::Victim::default();
+        k.killer = Killer {
+            kind: KillerKind::KubeletEviction,
+            comm: Some("kubelet".into()),
+            name: Some("kubelet".into()),
+            ..Killer::default()
+        };
+        k.eviction = Some(Eviction {
+            message: "The node was low on resource: memory. Threshold quantity: 100Mi, available: 58472Ki. Container api was using 3694056Ki, request is 256Mi, has larger consumption of memory. ".into(),
+            threshold_bytes: Some(100 * MI),
+            available_bytes: Some(58472 * 1024),
+            over_request: vec![OverRequest {
+                level: "container".into(),
+                name: "api".into(),
+                usage_bytes: Some(3_694_056 * 1024),
+                request_bytes: Some(256 * MI),
+            }],
+        });
+        let (e, a) = explain(&k, None);
+        assert!(e.starts_with("The kubelet evicted prod/api-7f9 (container api, Burstable) because the node was low on memory (available memory 57 MiB below the eviction threshold 100 MiB)"), "{e}");
+        assert!(
+            e.contains("container api was using 3.5 GiB, above its request of 256 MiB"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "evicts first the pods whose usage exceeds their requests, then by priority"
+            ),
+            "{e}"
+        );
+        assert!(
+            a.starts_with(
+                "Raise the memory request of container api to its real use (about 3.5 GiB)"
+            ),
+            "{a}"
+        );
+        assert!(a.contains("batch/hog"), "{a}");
     }
 }

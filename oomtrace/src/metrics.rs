@@ -729,6 +729,7 @@ mod tests {
             pid: Some(1234),
             comm: Some("kubelet".into()),
             cgroup: Some("/system.slice/kubelet.service".into()),
+            ..Killer::default()
         };
         m.record_kill(&kill);
         let text = m.encode();

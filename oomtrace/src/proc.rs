@@ -140,6 +140,28 @@ impl Pinned {
             .map(|s| StatusMem::from(&s))
     }
 
+    /// The whole `status` file (memory by kind, uid, namespaced pids).
+    pub fn status(&self) -> Result<procfs::process::Status, ProcError> {
+        self.read("status", Process::status)
+    }
+
+    /// The executable (`exe`; reading another user's needs `CAP_SYS_PTRACE`).
+    pub fn exe(&self) -> Result<PathBuf, ProcError> {
+        self.read("exe", Process::exe)
+    }
+
+    /// The command line, one string per argument.
+    pub fn cmdline(&self) -> Result<Vec<String>, ProcError> {
+        self.read("cmdline", Process::cmdline)
+    }
+
+    /// Whether the process has exited since it was opened: reaped (its
+    /// `/proc` entry is gone), a zombie, or another process (never expected
+    /// through a pinned descriptor).
+    pub fn exited(&self) -> bool {
+        self.recheck().map_or(true, |s| is_dead(&s))
+    }
+
     /// `oom_score_adj` (-1000..=1000).
     pub fn oom_score_adj(&self) -> Result<i32, ProcError> {
         self.read("oom_score_adj", Process::oom_score_adj)
@@ -192,7 +214,7 @@ fn is_dead(stat: &Stat) -> bool {
 }
 
 /// How far `CLOCK_BOOTTIME` is ahead of `CLOCK_MONOTONIC` (time suspended).
-fn boottime_ahead() -> Duration {
+pub fn boottime_ahead() -> Duration {
     let ns = |clock| {
         let mut ts = libc::timespec {
             tv_sec: 0,

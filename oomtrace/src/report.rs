@@ -49,6 +49,8 @@ pub struct Kill {
     pub missing: Vec<String>,
     /// Kernel ring-buffer records lost so far (all kinds), as counted in the kernel.
     pub lost_events: u64,
+    /// A kubelet eviction: what the kubelet said (`null` for other kills).
+    pub eviction: Option<Eviction>,
 }
 
 /// What a JSON line is.
@@ -67,7 +69,17 @@ pub struct Killer {
     /// The killing process (`null` for the kernel).
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The killing process's memory cgroup.
     pub cgroup: Option<String>,
+    /// Which userspace OOM killer: `earlyoom`, `systemd-oomd`, `oomd`,
+    /// `nohang`, `talos-machined`, else its process name (`kubelet` for an
+    /// eviction; `null` for the kernel).
+    pub name: Option<String>,
+    /// The executable the sender was confirmed by (`/proc/<pid>/exe`).
+    pub exe: Option<String>,
+    /// The signal that killed: `SIGKILL`, or `SIGTERM` when the victim exited
+    /// on it (`null` for the kernel and for evictions).
+    pub signal: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq, Hash)]
@@ -154,6 +166,9 @@ pub enum VerdictSource {
     OomControl,
     Kmsg,
     CgroupUsage,
+    /// Not a kernel OOM kill: a userspace OOM killer or the kubelet killed on
+    /// node memory pressure, so the scope is the node by that killer's policy.
+    KillerPolicy,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -261,4 +276,28 @@ pub struct QosCheck {
     /// For Burstable: the memory request the observed oom_score_adj implies.
     pub estimated_request_bytes: Option<u64>,
     pub note: Option<String>,
+}
+
+/// What the kubelet said when it evicted a pod for memory (`status.message`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Eviction {
+    /// The kubelet's message, as it wrote it.
+    pub message: String,
+    /// The eviction threshold (`Threshold quantity:`), in bytes.
+    pub threshold_bytes: Option<u64>,
+    /// Memory available on the node when the threshold was met, in bytes.
+    pub available_bytes: Option<u64>,
+    /// The containers (or, with pod-level resources, the pod) the kubelet
+    /// found using more than their request, in its order.
+    pub over_request: Vec<OverRequest>,
+}
+
+/// One container (or pod) using more memory than it requested.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct OverRequest {
+    /// `container` or `pod`.
+    pub level: String,
+    pub name: String,
+    pub usage_bytes: Option<u64>,
+    pub request_bytes: Option<u64>,
 }

@@ -32,6 +32,8 @@ struct FakeApi {
     port: u16,
     events: PathBuf,
     requests: PathBuf,
+    /// Watch events the server streams to the pod watch ([`FakeApi::change`]).
+    watch: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -42,11 +44,12 @@ impl FakeApi {
         fs::write(&pods_file, serde_json::to_vec(pods).expect("json")).expect("write pods");
         let events = dir.path().join("events.jsonl");
         let requests = dir.path().join("requests.log");
+        let watch = dir.path().join("watch.jsonl");
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube/fake_apiserver.py");
         let mut child = Command::new("python3")
             .arg(&script)
-            .args([&pods_file, &events, &requests])
+            .args([&pods_file, &events, &requests, &watch])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -70,8 +73,26 @@ impl FakeApi {
             port,
             events,
             requests,
+            watch,
             _dir: dir,
         }
+    }
+
+    /// The pod changes (as the kubelet would change it): the watch streams
+    /// `pod` as a MODIFIED event with the next resourceVersion.
+    fn change(&self, mut pod: Value) {
+        use std::io::Write as _;
+        let version = 1001 + read_lines(&self.watch).len();
+        pod["kind"] = json!("Pod");
+        pod["apiVersion"] = json!("v1");
+        pod["metadata"]["resourceVersion"] = json!(version.to_string());
+        let line = json!({"type": "MODIFIED", "object": pod}).to_string();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.watch)
+            .expect("watch events file");
+        writeln!(f, "{line}").expect("append a watch event");
     }
 
     /// Accepted Event writes: `{"verb", "path", "body", "object"}`.
@@ -678,4 +699,118 @@ fn an_unreachable_api_server_is_said_once_and_kills_are_still_reported() {
         "the message names the problem: {log}"
     );
     assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{log}");
+}
+
+/// The pod of [`pod`] as the kubelet leaves it when it evicts it for memory
+/// (tests/data/kube/pod-evicted.json), evicted at `at`.
+fn evicted_pod(uid: &str, cid: &str, at: std::time::SystemTime) -> Value {
+    let mut p: Value =
+        serde_json::from_str(include_str!("data/kube/pod-evicted.json")).expect("pod-evicted.json");
+    p["metadata"]["uid"] = json!(uid);
+    p["spec"]["nodeName"] = json!(NODE);
+    let id = json!(format!("containerd://{cid}"));
+    p["status"]["containerStatuses"][0]["containerID"] = id.clone();
+    p["status"]["containerStatuses"][0]["state"]["terminated"]["containerID"] = id;
+    p["status"]["conditions"][0]["lastTransitionTime"] =
+        json!(humantime::format_rfc3339_seconds(at).to_string());
+    p
+}
+
+/// The kubelet evicts a pod of this node for memory: the pod watch sees it
+/// turn Failed/Evicted and the agent reports it once, with the kubelet's
+/// message, the pod's identity and metadata, and no Pod Event of its own.
+#[test]
+#[ignore = "privileged: needs root (the kernel log); run by cargo xtask test"]
+fn a_pod_evicted_for_memory_is_reported_once_with_the_kubelets_words() {
+    let (uid, cid) = ids(7);
+    let api = FakeApi::start(&[pod(&uid, &cid)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = kubeconfig(dir.path(), api.port);
+    let agent = Agent::start(&[
+        "--kube",
+        "--kubeconfig",
+        kc.to_str().expect("utf-8"),
+        "--node-name",
+        NODE,
+    ]);
+    api.wait_for("the pod watch", Duration::from_secs(20), |a| {
+        a.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+    });
+    let at = std::time::SystemTime::now() - Duration::from_secs(2);
+    let evicted = evicted_pod(&uid, &cid, at);
+    api.change(evicted.clone());
+    // A later status update of the same evicted pod (the kubelet, the
+    // garbage collector): not a second eviction.
+    api.change(evicted);
+    let evictions = |v: &Value| s(v, &["killer", "kind"]) == Some("kubelet_eviction");
+    let e = agent.events(1, Duration::from_secs(20), evictions);
+    let more = agent.events(1, Duration::from_secs(3), evictions);
+    let (_, log) = agent.stop();
+    assert_eq!(
+        e.len(),
+        1,
+        "requests:\n{}\nstderr:\n{log}",
+        api.requests().join("\n")
+    );
+    assert!(more.is_empty(), "reported twice: {more:?}");
+    let e = &e[0];
+    eprintln!("eviction event: {e}");
+    assert_eq!(s(e, &["kind"]), Some("oom_kill"), "{e}");
+    assert_eq!(s(e, &["killer", "comm"]), Some("kubelet"), "{e}");
+    assert!(e["killer"]["pid"].is_null(), "{e}");
+    assert_eq!(s(e, &["k8s", "namespace"]), Some("prod"), "{e}");
+    assert_eq!(s(e, &["k8s", "pod"]), Some("api-7f9c6d5b8-x2x9q"), "{e}");
+    assert_eq!(s(e, &["k8s", "pod_uid"]), Some(uid.as_str()), "{e}");
+    assert_eq!(s(e, &["k8s", "container"]), Some("api"), "{e}");
+    assert_eq!(s(e, &["k8s", "container_id"]), Some(cid.as_str()), "{e}");
+    assert_eq!(s(e, &["k8s", "qos_class"]), Some("Burstable"), "{e}");
+    // From the pod watch's cache, as for kernel kills.
+    assert_eq!(s(e, &["k8s", "owner_kind"]), Some("Deployment"), "{e}");
+    assert_eq!(s(e, &["k8s", "labels", "app"]), Some("api"), "{e}");
+    assert_eq!(
+        i(e, &["k8s", "memory_request_bytes"]),
+        Some(256 << 20),
+        "{e}"
+    );
+    assert!(
+        s(e, &["eviction", "message"])
+            .is_some_and(|m| m.starts_with("The node was low on resource: memory.")),
+        "{e}"
+    );
+    assert_eq!(
+        i(e, &["eviction", "threshold_bytes"]),
+        Some(100 << 20),
+        "{e}"
+    );
+    assert_eq!(
+        i(e, &["eviction", "available_bytes"]),
+        Some(58472 << 10),
+        "{e}"
+    );
+    let over = &e["eviction"]["over_request"][0];
+    assert_eq!(over["name"].as_str(), Some("api"), "{e}");
+    assert_eq!(over["usage_bytes"].as_i64(), Some(3_694_056 << 10), "{e}");
+    assert_eq!(s(e, &["scope"]), Some("node"), "{e}");
+    assert_eq!(s(e, &["oom_domain"]), Some("node"), "{e}");
+    assert_eq!(s(e, &["verdict_source"]), Some("killer_policy"), "{e}");
+    assert!(e["node_memory"].is_object(), "node memory context: {e}");
+    assert_eq!(
+        s(e, &["time"]).map(|t| &t[..19]),
+        Some(&humantime::format_rfc3339_seconds(at).to_string()[..19]),
+        "the time the kubelet evicted: {e}"
+    );
+    let x = s(e, &["explanation"]).expect("explanation");
+    assert!(
+        x.starts_with("The kubelet evicted prod/api-7f9c6d5b8-x2x9q (container api, Burstable)")
+            && x.contains("container api was using 3.5 GiB, above its request of 256 MiB"),
+        "{x}"
+    );
+    assert!(
+        s(e, &["advice"]).is_some_and(|a| a.contains("Raise the memory request of container api")),
+        "{e}"
+    );
+    // The kubelet posts its own Evicted Event: none from the agent.
+    assert!(api.events().is_empty(), "{:?}", api.events());
 }

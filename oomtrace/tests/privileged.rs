@@ -368,3 +368,69 @@ fn lines_written_to_the_kernel_log_by_a_process_report_no_kill() {
         );
     }
 }
+
+// ---- Userspace OOM killers ---------------------------------------------------
+
+/// A process that renames itself `earlyoom` and SIGKILLs a child passes the
+/// kernel side's name filter, but its executable is a shell: not confirmed,
+/// not reported. A `kill -9` from a plain shell never leaves the kernel.
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_renamed_killer_and_a_shell_kill_are_not_reported() {
+    let agent = Agent::start_with_log(
+        &["--wait-ms", "500"],
+        "info,oomtrace::capture::killer=debug,oomtrace_ebpf=debug",
+    );
+    let cg = Memcg::unique("renamed-killer");
+    let mut renamed_victim = spawn_in(&cg, 900, "sleep 60");
+    let mut plain_victim = spawn_in(&cg, 900, "sleep 60");
+    let (rpid, ppid) = (renamed_victim.id(), plain_victim.id());
+    wait_comm(rpid, "sleep");
+    wait_comm(ppid, "sleep");
+    // The renamed sender stays alive while the agent checks it, as a real
+    // killer daemon would (a sender gone before the check is not confirmed
+    // either, for another reason).
+    let mut renamed = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "printf earlyoom > /proc/self/comm && kill -9 {rpid} && sleep 3"
+        ))
+        .spawn()
+        .expect("sh");
+    let renamed_pid = renamed.id();
+    assert!(killed_by_sigkill(&renamed_victim.wait().expect("wait")));
+    let plain = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("kill -9 {ppid}"))
+        .status()
+        .expect("sh");
+    assert!(plain.success());
+    assert!(killed_by_sigkill(&plain_victim.wait().expect("wait")));
+    let ours = |v: &Value| {
+        i(v, &["victim", "pid"]).is_some_and(|p| p == i64::from(rpid) || p == i64::from(ppid))
+    };
+    let events = agent.events(1, Duration::from_secs(4), ours);
+    let _ = renamed.wait();
+    let (_, log) = agent.stop();
+    assert!(events.is_empty(), "nothing reported: {events:?}\n{log}");
+    // The renamed shell's SIGKILL reached userspace and was refused there.
+    let refused = log
+        .lines()
+        .find(|l| l.contains(&format!("signal 9 to pid {rpid} not reported")))
+        .unwrap_or_else(|| panic!("the renamed sender's signal was not checked; stderr:\n{log}"));
+    assert!(
+        refused.contains(&format!("pid {renamed_pid} (earlyoom) runs /"))
+            && refused.contains("not an executable named earlyoom"),
+        "{refused}"
+    );
+    // The plain shell's never left the kernel.
+    assert!(
+        !log.contains(&format!("to pid {ppid}")),
+        "a kill -9 from sh must be filtered in the kernel: {log}"
+    );
+    assert!(
+        log.contains("signals from senders not confirmed as memory killers not reported"),
+        "{log}"
+    );
+    eprintln!("{refused}");
+}

@@ -782,3 +782,145 @@ fn vm_memlock_is_raised_where_the_kernel_charges_bpf_maps_to_it() {
     let sources = e[0]["sources"].to_string();
     assert!(sources.contains("tracepoint"), "{}", e[0]);
 }
+
+/// A process in `cg` that grows by 2 MiB every 50 ms (slowly enough for a
+/// userspace OOM killer that polls every 100 ms), up to `mib`, until `pid`
+/// is gone, then holds what it has.
+fn spawn_slow_grower_until_killed(cg: &Memcg, mib: u64, pid: u32) -> std::process::Child {
+    spawn_in(
+        cg,
+        0,
+        &format!(
+            "python3 -c '
+import time
+def dead(p):
+    try:
+        with open(\"/proc/%d/stat\" % p) as f:
+            return f.read().rsplit(\")\", 1)[1].split()[0] in \"ZX\"
+    except OSError:
+        return True
+l = []
+while len(l) * 2 < {mib} and not dead({pid}):
+    l.append(b\"x\" * (2 << 20))
+    time.sleep(0.05)
+time.sleep(3600)'"
+        ),
+    )
+}
+
+/// Debian's earlyoom on a node under memory pressure: it SIGTERMs (or
+/// SIGKILLs) the Burstable pod's process, which the kernel never OOM-killed;
+/// oomtrace reports one kill by it, with the pod and the node's memory.
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_earlyoom_kill_is_reported_as_a_userspace_oom_kill_of_the_pod() {
+    require_vm();
+    let earlyoom = std::env::var("OOMTRACE_EARLYOOM").unwrap_or_else(|_| {
+        panic!(
+            "OOMTRACE_EARLYOOM is not set: cargo xtask test downloads Debian's earlyoom for this scenario ({})",
+            std::env::var("OOMTRACE_EARLYOOM_ERROR").unwrap_or_else(|_| "no reason given".into())
+        )
+    });
+    assert!(Path::new(&earlyoom).is_file(), "{earlyoom} is missing");
+    let logs = tempfile::tempdir().expect("tmp");
+    let agent = agent_with_logs(logs.path(), &[]);
+    let guaranteed = Pod::new("guaranteed", "payments", "ledger-0", "ledger", logs.path());
+    let burstable = Pod::new("burstable", "shop", "api-5c8d", "api", logs.path());
+    guaranteed.container.set_limit(256 << 20);
+    burstable.container.set_limit(256 << 20);
+    let mut g = spawn_holder(&guaranteed.container, -997, 40);
+    let mut b = spawn_holder(&burstable.container, 985, 40);
+    wait_rss(g.id(), 30 << 10);
+    wait_rss(b.id(), 30 << 10);
+    let (gpid, bpid) = (g.id(), b.id());
+
+    // earlyoom as its unit runs it, in its own service cgroup (ignoring the
+    // guest's absent swap), its report on stderr.
+    let eo_cg = Memcg::create("system.slice/earlyoom.service");
+    let eo_log = logs.path().join("earlyoom.log");
+    let mut eo = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {procs} && exec {earlyoom} -m 10 -s 100 -r 60 2> {log}",
+            procs = eo_cg.dir().join("cgroup.procs").display(),
+            log = eo_log.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start earlyoom");
+    let eo_pid = eo.id();
+    support::wait_comm(eo_pid, "earlyoom");
+    set_adj(eo_pid, -1000);
+    let before = burstable.container.oom_kills();
+
+    let hog_cg = Memcg::create("system.slice/batch-report.service");
+    let mut hog = spawn_slow_grower_until_killed(&hog_cg, mem_available_mib() + 64, bpid);
+    let e = agent.events(1, Duration::from_secs(180), for_pid(bpid));
+    // A SIGKILL after the SIGTERM would come within earlyoom's 10 s: still one report.
+    let again = agent.events(1, Duration::from_secs(4), for_pid(bpid));
+    let kernel_kills = burstable.container.oom_kills() - before;
+    let _ = hog.kill();
+    let _ = hog.wait();
+    let guaranteed_alive = g.try_wait().ok().flatten().is_none();
+    let _ = eo.kill();
+    let _ = eo.wait();
+    let eo_said = fs::read_to_string(&eo_log).unwrap_or_default();
+    let log = agent.log();
+    let _ = b.kill();
+    let _ = g.kill();
+    let _ = b.wait();
+    let _ = g.wait();
+    assert_eq!(
+        e.len(),
+        1,
+        "earlyoom's kill of pid {bpid} was not reported; earlyoom said:\n{eo_said}\noomtrace stderr:\n{log}"
+    );
+    assert!(again.is_empty(), "reported twice: {again:?}");
+    let e = &e[0];
+    eprintln!("earlyoom event: {e}");
+    assert_eq!(
+        kernel_kills, 0,
+        "the kernel's OOM killer did it, not earlyoom: {e}"
+    );
+    let signal = s(e, &["killer", "signal"]).expect("killer.signal");
+    assert!(
+        eo_said.contains(&format!("sending {signal} to process {bpid}")),
+        "earlyoom's own log names that signal and pid:\n{eo_said}\n{e}"
+    );
+    assert_eq!(s(e, &["kind"]), Some("oom_kill"), "{e}");
+    assert_eq!(s(e, &["killer", "kind"]), Some("userspace_oom"), "{e}");
+    assert_eq!(s(e, &["killer", "name"]), Some("earlyoom"), "{e}");
+    assert_eq!(s(e, &["killer", "comm"]), Some("earlyoom"), "{e}");
+    assert_eq!(i(e, &["killer", "pid"]), Some(i64::from(eo_pid)), "{e}");
+    assert_eq!(s(e, &["killer", "exe"]), Some(earlyoom.as_str()), "{e}");
+    assert_eq!(s(e, &["killer", "cgroup"]), Some(eo_cg.rel.as_str()), "{e}");
+    assert_eq!(s(e, &["k8s", "namespace"]), Some("shop"), "{e}");
+    assert_eq!(s(e, &["k8s", "pod"]), Some("api-5c8d"), "{e}");
+    assert_eq!(s(e, &["k8s", "container"]), Some("api"), "{e}");
+    assert_eq!(s(e, &["k8s", "qos_class"]), Some("Burstable"), "{e}");
+    assert_eq!(s(e, &["victim", "comm"]), Some("python3"), "{e}");
+    assert_eq!(i(e, &["victim", "oom_score_adj"]), Some(985), "{e}");
+    assert_eq!(
+        s(e, &["victim", "cgroup"]),
+        Some(burstable.container.rel.as_str()),
+        "{e}"
+    );
+    assert_eq!(s(e, &["scope"]), Some("node"), "{e}");
+    assert_eq!(s(e, &["oom_domain"]), Some("node"), "{e}");
+    assert_eq!(s(e, &["verdict_source"]), Some("killer_policy"), "{e}");
+    assert!(
+        e["node_memory"]["top"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()),
+        "{e}"
+    );
+    let x = s(e, &["explanation"]).expect("explanation");
+    assert!(
+        x.contains(&format!("earlyoom (pid {eo_pid})")) && x.contains("MemAvailable and SwapFree"),
+        "{x}"
+    );
+    assert!(
+        guaranteed_alive,
+        "the Guaranteed pod (pid {gpid}) must survive"
+    );
+}

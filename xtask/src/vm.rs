@@ -495,6 +495,7 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
             );
         }
     }
+    let userland = guest_userland(&ready, opts.refresh);
     let queue = Mutex::new(ready.into_iter());
     let done = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -507,7 +508,7 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
                     else {
                         break;
                     };
-                    let r = run_one(opts, &entry, &k, &initrd, &runner);
+                    let r = run_one(opts, &entry, &k, &initrd, &runner, &userland);
                     if let Ok(mut d) = done.lock() {
                         d.push(r);
                     }
@@ -579,12 +580,41 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
     Ok(())
 }
 
+/// Debian packages the scenarios run inside the guests that share the
+/// host's root (never installed or started on the host): downloaded and
+/// extracted like the kernels, passed as `OOMTRACE_<NAME>` (the program's
+/// path) or `OOMTRACE_<NAME>_ERROR` (why it could not be had).
+/// - `earlyoom` (bookworm's 1.7): a real userspace OOM killer for the
+///   `earlyoom` scenario.
+fn guest_userland(ready: &[(Entry, (Kernel, PathBuf))], refresh: bool) -> Vec<(String, String)> {
+    if !ready.iter().any(|(e, _)| host_root(e.arch)) {
+        return Vec::new();
+    }
+    let arch = ready
+        .iter()
+        .find(|(e, _)| host_root(e.arch))
+        .map(|(e, _)| e.arch)
+        .unwrap_or(Arch::Amd64);
+    match kernel::fetch_userland(arch, "earlyoom", refresh) {
+        Ok((tree, ver)) => {
+            let bin = tree.join("usr/bin/earlyoom");
+            eprintln!("vm-test: earlyoom {ver}: {}", bin.display());
+            vec![("OOMTRACE_EARLYOOM".into(), bin.display().to_string())]
+        }
+        Err(e) => {
+            eprintln!("vm-test: WARNING: cannot download earlyoom: {e:#}");
+            vec![("OOMTRACE_EARLYOOM_ERROR".into(), format!("{e:#}"))]
+        }
+    }
+}
+
 fn run_one(
     opts: &VmTestOpts,
     entry: &Entry,
     k: &Kernel,
     initrd: &Path,
     runner: &Path,
+    userland: &[(String, String)],
 ) -> KernelResult {
     let spec = entry.name.as_str();
     let bin = entry.bin.as_str();
@@ -616,6 +646,9 @@ fn run_one(
         }
         if let Some(t) = &entry.vm_tests {
             env.push(("OOMTRACE_VM_TESTS".into(), t.clone()));
+        }
+        if host_root(entry.arch) {
+            env.extend(userland.iter().cloned());
         }
         write_guest_command(
             &scratch,

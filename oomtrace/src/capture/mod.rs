@@ -6,6 +6,8 @@
 //! Every input is self-contained: the correlator never reads the kernel's
 //! ABI structs or a file to make sense of one.
 
+pub mod eviction;
+pub mod killer;
 pub mod lookup;
 pub mod ring;
 
@@ -31,6 +33,13 @@ pub enum Input {
     /// A SIGKILL or SIGTERM from a process on the `--userspace-killers` list
     /// (`signal_generate`): maybe a userspace OOM killer at work.
     Signal(SignalSighting),
+    /// A [`Input::Signal`] whose sender was confirmed as a userspace OOM
+    /// killer ([`killer`]), with the victim as `/proc` showed it.
+    KillerSignal(killer::KillerSignal),
+    /// Whether the victim of a confirmed killer's SIGTERM exited on it.
+    KillerFate(killer::VictimFate),
+    /// With `--kube`: a pod of this node the kubelet evicted for memory.
+    Eviction(eviction::EvictedPod),
     /// A victim's memory cgroup from `/proc/<pid>/cgroup`, looked up beside
     /// the draining while it died (`None`: already gone, or not readable).
     ProcCgroup { pid: u32, cgroup: Option<String> },

@@ -18,10 +18,11 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt as _, watcher},
 };
-use tokio::task::JoinHandle;
-use tracing::info;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{info, warn};
 
 use crate::{
+    capture::eviction::{EvictedPod, EvictionWatch},
     kube::{ApiClient, Problem},
     report::{K8s, Kill},
 };
@@ -217,8 +218,13 @@ pub struct PodMetadata {
 }
 
 impl PodMetadata {
-    /// Starts watching this node's pods once the client is built.
-    pub fn watch(api: &ApiClient, node: String) -> (Self, JoinHandle<()>) {
+    /// Starts watching this node's pods once the client is built; pods the
+    /// kubelet evicts for memory from then on go to `evictions`.
+    pub fn watch(
+        api: &ApiClient,
+        node: String,
+        evictions: Option<mpsc::Sender<EvictedPod>>,
+    ) -> (Self, JoinHandle<()>) {
         let cache = Arc::new(Mutex::new(PodCache::default()));
         let task = tokio::spawn({
             let cache = Arc::clone(&cache);
@@ -227,7 +233,7 @@ impl PodMetadata {
                 let Some(client) = api.client().await else {
                     return;
                 };
-                watch_pods(client, &node, &cache, api.problem()).await;
+                watch_pods(client, &node, &cache, api.problem(), evictions).await;
             }
         });
         (Self { cache }, task)
@@ -247,12 +253,19 @@ impl PodMetadata {
     }
 }
 
-async fn watch_pods(client: Client, node: &str, cache: &Mutex<PodCache>, problem: &Problem) {
+async fn watch_pods(
+    client: Client,
+    node: &str,
+    cache: &Mutex<PodCache>,
+    problem: &Problem,
+    evictions: Option<mpsc::Sender<EvictedPod>>,
+) {
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut seen = HashSet::new();
     let mut synced = false;
+    let mut evicted = EvictionWatch::default();
     while let Some(ev) = stream.next().await {
         let now = Instant::now();
         let ev = match ev {
@@ -262,6 +275,24 @@ async fn watch_pods(client: Client, node: &str, cache: &Mutex<PodCache>, problem
                 continue;
             }
         };
+        match &ev {
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                if let (Some(tx), Some(e)) = (&evictions, evicted.observe(pod))
+                    && tx.try_send(e).is_err()
+                {
+                    warn!(
+                        "a pod eviction could not be queued for reporting (the agent is falling behind)"
+                    );
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    evicted.forget(uid);
+                }
+            }
+            watcher::Event::InitDone => evicted.synced(),
+            watcher::Event::Init => {}
+        }
         let Ok(mut c) = cache.lock() else { return };
         match ev {
             watcher::Event::Init => seen.clear(),

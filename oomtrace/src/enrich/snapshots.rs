@@ -199,7 +199,8 @@ fn watch_loop(
 }
 
 /// Whether a first sighting says the kill may be node-level or at the
-/// node's allocatable (the kubepods cgroup or a QoS level): the kills whose
+/// node's allocatable (the kubepods cgroup or a QoS level), or is a kill by
+/// a userspace OOM killer or the kubelet: the kills whose
 /// report lists the node's largest consumers, so the moment is worth a
 /// snapshot (a walk of the cgroup tree). A container or pod limit is not.
 pub fn worth_a_snapshot(input: &Input) -> bool {
@@ -225,6 +226,8 @@ pub fn worth_a_snapshot(input: &Input) -> bool {
             OomLine::TaskInMemcg { limit_cgroup, .. } => allocatable(limit_cgroup),
             _ => false,
         },
+        // Userspace OOM killers and the kubelet act on node memory pressure.
+        Input::KillerSignal(_) | Input::Eviction(_) => true,
         _ => false,
     }
 }

@@ -64,7 +64,7 @@ use tracing::{debug, info};
 use super::{Sink, SinkError};
 use crate::{
     kube::ApiClient,
-    report::{Kill, OomDomain},
+    report::{Kill, KillerKind, OomDomain},
     units::{Bytes, escape},
 };
 
@@ -88,6 +88,10 @@ pub const CONTROLLER: &str = "oomtrace";
 pub const ACTION: &str = "Killed";
 /// The API's limit on `reportingInstance`.
 const INSTANCE_MAX: usize = 128;
+
+/// The Event reason for a kill by a userspace OOM killer (earlyoom,
+/// systemd-oomd, Talos's machined, ...).
+pub const USERSPACE_REASON: &str = "KilledByUserspaceOOMKiller";
 
 /// The Event reason for an OOM domain.
 pub fn reason(domain: Option<OomDomain>) -> &'static str {
@@ -137,13 +141,20 @@ pub struct Observation {
 /// The observation for a kill of a pod's container, or `None` when the kill
 /// is not in a pod whose namespace and name are known.
 pub fn observation(kill: &Kill) -> Option<Observation> {
+    // The kubelet posts its own `Evicted` Event on the pod it evicts.
+    if kill.killer.kind == KillerKind::KubeletEviction {
+        return None;
+    }
     let k = kill.k8s.as_ref()?;
     let (ns, pod) = (k.namespace.as_deref()?, k.pod.as_deref()?);
     let at = kill
         .time
         .parse::<Timestamp>()
         .unwrap_or_else(|_| Timestamp::now());
-    let reason = reason(kill.oom_domain);
+    let reason = match kill.killer.kind {
+        KillerKind::UserspaceOom => USERSPACE_REASON,
+        _ => reason(kill.oom_domain),
+    };
     let regarding = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -227,9 +238,19 @@ pub fn note(kill: &Kill) -> String {
         _ => String::new(),
     };
     let oom = usage(kill.memcg.oom_usage_bytes, kill.memcg.oom_limit_bytes);
-    let mut text = format!("{process} in {place} was OOM-killed: ");
+    let userspace = (kill.killer.kind == KillerKind::UserspaceOom).then(|| {
+        let name = kill.killer.name.as_deref().or(kill.killer.comm.as_deref());
+        e(name.unwrap_or("a userspace OOM killer"))
+    });
+    let mut text = match &userspace {
+        Some(name) => {
+            format!("{process} in {place} was killed by the userspace OOM killer {name}: ")
+        }
+        None => format!("{process} in {place} was OOM-killed: "),
+    };
     let forced = kill.trigger.order == Some(-1);
     let cause = match kill.oom_domain {
+        _ if userspace.is_some() => "the node was low on memory; no memory limit was hit.".into(),
         _ if forced => {
             "an administrator forced the OOM killer (sysrq); no memory shortage is implied.".into()
         }
@@ -263,7 +284,8 @@ pub fn note(kill: &Kill) -> String {
             chosen.push(format!("oom_score_adj {adj}"));
         }
         if !chosen.is_empty() {
-            text.push_str(&format!(" The kernel chose it ({})", chosen.join(", ")));
+            let chooser = userspace.as_deref().unwrap_or("The kernel");
+            text.push_str(&format!(" {chooser} chose it ({})", chosen.join(", ")));
             match (kill.memcg.victim_usage_bytes, kill.memcg.victim_limit_bytes) {
                 (Some(u), Some(l)) => {
                     text.push_str(&format!("; it used {} of its {} limit", Bytes(u), Bytes(l)))

@@ -6,7 +6,7 @@ use std::io::Write;
 use super::{Sink, SinkError};
 use crate::{
     cli::Format,
-    report::{Kill, OomDomain, Scope},
+    report::{Kill, KillerKind, OomDomain, Scope},
     units::{Bytes, escape},
 };
 
@@ -87,11 +87,23 @@ pub fn text_line(k: &Kill) -> String {
         None => format!("cgroup {}", k.victim.cgroup.as_deref().unwrap_or("?")),
     };
     let oom_cgroup = k.oom_cgroup.as_deref().unwrap_or("?");
-    let domain = match (k.scope, k.oom_domain) {
-        (Some(Scope::Node), _) => "NODE out of memory".to_string(),
-        (Some(Scope::Cgroup), Some(d)) => format!("{} limit hit ({oom_cgroup})", domain_word(d)),
-        (Some(Scope::Cgroup), None) => format!("cgroup limit hit ({oom_cgroup})"),
-        (None, _) => "scope unknown".to_string(),
+    let killer = k
+        .killer
+        .name
+        .as_deref()
+        .or(k.killer.comm.as_deref())
+        .unwrap_or("?");
+    let domain = match (k.killer.kind, k.scope, k.oom_domain) {
+        (KillerKind::UserspaceOom, _, _) => {
+            format!("KILLED by {killer} (userspace OOM killer, node memory low)")
+        }
+        (KillerKind::KubeletEviction, _, _) => {
+            "EVICTED by the kubelet (node memory low)".to_string()
+        }
+        (_, Some(Scope::Node), _) => "NODE out of memory".to_string(),
+        (_, Some(Scope::Cgroup), Some(d)) => format!("{} limit hit ({oom_cgroup})", domain_word(d)),
+        (_, Some(Scope::Cgroup), None) => format!("cgroup limit hit ({oom_cgroup})"),
+        (_, None, _) => "scope unknown".to_string(),
     };
     let mut line = format!(
         "{} {} OOM-KILL pid {} ({}) adj {} {} | {}{}",

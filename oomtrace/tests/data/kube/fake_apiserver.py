@@ -21,8 +21,13 @@ path and of `regarding`; on update only `series` may change. A violation is
 a 422 Invalid Status, a second create of a name 409 AlreadyExists, a patch
 of an unknown Event 404.
 
-Usage: fake_apiserver.py PODS_JSON EVENTS_OUT REQUESTS_OUT
+Usage: fake_apiserver.py PODS_JSON EVENTS_OUT REQUESTS_OUT [WATCH_EVENTS]
 Prints the port it listens on (127.0.0.1) on stdout, then serves until killed.
+With WATCH_EVENTS, a pod watch streams the lines appended to that file (each
+a watch event, {"type": "MODIFIED", "object": {...}}, the object with
+kind, apiVersion and a metadata.resourceVersion above the list's 1000) whose
+resourceVersion is above the one the watch asked for, as they are appended:
+how a test makes the kubelet change a pod. Without it a watch stays quiet.
 Every request is appended to REQUESTS_OUT ("METHOD PATH?QUERY"), every
 accepted Event write to EVENTS_OUT as {"verb", "path", "body", "object"} (one
 JSON per line; `object` is the stored Event after the write).
@@ -39,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 PODS_FILE, EVENTS_OUT, REQUESTS_OUT = sys.argv[1:4]
+WATCH_EVENTS = sys.argv[4] if len(sys.argv) > 4 else None
 LOCK = threading.Lock()
 RESOURCE_VERSION = 1000
 
@@ -100,7 +106,8 @@ class Handler(BaseHTTPRequestHandler):
             p.pop("kind", None)
             p.pop("apiVersion", None)
         if query.get("watch", ["false"])[0] in ("true", "1"):
-            self.watch(int(query.get("timeoutSeconds", ["290"])[0]))
+            since = int(query.get("resourceVersion", ["0"])[0] or 0)
+            self.watch(int(query.get("timeoutSeconds", ["290"])[0]), since)
             return
         self.send_json(
             200,
@@ -112,8 +119,9 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def watch(self, timeout):
-        """Nothing changes: hold the stream open with no events, like a quiet node."""
+    def watch(self, timeout, since):
+        """Streams the WATCH_EVENTS newer than `since` as they are appended;
+        without them nothing changes, like a quiet node."""
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "no-cache, private")
@@ -121,9 +129,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         deadline = time.monotonic() + min(timeout, 290)
+        sent = since
         try:
             while time.monotonic() < deadline:
-                time.sleep(0.5)
+                for event in watch_events():
+                    version = int(event["object"]["metadata"]["resourceVersion"])
+                    if version > sent:
+                        body = (json.dumps(event) + "\n").encode()
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+                        self.wfile.flush()
+                        sent = version
+                time.sleep(0.2)
             self.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass
@@ -212,6 +228,18 @@ class Handler(BaseHTTPRequestHandler):
             EVENTS[(ns, name)] = new
         append(EVENTS_OUT, json.dumps({"verb": "patch", "path": urlsplit(self.path).path, "body": patch, "object": new}))
         self.send_json(200, new)
+
+
+def watch_events():
+    """The watch events appended to WATCH_EVENTS so far (complete lines)."""
+    if WATCH_EVENTS is None:
+        return []
+    try:
+        with open(WATCH_EVENTS, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
 
 
 EVENTS = {}
