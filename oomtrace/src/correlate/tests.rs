@@ -28,6 +28,7 @@ fn kmsg_inputs(text: &str) -> Vec<Input> {
                     ts_usec: r.ts_usec,
                     line,
                     received: Instant::now(),
+                    replayed: false,
                 })
             })
         })
@@ -271,6 +272,7 @@ fn a_mark_no_kill_line_confirms_is_no_kill_until_the_kill_line_comes() {
         ts_usec: (bpf + 1_400_000) / 1000,
         line: parse_oom_line(line).expect("kill line"),
         received: now,
+        replayed: false,
     });
     let out = c.push(late, now + Duration::from_secs(3));
     assert_eq!(out.len(), 1);
@@ -461,6 +463,7 @@ fn dmesg_inputs(text: &str) -> Vec<Input> {
                 ts_usec: 1_000_000 + 100 * i as u64,
                 line,
                 received: Instant::now(),
+                replayed: false,
             })
         })
         .collect()
@@ -569,6 +572,7 @@ fn a_kill_line_long_after_its_bpf_records_makes_one_report() {
             ts_usec: (bpf + 1_350_000) / 1000,
             line: parse_oom_line(line).expect("kill line"),
             received: now,
+            replayed: false,
         })
     };
     let out = c.push(kill_line(1), now + Duration::from_secs(30));

@@ -6,7 +6,7 @@ use std::io::Write;
 use super::{Sink, SinkError};
 use crate::{
     cli::Format,
-    report::{Kill, KillerKind, OomDomain, Scope},
+    report::{Kill, KillerKind, OomDomain, Scope, Unreported},
     units::{Bytes, escape},
 };
 
@@ -37,6 +37,37 @@ impl<W: Write + Send> Sink for Stdout<W> {
     fn kill(&mut self, kill: &Kill) -> Result<(), SinkError> {
         self.write(kill).map_err(SinkError::Stdout)
     }
+
+    fn unreported(&mut self, record: &Unreported) -> Result<(), SinkError> {
+        let write = |out: &mut W| -> std::io::Result<()> {
+            match self.format {
+                Format::Json => {
+                    serde_json::to_writer(&mut *out, record).map_err(std::io::Error::other)?
+                }
+                Format::Text => out.write_all(unreported_line(record).as_bytes())?,
+            }
+            out.write_all(b"\n")?;
+            out.flush()
+        };
+        write(&mut self.out).map_err(SinkError::Stdout)
+    }
+}
+
+/// The text form of an unreported-kills record, on one line.
+pub fn unreported_line(r: &Unreported) -> String {
+    let line = format!(
+        "{} {} UNREPORTED {} kernel OOM kill{} (kernel counted {} since {}, oomtrace reported {}, unreported so far {}) | {}",
+        r.time,
+        r.node,
+        r.count,
+        if r.count == 1 { "" } else { "s" },
+        r.kernel_count,
+        r.since,
+        r.reported,
+        r.unreported_total,
+        r.explanation
+    );
+    escape(&line).into_owned()
 }
 
 fn or_unknown<T: ToString>(v: Option<T>) -> String {
