@@ -779,7 +779,17 @@ impl CorrelateStage {
         loop {
             let ready = tokio::select! {
                 Some(input) = inputs.recv() => self.push(correlator, input),
-                Some(line) = recv(&mut kmsg) => self.push(correlator, kmsg_input(line)),
+                line = recv(&mut kmsg) => match line {
+                    Some(line) => self.push(correlator, kmsg_input(line)),
+                    None => {
+                        // The reader ended while the agent runs (the
+                        // monitor says why and fails /healthz): kills
+                        // no longer wait for kill lines that cannot come.
+                        kmsg = None;
+                        correlator.kmsg_ended();
+                        Vec::new()
+                    }
+                },
                 Some(e) = recv(&mut evictions) => self.push(correlator, Input::Eviction(e)),
                 _ = tick.tick() => {
                     let now = Instant::now();

@@ -249,6 +249,13 @@ impl Correlator {
         self.pending.iter().any(|p| p.kill_seq == Some(seq))
     }
 
+    /// The kernel log reader ended: kills no longer wait for a kill line,
+    /// and a victim without one is no longer taken for "not killed" (the
+    /// line may have been written after the reader ended).
+    pub fn kmsg_ended(&mut self) {
+        self.expect.kmsg = false;
+    }
+
     /// A `/proc` lookup for `pid` could not be made: do not wait for it.
     pub fn lookup_failed(&mut self, pid: u32) {
         for p in self.pending.iter_mut().filter(|p| p.pid == pid) {
