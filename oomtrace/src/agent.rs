@@ -738,6 +738,10 @@ enum ToOutput {
     /// A kill line that will make no report of its own (its kill was
     /// reported already, from another source).
     KillLineDone(u64),
+    /// Kill lines of a task killed again in the same OOM (the chosen task
+    /// of a memory.oom.group kill): no report of their own, but counted in
+    /// `oom_kill` like any kill.
+    Repeated(u64),
     /// Sent every second: the output thread beats, and compares the
     /// kernel's kill counter with what was reported; `idle`: no kill was
     /// waiting for its sources in the correlator.
@@ -863,7 +867,9 @@ impl CorrelateStage {
             }) => Some(*seq),
             _ => None,
         };
+        let repeated = correlator.repeated;
         let ready = correlator.push(input, now);
+        let repeated = correlator.repeated.saturating_sub(repeated);
         if sighting && let Some(s) = &self.snapshots {
             s.kill_seen(now);
         }
@@ -884,6 +890,9 @@ impl CorrelateStage {
             }
         }
         let mut out = Vec::with_capacity(ready.len() + 2);
+        if repeated > 0 {
+            out.push(ToOutput::Repeated(repeated));
+        }
         if let Some(seq) = kill_line {
             out.push(ToOutput::KillLine(seq));
             let taken =
@@ -953,6 +962,10 @@ impl OutputStage {
                 ToOutput::Kill(c) => self.kill(*c, &mut written),
                 ToOutput::KillLine(seq) => {
                     self.continuity.ledger.opened(seq, Instant::now());
+                    Ok(())
+                }
+                ToOutput::Repeated(n) => {
+                    self.continuity.ledger.repeated(n);
                     Ok(())
                 }
                 ToOutput::KillLineDone(seq) => {

@@ -122,6 +122,9 @@ pub struct Loss {
     pub kernel_count: u64,
     /// Kernel kills reported over the same span.
     pub reported: u64,
+    /// Kill lines of tasks killed again over the same span (counted by the
+    /// kernel, no report of their own).
+    pub repeated: u64,
     /// Every kill counted as unreported over the same span.
     pub unreported_total: u64,
 }
@@ -293,6 +296,14 @@ impl Ledger {
         }
     }
 
+    /// `n` kill lines of tasks killed again in the same OOM (a
+    /// memory.oom.group kill kills its chosen task twice, and the kernel
+    /// counts both in `oom_kill`): accounted for, with no report of their own.
+    pub fn repeated(&mut self, n: u64) {
+        self.count.repeated += n;
+        self.dirty = true;
+    }
+
     /// Moves the mark over the kill lines dealt with, and gives up open
     /// ones that are too old or too many.
     fn advance(&mut self) {
@@ -347,7 +358,8 @@ impl Ledger {
             return None;
         }
         let kernel_count = value.saturating_sub(self.count.base);
-        let count = kernel_count.saturating_sub(self.count.reported + self.count.unreported);
+        let count = kernel_count
+            .saturating_sub(self.count.reported + self.count.repeated + self.count.unreported);
         if count == 0 {
             return None;
         }
@@ -357,6 +369,7 @@ impl Ledger {
             count,
             kernel_count,
             reported: self.count.reported,
+            repeated: self.count.repeated,
             unreported_total: self.count.unreported,
         })
     }

@@ -80,6 +80,11 @@ pub struct Unreported {
     pub kernel_count: u64,
     /// Kernel OOM kills reported over the same span (`killer.kind` `kernel_oom`).
     pub reported: u64,
+    /// Kill lines of a task killed a second time in the same OOM (the
+    /// chosen task of a memory.oom.group kill) over the same span: the
+    /// kernel counts each, they are one report. `kernel_count` is
+    /// `reported + repeated + unreported_total`.
+    pub repeated: u64,
     /// Every kill found unreported over the same span, this one included.
     pub unreported_total: u64,
     /// RFC 3339, UTC, of the check.

@@ -101,6 +101,10 @@ pub struct KillCount {
     pub reported: u64,
     /// Kills the kernel counted that no source reported, since then.
     pub unreported: u64,
+    /// Second kill lines of a task killed twice in one OOM (the chosen
+    /// task of a memory.oom.group kill), which the kernel counts twice.
+    #[serde(default)]
+    pub repeated: u64,
 }
 
 /// The state directory.
@@ -219,6 +223,7 @@ mod tests {
                 base: 2605,
                 reported: 12,
                 unreported: 1,
+                repeated: 0,
             },
         }
     }

@@ -216,6 +216,7 @@ impl Continuity {
             count: loss.count,
             kernel_count: loss.kernel_count,
             reported: loss.reported,
+            repeated: loss.repeated,
             unreported_total: loss.unreported_total,
             time: rfc3339(SystemTime::now()),
             node: node.to_string(),

@@ -79,7 +79,8 @@ fn a_first_start_marks_where_it_starts_and_replays_nothing() {
         KillCount {
             base: 2605,
             reported: 0,
-            unreported: 0
+            unreported: 0,
+            repeated: 0
         }
     );
     assert!(l.take_state().is_none(), "unchanged: nothing to save");
@@ -159,6 +160,7 @@ fn a_restart_in_the_same_boot_replays_what_lies_above_the_mark_and_was_not_repor
             base: 2605,
             reported: 3,
             unreported: 0,
+            repeated: 0,
         },
     };
     let (l, start, replay) = Ledger::resume(Some(prev), now(Some(2646), true), SETTLE);
@@ -232,6 +234,7 @@ fn after_a_reboot_the_whole_log_is_replayed_and_the_counter_counts_from_zero() {
             base: 50,
             reported: 7,
             unreported: 1,
+            repeated: 0,
         },
     };
     let (l, start, replay) = Ledger::resume(Some(prev), now(Some(21), true), SETTLE);
@@ -259,6 +262,7 @@ fn a_restart_after_a_run_without_the_kernel_log_replays_nothing() {
             base: 10,
             reported: 2,
             unreported: 0,
+            repeated: 0,
         },
     };
     let (mut l, start, replay) = Ledger::resume(Some(prev), now(Some(30), true), SETTLE);
@@ -290,6 +294,7 @@ fn kills_the_kernel_counted_and_nobody_reported_are_counted_once_after_the_settl
             count: 2,
             kernel_count: 4,
             reported: 2,
+            repeated: 0,
             unreported_total: 2
         }
     );
@@ -303,7 +308,8 @@ fn kills_the_kernel_counted_and_nobody_reported_are_counted_once_after_the_settl
         KillCount {
             base: 100,
             reported: 2,
-            unreported: 2
+            unreported: 2,
+            repeated: 0
         }
     );
     // Without the counter (before 4.13) there is no check.
@@ -433,4 +439,67 @@ fn across_a_crash_at_any_record_every_kill_is_reported_exactly_once() {
             kill_lines().last().map(|k| k.0)
         );
     }
+}
+
+/// A memory.oom.group kill kills its chosen task twice and the kernel
+/// counts both in `oom_kill`: 11 kill lines, 10 reports, 1 repeated line,
+/// and no loss found (kubernetes 2025, real dmesg of a group kill).
+#[test]
+fn a_task_killed_twice_in_a_group_kill_is_not_counted_as_unreported() {
+    let text = include_str!("../../tests/data/kmsg/k8s-2025-group-kill-already-exiting.txt");
+    let lines: Vec<OomLine> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once("] ").map(|(_, msg)| msg))
+        .filter_map(parse_oom_line)
+        .collect();
+    let kill_lines = lines
+        .iter()
+        .filter(|l| matches!(l, OomLine::Killed { .. }))
+        .count() as u64;
+    assert_eq!(kill_lines, 11);
+    let (ledger, _, _) = Ledger::resume(None, now(Some(500), true), SETTLE);
+    let mut r = run(ledger);
+    r.correlator = Correlator::new(
+        Expect {
+            kmsg: true,
+            ..Expect::default()
+        },
+        Duration::from_millis(500),
+        4096,
+        "b".into(),
+    );
+    let t0 = Instant::now();
+    r.ledger.sample(t0, 500);
+    r.ledger
+        .sample(t0 + Duration::from_millis(10), 500 + kill_lines);
+    for (i, line) in lines.into_iter().enumerate() {
+        let before = r.correlator.repeated;
+        let input = Input::Kmsg(KmsgSighting {
+            seq: 700 + i as u64,
+            ts_usec: 1_000_000 + 100 * i as u64,
+            line,
+            received: t0,
+            replayed: false,
+        });
+        for c in r.correlator.push(input, t0) {
+            r.write(c);
+        }
+        r.ledger.repeated(r.correlator.repeated - before);
+    }
+    for c in r.correlator.tick(t0 + Duration::from_secs(2)) {
+        r.write(c);
+    }
+    assert_eq!(r.reported.len(), 10);
+    let counts = r.ledger.counts();
+    assert_eq!((counts.reported, counts.repeated), (10, 1));
+    assert_eq!(r.ledger.check(t0 + Duration::from_secs(5), true), None);
+    // Without the repeated line accounted for, the check would find one.
+    r.ledger.count.repeated = 0;
+    assert_eq!(
+        r.ledger
+            .check(t0 + Duration::from_secs(6), true)
+            .map(|l| l.count),
+        Some(1)
+    );
 }
