@@ -15,9 +15,10 @@ mod support;
 use std::{
     collections::HashSet,
     fs,
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    process::{Command, ExitStatus},
+    os::fd::AsRawFd as _,
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -474,6 +475,141 @@ fn a_source_that_dies_turns_healthz_unhealthy() {
     );
     assert!(
         log.contains("1 forged kernel-log OOM lines ignored"),
+        "stderr:\n{log}"
+    );
+}
+
+/// Issue 9 item 7: a stdout nobody reads stalls the output thread:
+/// `/healthz` says so (503) within `--stall-after`; kills keep queueing;
+/// SIGTERM then drains them all once the reader reads again, and the agent
+/// exits 0 having written every one.
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_blocked_stdout_fails_healthz_and_sigterm_writes_every_queued_kill() {
+    const KILLS: usize = 6;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let err_path = tmp.path().join("stderr");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
+        .args([
+            "--format",
+            "json",
+            "--wait-ms",
+            "300",
+            "--stall-after",
+            "2s",
+        ])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("OOMTRACE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn oomtrace");
+    let stdout = child.stdout.take().expect("stdout");
+    // The smallest pipe (one page): one or two reports fill it.
+    // SAFETY: fcntl on a pipe we own.
+    let size = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(
+        size >= 4096,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+    let log = || fs::read_to_string(&err_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(port, "/healthz").ok().map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready; stderr:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cg = Memcg::unique("stalled");
+    cg.set_limit(16 << 20);
+    let hogs = kills(&cg, KILLS);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (code, body) = loop {
+        let (code, body) = get(port, "/healthz").expect("GET /healthz");
+        if code != 200 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 503, "{body}; stderr:\n{}", log());
+    assert!(
+        body.contains("the output thread (enrichment and writing) has made no progress"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("correlation loop"),
+        "it still drains: {body}"
+    );
+    // SIGTERM while the reports wait, then read again.
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines: Vec<Value> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let status = child.wait().expect("wait oomtrace");
+    let log = log();
+    let written: Vec<i64> = lines
+        .iter()
+        .filter(|v| in_cgroup(&cg)(v))
+        .filter_map(|v| i(v, &["victim", "pid"]))
+        .collect();
+    assert_eq!(written, hogs, "every queued kill, in order; stderr:\n{log}");
+    assert!(status.success(), "{status:?}; stderr:\n{log}");
+    assert!(
+        log.contains(&format!("{KILLS} kills reported")),
+        "stderr:\n{log}"
+    );
+}
+
+/// Issue 9 item 7: a closed stdout ends the agent with a clear message
+/// and a failure status, at the first report it cannot write.
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_closed_stdout_ends_the_agent_with_a_clear_message() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let err_path = tmp.path().join("stderr");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
+        .args(["--format", "json", "--wait-ms", "300"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("OOMTRACE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn oomtrace");
+    let log = || fs::read_to_string(&err_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(port, "/healthz").ok().map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready; stderr:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(child.stdout.take());
+    let cg = Memcg::unique("closed-stdout");
+    cg.set_limit(16 << 20);
+    kills(&cg, 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "still running 20 s after its stdout closed; stderr:\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = log();
+    assert!(!status.success(), "{status:?}; stderr:\n{log}");
+    assert!(
+        log.contains("writing events to stdout failed")
+            && log.contains("restart it with a working stdout"),
         "stderr:\n{log}"
     );
 }
