@@ -585,3 +585,32 @@ fn a_kill_line_long_after_its_bpf_records_makes_one_report() {
     );
     assert!(c.tick(now + Duration::from_secs(40)).is_empty());
 }
+
+#[test]
+fn once_the_kernel_log_reader_ended_a_mark_is_reported_without_a_kill_line() {
+    // The reader died (the host test closes a FIFO given as --kmsg): no
+    // kill line can come, so a mark is reported when its wait runs out,
+    // unconfirmed, rather than set aside as "not killed".
+    let mut c = Correlator::new(
+        expect(true, true, true, false),
+        Duration::from_millis(500),
+        4096,
+        "b".into(),
+    );
+    let now = Instant::now();
+    c.kmsg_ended();
+    let w = walk(&[("child", 1_000, 8_192), ("", 90_000, UNLIMITED)]);
+    assert!(c.push(tp_victim(42, 5_000_000_000), now).is_empty());
+    let out = c.push(btf_victim(42, 5_000_001_000, w), now);
+    assert_eq!(out.len(), 1, "every source still expected has reported");
+    assert_eq!(c.not_killed, 0);
+    let k = &out[0].kill;
+    assert_eq!(k.sources, vec!["tracepoint", "tp_btf"]);
+    assert!(
+        k.missing
+            .iter()
+            .any(|m| m.starts_with("kill confirmation: ")),
+        "{:?}",
+        k.missing
+    );
+}

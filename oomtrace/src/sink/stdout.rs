@@ -231,4 +231,52 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(v["victim"]["comm"], "\x1b[2Jx\nFAKE");
     }
+
+    /// The record the host loss test got (8 kills, 6 reported).
+    fn unreported() -> Unreported {
+        Unreported {
+            kind: crate::report::RecordKind::UnreportedKills,
+            count: 2,
+            kernel_count: 8,
+            reported: 6,
+            repeated: 0,
+            unreported_total: 2,
+            time: "2026-12-02T16:56:31.907Z".into(),
+            node: "ci-1".into(),
+            since: "2026-12-02T16:56:25.235Z".into(),
+            lost_events: 11,
+            explanation: "The kernel counted 8 OOM kill(s) since 2026-12-02T16:56:25.235Z (/proc/vmstat oom_kill) and oomtrace reported 6: 2 more were reported by no source. ".into(),
+        }
+    }
+
+    #[test]
+    fn an_unreported_record_is_one_json_line_of_its_kind_and_one_text_line() {
+        let mut out = Vec::new();
+        Stdout::new(Format::Json, &mut out)
+            .unreported(&unreported())
+            .expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.matches('\n').count(), 1, "one line");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["kind"], "unreported_kills");
+        assert_eq!(
+            (v["count"].as_u64(), v["kernel_count"].as_u64()),
+            (Some(2), Some(8))
+        );
+        assert_eq!(
+            (v["reported"].as_u64(), v["repeated"].as_u64()),
+            (Some(6), Some(0))
+        );
+        assert_eq!(v["node"], "ci-1");
+        let mut out = Vec::new();
+        Stdout::new(Format::Text, &mut out)
+            .unreported(&unreported())
+            .expect("write");
+        let line = String::from_utf8(out).expect("utf-8");
+        assert!(
+            line.starts_with("2026-12-02T16:56:31.907Z ci-1 UNREPORTED 2 kernel OOM kills (kernel counted 8 since 2026-12-02T16:56:25.235Z, oomtrace reported 6, unreported so far 2) | The kernel counted"),
+            "{line}"
+        );
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+    }
 }
