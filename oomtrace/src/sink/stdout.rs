@@ -137,9 +137,14 @@ pub fn text_line(k: &Kill) -> String {
         (_, None, _) => "scope unknown".to_string(),
     };
     let mut line = format!(
-        "{} {} OOM-KILL pid {} ({}) adj {} {} | {}{}",
+        "{} {} OOM-KILL{} pid {} ({}) adj {} {} | {}{}",
         k.time,
         k.node,
+        if k.replayed {
+            " (replayed from the kernel log after a restart)"
+        } else {
+            ""
+        },
         or_unknown(k.victim.pid),
         k.victim.comm.as_deref().unwrap_or("?"),
         or_unknown(k.victim.oom_score_adj),
@@ -203,6 +208,18 @@ mod tests {
         assert!(!line.contains("no limit"), "{line}");
         assert!(
             line.contains("OOM-KILL pid 20557 (dd) adj 600 cgroup /demo/app"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_replayed_kill_says_so_in_text() {
+        let mut k = kill_at_parent_limit();
+        assert!(!text_line(&k).contains("replayed"));
+        k.replayed = true;
+        let line = text_line(&k);
+        assert!(
+            line.contains("OOM-KILL (replayed from the kernel log after a restart) pid 20557 (dd)"),
             "{line}"
         );
     }
