@@ -614,6 +614,51 @@ fn a_closed_stdout_ends_the_agent_with_a_clear_message() {
     );
 }
 
+/// Bad `--state-dir` inputs: a torn state file is said (with what to do)
+/// and the agent starts as on a first start, replacing it with a good one
+/// at its first kill; a state directory that cannot be made is said and the
+/// agent runs without state. Neither stops it from reporting.
+#[test]
+#[ignore = "privileged: needs root, BPF, /dev/kmsg and a memory cgroup; run by cargo xtask test"]
+fn a_torn_state_file_or_an_unusable_state_dir_is_said_and_the_agent_runs_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("state");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("state.json"), b"{\"version\":1,\"boot_id\":\"f3d5").expect("torn file");
+    let cg = Memcg::unique("bad-state");
+    cg.set_limit(16 << 20);
+    let agent = Agent::start(&["--state-dir", dir.to_str().expect("utf-8")]);
+    let pid = kills(&cg, 1);
+    let ev = agent.events(1, Duration::from_secs(15), in_cgroup(&cg));
+    let (_, log) = agent.stop();
+    assert_eq!(pids(&ev), pid, "stderr:\n{log}");
+    assert!(
+        log.contains("is not a state file of this oomtrace")
+            && log.contains("remove it to start afresh")
+            && log.contains("starting as on a first start"),
+        "stderr:\n{log}"
+    );
+    let state: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("state.json")).expect("state.json"))
+            .expect("a whole state file again");
+    assert_eq!(i(&state, &["oom_kill", "reported"]), Some(1), "{state}");
+
+    // A regular file where the directory should be.
+    let file = tmp.path().join("a-file");
+    fs::write(&file, b"").expect("file");
+    let bad = file.join("state");
+    let agent = Agent::start(&["--state-dir", bad.to_str().expect("utf-8")]);
+    let pid = kills(&cg, 1);
+    let ev = agent.events(1, Duration::from_secs(15), in_cgroup(&cg));
+    let (status, log) = agent.stop();
+    assert_eq!(pids(&ev), pid, "stderr:\n{log}");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        log.contains("cannot use --state-dir") && log.contains("give a writable directory"),
+        "stderr:\n{log}"
+    );
+}
+
 fn exited_cleanly(status: &ExitStatus) -> bool {
     status.success()
 }
