@@ -10,12 +10,23 @@
 //! Each stage runs beside the others, joined by bounded channels: nothing
 //! slow (cgroup walks, `/proc` reads, the API server) ever sits in front of
 //! the draining of the ring buffer or the kernel log. On SIGTERM or SIGINT
-//! (or `--count` kills) the sources are drained, every pending kill is
-//! reported with what is known, the sinks are flushed, then the agent exits.
+//! (or `--count` kills) the sources are drained (the ring buffer, and the
+//! kernel log up to its last record), every pending kill is reported with
+//! what is known, the sinks are flushed, then the agent exits.
+//!
+//! Beside the kills, the output thread keeps the [`crate::ledger`]: what was
+//! reported, saved in `--state-dir` for the next start, and compared every
+//! second with the kernel's own kill counter ([`continuity`]). The stages
+//! beat a shared [`Health`] that `/healthz` reads.
+
+mod continuity;
 
 use std::{
     fs, io,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -30,6 +41,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use self::continuity::Continuity;
 use crate::{
     capture::{
         Input, KmsgSighting,
@@ -46,7 +58,8 @@ use crate::{
         snapshots::{self, NodeSnapshots, SnapshotConfig},
     },
     explain,
-    kmsg::{self, KmsgOom, KmsgStats},
+    health::{Health, Stage},
+    kmsg::{KmsgError, KmsgOom, KmsgStats, OomLine},
     kube::ApiClient,
     metrics::{self, Metrics, MetricsError, MetricsSink},
     node::{self, CgroupFs},
@@ -86,8 +99,14 @@ pub enum AgentError {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Summary {
     pub kills: u64,
+    /// Of `kills`, found in the kernel log after a restart.
+    pub replayed: u64,
+    /// Kills the kernel counted that no source reported (this run's checks).
+    pub unreported: u64,
     pub lost_kernel: u64,
     pub lost_kmsg: u64,
+    /// Kernel-log records written by a process that looked like OOM lines.
+    pub forged_kmsg: u64,
 }
 
 /// Capture records lost so far, as the kernel and the kmsg reader count them.
@@ -107,9 +126,11 @@ impl Losses {
     }
 
     fn kmsg_lost(&self) -> u64 {
-        self.kmsg
-            .lost_records
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.kmsg.lost_records.load(Ordering::Relaxed)
+    }
+
+    fn forged(&self) -> u64 {
+        self.kmsg.forged_oom_lines.load(Ordering::Relaxed)
     }
 }
 
@@ -137,11 +158,14 @@ pub async fn run_until(
         .filter(|n| !n.is_empty())
         .unwrap_or_else(hostname);
     let metrics = start_metrics(&args).await?;
+    let health = Arc::new(Health::new(args.stall_after));
+    if let Some(m) = &metrics {
+        m.watch_health(Arc::clone(&health));
+    }
     let sources = Sources::start(&args)?;
     release_freed_memory();
-    sources.announce(metrics.as_deref());
     let context = NodeContext::start(&args, &node)?;
-    let running = Running::start(&args, node, sources, context, metrics)?;
+    let running = Running::start(&args, node, sources, context, metrics, health)?;
     running.until(shutdown).await
 }
 
@@ -201,7 +225,7 @@ impl NodeContext {
 struct Running {
     stop_tx: watch::Sender<bool>,
     correlate: JoinHandle<CorrelateCounts>,
-    output: thread::JoinHandle<(u64, Option<SinkError>)>,
+    output: thread::JoinHandle<Written>,
     monitor: JoinHandle<()>,
     pod_watch: Option<JoinHandle<()>>,
     poster: Option<EventsPoster>,
@@ -220,20 +244,27 @@ impl Running {
         sources: Sources,
         context: NodeContext,
         metrics: Option<Arc<Metrics>>,
+        health: Arc<Health>,
     ) -> Result<Self, AgentError> {
         let (stop_tx, stop) = watch::channel(false);
         let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
-        let (out_tx, out_rx) = mpsc::channel::<Correlated>(1024);
+        let (out_tx, out_rx) = mpsc::channel::<ToOutput>(1024);
+        sources.announce(metrics.as_deref(), &health);
         let Sources {
             probe,
             ring,
-            kmsg_rx,
+            kmsg,
             kmsg_stats,
             expect,
             decoder,
             active,
+            continuity,
             ..
         } = sources;
+        let (kmsg_rx, kmsg_stop, kmsg_thread) = match kmsg {
+            Some(k) => (Some(k.rx), Some(k.stop), Some(k.thread)),
+            None => (None, None, None),
+        };
         let losses = Losses {
             kernel: probe.as_ref().and_then(|p| p.stats.clone()),
             kmsg: kmsg_stats,
@@ -244,7 +275,13 @@ impl Running {
                 record_dir: args.record_dir.clone(),
                 recorded: 0,
             };
-            tokio::spawn(drain_ring(ring, reader, input_tx.clone(), stop.clone()))
+            tokio::spawn(drain_ring(
+                ring,
+                reader,
+                input_tx.clone(),
+                stop.clone(),
+                Arc::clone(&health),
+            ))
         });
         let lookup = match expect.proc {
             true => Some(
@@ -278,8 +315,11 @@ impl Running {
             snapshots: context.snapshots.clone(),
             out: out_tx,
             losses: losses.clone(),
+            health: Arc::clone(&health),
+            kmsg_stop: kmsg_stop.clone(),
         };
         let evictions = context.evictions;
+        let stage_kmsg_stop = kmsg_stop;
         let correlate = tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -320,6 +360,8 @@ impl Running {
             losses: losses.clone(),
             count: args.count,
             stop: stop_tx.clone(),
+            continuity,
+            health: Arc::clone(&health),
         };
         let output = thread::Builder::new()
             .name("output".into())
@@ -328,7 +370,8 @@ impl Running {
                 what: "output",
                 source,
             })?;
-        let monitor = tokio::spawn(monitor_losses(losses.clone(), metrics));
+        let kmsg_watch = kmsg_thread.zip(stage_kmsg_stop);
+        let monitor = tokio::spawn(monitor_sources(losses.clone(), metrics, kmsg_watch, health));
         Ok(Self {
             stop_tx,
             correlate,
@@ -357,7 +400,8 @@ impl Running {
         let written = tokio::task::spawn_blocking(move || output.join())
             .await
             .ok()
-            .and_then(Result::ok);
+            .and_then(Result::ok)
+            .unwrap_or_default();
         self.monitor.abort();
         if let Some(watch) = self.pod_watch {
             watch.abort();
@@ -365,11 +409,13 @@ impl Running {
         if let Some(p) = self.poster {
             p.close(Duration::from_secs(2)).await;
         }
-        let (kills, error) = written.unwrap_or((0, None));
         let summary = Summary {
-            kills,
+            kills: written.kills,
+            replayed: written.replayed,
+            unreported: written.unreported,
             lost_kernel: self.losses.kernel_lost(),
             lost_kmsg: self.losses.kmsg_lost(),
+            forged_kmsg: self.losses.forged(),
         };
         let read_errors = self
             .losses
@@ -377,14 +423,17 @@ impl Running {
             .as_ref()
             .map_or(0, |s| s.snapshot().read_errors);
         eprintln!(
-            "oomtrace: exiting: {} kills reported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {} late sources dropped, {} marked victims not killed (already exiting), {} repeated kill lines",
+            "oomtrace: exiting: {} kills reported ({} replayed from the kernel log), {} kills counted by the kernel but unreported, {} kernel events lost, {} kernel log records lost, {} kernel read errors, {} late sources dropped, {} marked victims not killed (already exiting), {} repeated kill lines, {} forged kernel-log OOM lines ignored",
             summary.kills,
+            summary.replayed,
+            summary.unreported,
             summary.lost_kernel,
             summary.lost_kmsg,
             read_errors,
             counts.late,
             counts.not_killed,
-            counts.repeated
+            counts.repeated,
+            summary.forged_kmsg
         );
         if let Some(k) = &self.killer_stats {
             let unconfirmed = k.unconfirmed.load(std::sync::atomic::Ordering::Relaxed);
@@ -396,7 +445,7 @@ impl Running {
             }
         }
         drop(self.probe);
-        match error {
+        match written.error {
             Some(e) => Err(e.into()),
             None => Ok(summary),
         }
@@ -436,12 +485,21 @@ async fn start_metrics(args: &TraceArgs) -> Result<Option<Arc<Metrics>>, AgentEr
 struct Sources {
     probe: Option<LoadedProbe>,
     ring: Option<AsyncFd<RingBuf<MapData>>>,
-    kmsg_rx: Option<mpsc::Receiver<KmsgOom>>,
+    kmsg: Option<KmsgSource>,
     kmsg_stats: Arc<KmsgStats>,
     active: Vec<Hook>,
     expect: Expect,
     decoder: Decoder,
     bpf_error: Option<String>,
+    continuity: Continuity,
+}
+
+/// The kernel log reader thread: its lines, how to stop it, how it ended.
+struct KmsgSource {
+    rx: mpsc::Receiver<KmsgOom>,
+    /// Asks the reader to read up to the last record and end.
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Result<(), KmsgError>>,
 }
 
 /// The loaded eBPF programs (kept alive while the agent runs) and their counters.
@@ -452,6 +510,9 @@ struct LoadedProbe {
 
 impl Sources {
     fn start(args: &TraceArgs) -> Result<Self, AgentError> {
+        // Before any source can see a kill: every kill the kernel counts
+        // from here on is one a source could report.
+        let mut continuity = Continuity::open(args);
         let (probe, bpf_error) = if args.no_bpf {
             (None, "disabled by --no-bpf".to_string())
         } else {
@@ -464,20 +525,25 @@ impl Sources {
             }
         };
         let kmsg_stats = Arc::new(KmsgStats::default());
-        let (kmsg_rx, kmsg_error) = if args.no_kmsg {
+        let (kmsg, kmsg_error) = if args.no_kmsg {
             (None, "disabled by --no-kmsg".to_string())
         } else {
             let (tx, rx) = mpsc::channel::<KmsgOom>(4096);
-            match kmsg::spawn_reader(args.paths.kmsg.clone(), true, tx, Arc::clone(&kmsg_stats)) {
-                Ok(_) => (Some(rx), String::new()),
+            let stop = Arc::new(AtomicBool::new(false));
+            let started = continuity
+                .open_kmsg(args, Arc::clone(&kmsg_stats))
+                .and_then(|(reader, replay)| reader.spawn(replay, tx, Arc::clone(&stop)));
+            match started {
+                Ok(thread) => (Some(KmsgSource { rx, stop, thread }), String::new()),
                 Err(e) => {
                     warn!("kernel log unavailable: {e}");
                     (None, e.to_string())
                 }
             }
         };
+        continuity.sync(true);
         let mut active: Vec<Hook> = probe.as_ref().map(|p| p.active.clone()).unwrap_or_default();
-        if kmsg_rx.is_some() {
+        if kmsg.is_some() {
             active.push(Hook::Kmsg);
         }
         if active.is_empty() {
@@ -514,17 +580,18 @@ impl Sources {
         Ok(Self {
             probe: loaded,
             ring,
-            kmsg_rx,
+            kmsg,
             kmsg_stats,
             active,
             expect,
             decoder,
             bpf_error: (!bpf_error.is_empty()).then_some(bpf_error),
+            continuity,
         })
     }
 
     /// Says what is active and why the rest is not, on stderr.
-    fn announce(&self, metrics: Option<&Metrics>) {
+    fn announce(&self, metrics: Option<&Metrics>, health: &Health) {
         for hook in &self.active {
             info!("active: {hook}");
         }
@@ -541,6 +608,7 @@ impl Sources {
                 "degraded mode: kernel log only ({e}); every kill is still reported, with fewer details"
             );
         }
+        health.attached();
         if let Some(m) = metrics {
             m.set_hooks(&self.active);
             m.set_ready(true);
@@ -581,6 +649,7 @@ async fn drain_ring(
     mut reader: RingReader,
     inputs: mpsc::Sender<Input>,
     mut stop: watch::Receiver<bool>,
+    health: Arc<Health>,
 ) {
     loop {
         let mut batch = Vec::new();
@@ -589,7 +658,8 @@ async fn drain_ring(
                 let mut guard = match guard {
                     Ok(g) => g,
                     Err(e) => {
-                        warn!("reading the ring buffer failed: {e}: eBPF events are no longer reported");
+                        warn!("reading the ring buffer failed: {e}: eBPF events are no longer reported; restart oomtrace");
+                        health.died("the ring-buffer reader", &e.to_string());
                         return;
                     }
                 };
@@ -658,15 +728,44 @@ struct CorrelateCounts {
     repeated: u64,
 }
 
+/// What the correlation stage hands the output thread, in order.
+enum ToOutput {
+    /// A kill, ready for enrichment.
+    Kill(Box<Correlated>),
+    /// A kernel-log kill line went into the correlator (sequence number):
+    /// the ledger follows it until its kill is written.
+    KillLine(u64),
+    /// A kill line that will make no report of its own (its kill was
+    /// reported already, from another source).
+    KillLineDone(u64),
+    /// Kill lines of a task killed again in the same OOM (the chosen task
+    /// of a memory.oom.group kill): no report of their own, but counted in
+    /// `oom_kill` like any kill.
+    Repeated(u64),
+    /// Sent every second: the output thread beats, and compares the
+    /// kernel's kill counter with what was reported; `idle`: no kill was
+    /// waiting for its sources in the correlator.
+    Check { idle: bool },
+}
+
+/// How often the correlation stage sends [`ToOutput::Check`].
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long the stop waits for the kernel log reader to read up to the
+/// last record and end.
+const KMSG_DRAIN: Duration = Duration::from_secs(2);
+
 /// The correlation stage: inputs in, complete kills out.
 struct CorrelateStage {
     lookup: Option<ProcLookup>,
     /// Confirms the senders of listed signals (userspace OOM killers).
     killers: Option<KillerCheck>,
     snapshots: Option<NodeSnapshots>,
-    out: mpsc::Sender<Correlated>,
+    out: mpsc::Sender<ToOutput>,
     /// The kernel log's losses tell whether a missing kill line may be lost.
     losses: Losses,
+    health: Arc<Health>,
+    /// Tells the kernel log reader to read up to its last record and end.
+    kmsg_stop: Option<Arc<AtomicBool>>,
 }
 
 impl CorrelateStage {
@@ -680,16 +779,29 @@ impl CorrelateStage {
         ring: Option<JoinHandle<()>>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
             let ready = tokio::select! {
                 Some(input) = inputs.recv() => self.push(correlator, input),
-                Some(line) = recv(&mut kmsg) => self.push(correlator, kmsg_input(line)),
+                line = recv(&mut kmsg) => match line {
+                    Some(line) => self.push(correlator, kmsg_input(line)),
+                    None => {
+                        // The reader ended while the agent runs (the
+                        // monitor says why and fails /healthz): kills
+                        // no longer wait for kill lines that cannot come.
+                        kmsg = None;
+                        correlator.kmsg_ended();
+                        Vec::new()
+                    }
+                },
                 Some(e) = recv(&mut evictions) => self.push(correlator, Input::Eviction(e)),
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    self.health.beat(Stage::Correlate);
                     correlator.note_kmsg_losses(self.losses.kmsg_lost(), now);
-                    correlator.tick(now)
+                    correlator.tick(now).into_iter().map(|c| ToOutput::Kill(Box::new(c))).collect()
                 }
+                _ = check.tick() => vec![ToOutput::Check { idle: correlator.pending_count() == 0 }],
                 _ = stop.wait_for(|s| *s) => break,
             };
             if !self.send(ready).await {
@@ -697,8 +809,12 @@ impl CorrelateStage {
             }
         }
         // Drain: the ring task empties the ring buffer on stop and ends;
-        // then whatever the sources queued is taken, and every pending kill
-        // is reported with what is known.
+        // the kernel log reader reads up to the last record written and
+        // ends, closing its channel; then whatever the sources queued is
+        // taken, and every pending kill is reported with what is known.
+        if let Some(flag) = &self.kmsg_stop {
+            flag.store(true, Ordering::Relaxed);
+        }
         if let Some(ring) = ring {
             let _ = ring.await;
         }
@@ -707,15 +823,31 @@ impl CorrelateStage {
             ready.extend(self.push(correlator, input));
         }
         if let Some(rx) = kmsg.as_mut() {
-            while let Ok(line) = rx.try_recv() {
-                ready.extend(self.push(correlator, kmsg_input(line)));
+            let deadline = tokio::time::Instant::now() + KMSG_DRAIN;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(line)) => ready.extend(self.push(correlator, kmsg_input(line))),
+                    Ok(None) => break,
+                    Err(_) => {
+                        warn!(
+                            "the kernel log reader did not reach the end of the log within {} s of the stop: lines after that are not reported",
+                            KMSG_DRAIN.as_secs()
+                        );
+                        break;
+                    }
+                }
             }
         }
-        ready.extend(correlator.flush());
+        ready.extend(
+            correlator
+                .flush()
+                .into_iter()
+                .map(|c| ToOutput::Kill(Box::new(c))),
+        );
         self.send(ready).await;
     }
 
-    fn push(&mut self, correlator: &mut Correlator, input: Input) -> Vec<Correlated> {
+    fn push(&mut self, correlator: &mut Correlator, input: Input) -> Vec<ToOutput> {
         let input = match input {
             Input::Signal(s) => {
                 if let Some(k) = &self.killers {
@@ -727,11 +859,27 @@ impl CorrelateStage {
         };
         let now = Instant::now();
         let sighting = snapshots::worth_a_snapshot(&input);
+        let kill_line = match &input {
+            Input::Kmsg(KmsgSighting {
+                seq,
+                line: OomLine::Killed { .. },
+                ..
+            }) => Some(*seq),
+            _ => None,
+        };
+        let repeated = correlator.repeated;
         let ready = correlator.push(input, now);
+        let repeated = correlator.repeated.saturating_sub(repeated);
         if sighting && let Some(s) = &self.snapshots {
             s.kill_seen(now);
         }
         for pid in correlator.take_new_victims() {
+            // A replayed victim died long ago: its pid may be another
+            // process's by now.
+            if correlator.is_replayed(pid) {
+                correlator.lookup_failed(pid);
+                continue;
+            }
             let killed_at = correlator.kill_time(pid);
             let asked = self
                 .lookup
@@ -741,10 +889,23 @@ impl CorrelateStage {
                 correlator.lookup_failed(pid);
             }
         }
-        ready
+        let mut out = Vec::with_capacity(ready.len() + 2);
+        if repeated > 0 {
+            out.push(ToOutput::Repeated(repeated));
+        }
+        if let Some(seq) = kill_line {
+            out.push(ToOutput::KillLine(seq));
+            let taken =
+                ready.iter().any(|c| c.kill_seq == Some(seq)) || correlator.holds_kill_line(seq);
+            if !taken {
+                out.push(ToOutput::KillLineDone(seq));
+            }
+        }
+        out.extend(ready.into_iter().map(|c| ToOutput::Kill(Box::new(c))));
+        out
     }
 
-    async fn send(&self, ready: Vec<Correlated>) -> bool {
+    async fn send(&self, ready: Vec<ToOutput>) -> bool {
         for c in ready {
             if self.out.send(c).await.is_err() {
                 return false;
@@ -767,46 +928,118 @@ fn kmsg_input(line: KmsgOom) -> Input {
         ts_usec: line.ts_usec,
         line: line.line,
         received: line.received,
+        replayed: line.replayed,
     })
 }
 
-/// The output stage, on its own thread: enrich, explain, hand to every sink.
+/// What the output thread wrote.
+#[derive(Debug, Default)]
+struct Written {
+    kills: u64,
+    replayed: u64,
+    unreported: u64,
+    /// The error that ended output, if any.
+    error: Option<SinkError>,
+}
+
+/// The output stage, on its own thread: enrich, explain, hand to every
+/// sink; keep the ledger (state and loss check).
 struct OutputStage {
     enricher: Enricher,
     sinks: Sinks,
     losses: Losses,
     count: Option<u64>,
     stop: watch::Sender<bool>,
+    continuity: Continuity,
+    health: Arc<Health>,
 }
 
 impl OutputStage {
-    /// Returns the kills written and the error that ended output, if any.
-    fn run(mut self, mut rx: mpsc::Receiver<Correlated>) -> (u64, Option<SinkError>) {
-        let mut written = 0u64;
-        while let Some(c) = rx.blocking_recv() {
-            if self.count.is_some_and(|n| written >= n) {
-                continue;
-            }
-            let mut e = self.enricher.enrich(c);
-            explain::apply(&mut e);
-            let mut kill = e.kill;
-            kill.lost_events = self.losses.total();
-            let result = self.sinks.kill(&kill);
+    fn run(mut self, mut rx: mpsc::Receiver<ToOutput>) -> Written {
+        let mut written = Written::default();
+        while let Some(msg) = rx.blocking_recv() {
+            let result = match msg {
+                ToOutput::Kill(c) => self.kill(*c, &mut written),
+                ToOutput::KillLine(seq) => {
+                    self.continuity.ledger.opened(seq, Instant::now());
+                    Ok(())
+                }
+                ToOutput::Repeated(n) => {
+                    self.continuity.ledger.repeated(n);
+                    Ok(())
+                }
+                ToOutput::KillLineDone(seq) => {
+                    self.continuity.ledger.handled(seq);
+                    Ok(())
+                }
+                ToOutput::Check { idle } => {
+                    self.health.beat(Stage::Output);
+                    self.check(idle, &mut written)
+                }
+            };
             if let Err(err) = result {
                 let _ = self.stop.send(true);
-                return (written, Some(err));
-            }
-            written += 1;
-            if self.count.is_some_and(|n| written >= n) {
-                let _ = self.stop.send(true);
+                written.error = Some(err);
+                break;
             }
         }
-        (written, None)
+        self.continuity.sync(true);
+        written
+    }
+
+    fn kill(&mut self, c: Correlated, written: &mut Written) -> Result<(), SinkError> {
+        if self.count.is_some_and(|n| written.kills >= n) {
+            return Ok(());
+        }
+        let (kill_seq, at_ns) = (c.kill_seq, c.at_ns);
+        let mut e = self.enricher.enrich(c);
+        explain::apply(&mut e);
+        let mut kill = e.kill;
+        kill.lost_events = self.losses.total();
+        self.sinks.kill(&kill)?;
+        // Written: only now is it in the ledger (a crash in between
+        // reports it again after the restart rather than never).
+        self.continuity
+            .ledger
+            .written(&kill, kill_seq, at_ns, crate::ledger::monotonic_ns());
+        self.continuity.save();
+        written.kills += 1;
+        written.replayed += u64::from(kill.replayed);
+        if self.count.is_some_and(|n| written.kills >= n) {
+            let _ = self.stop.send(true);
+        }
+        Ok(())
+    }
+
+    fn check(&mut self, idle: bool, written: &mut Written) -> Result<(), SinkError> {
+        if let Some(loss) = self.continuity.check(idle) {
+            let record = self
+                .continuity
+                .record(loss, &self.enricher.node, self.losses.total());
+            warn!(
+                "{} kernel OOM kill(s) were reported by no source (the kernel counted {} since {}, {} reported)",
+                loss.count, loss.kernel_count, record.since, loss.reported
+            );
+            written.unreported += loss.count;
+            self.sinks.unreported(&record)?;
+        }
+        self.continuity.sync(false);
+        Ok(())
     }
 }
 
-/// Follows the sources' loss counters: the metric, and a warning when it grows.
-async fn monitor_losses(losses: Losses, metrics: Option<Arc<Metrics>>) {
+/// The kernel log reader thread and its stop flag, as the monitor follows them.
+type KmsgWatch = (thread::JoinHandle<Result<(), KmsgError>>, Arc<AtomicBool>);
+
+/// Follows the sources: the loss and forgery counters (metrics, and a
+/// warning when losses grow), and the kernel log reader thread, which must
+/// not end while the agent runs.
+async fn monitor_sources(
+    losses: Losses,
+    metrics: Option<Arc<Metrics>>,
+    mut kmsg: Option<KmsgWatch>,
+    health: Arc<Health>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last = 0;
     loop {
@@ -814,12 +1047,31 @@ async fn monitor_losses(losses: Losses, metrics: Option<Arc<Metrics>>) {
         let lost = losses.total();
         if let Some(m) = &metrics {
             m.set_lost(lost);
+            m.set_forged(losses.forged());
         }
         if lost > last {
             warn!(
                 "{lost} events lost so far (kernel ring buffer full or kernel log wrapped): raise --ringbuf-bytes"
             );
             last = lost;
+        }
+        // Asked to stop (shutdown), it ends as it should.
+        if kmsg
+            .as_ref()
+            .is_some_and(|(t, stop)| t.is_finished() && !stop.load(Ordering::Relaxed))
+            && let Some((t, _)) = kmsg.take()
+        {
+            let why = match t.join() {
+                Ok(Ok(())) => {
+                    "it reached the end of the file (is --kmsg the kernel log device?)".to_string()
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "it panicked".to_string(),
+            };
+            warn!(
+                "the kernel log reader ended: {why}: kernel OOM lines are no longer read; /healthz now fails"
+            );
+            health.died("the kernel log reader", &why);
         }
     }
 }

@@ -191,6 +191,27 @@ pub struct TraceArgs {
     #[arg(long, env = "OOMTRACE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Keep what a restart needs in this directory (created if missing; in
+    /// the DaemonSet a hostPath such as /var/lib/oomtrace): where the kernel
+    /// log was read up to, what was reported, and the kernel's kill counter.
+    /// After a restart the kills the kernel log still holds that were not
+    /// reported are reported, with "replayed": true, and kills the kernel
+    /// counted while oomtrace was down that the log no longer holds are
+    /// counted as unreported. Without it nothing is kept and nothing replayed.
+    #[arg(long, env = "OOMTRACE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// /healthz and oomtrace_ready turn unready when the correlation loop or
+    /// the output thread has made no progress for this long (e.g. a stdout
+    /// nobody reads), as they do at once when a capture source ends.
+    #[arg(
+        long,
+        env = "OOMTRACE_STALL_AFTER",
+        value_parser = parse_ttl,
+        default_value = "30s"
+    )]
+    pub stall_after: Duration,
+
     /// Debugging aid: also write every raw eBPF ring-buffer record to this
     /// directory (`ring-<n>.bin`), e.g. to attach to a bug report.
     #[arg(long, value_name = "DIR")]

@@ -65,6 +65,8 @@ pub struct Correlated {
     pub kill: Kill,
     /// CLOCK_MONOTONIC nanoseconds of the kill (BPF ktime, else the kernel log's timestamp).
     pub at_ns: Option<u64>,
+    /// Sequence number of the kernel log's kill line, when it was read.
+    pub kill_seq: Option<u64>,
 }
 
 /// Reported kills remembered, to recognise their late sources.
@@ -206,6 +208,10 @@ impl Correlator {
 
     /// Every active per-victim source has reported `p`.
     fn complete(&self, p: &Pending) -> bool {
+        if p.replayed_only() {
+            // Its eBPF records and /proc entry are gone with the past.
+            return p.kmsg.killed.is_some();
+        }
         (!self.expect.tracepoint || p.tp.is_some())
             && (!self.expect.tp_btf || p.btf.is_some())
             && (!self.expect.kmsg || p.kmsg.killed.is_some())
@@ -230,6 +236,24 @@ impl Correlator {
     pub fn kill_time(&self, pid: u32) -> Option<Duration> {
         let ns = self.newest(pid)?.at_ns();
         (ns > 0).then(|| Duration::from_nanos(ns))
+    }
+
+    /// Whether the newest pending victim `pid` is known only from the kernel
+    /// log read back after a restart (its `/proc` entry is long gone: do not look).
+    pub fn is_replayed(&self, pid: u32) -> bool {
+        self.newest(pid).is_some_and(Pending::replayed_only)
+    }
+
+    /// Whether the kernel-log kill line `seq` is part of a victim still pending.
+    pub fn holds_kill_line(&self, seq: u64) -> bool {
+        self.pending.iter().any(|p| p.kill_seq == Some(seq))
+    }
+
+    /// The kernel log reader ended: kills no longer wait for a kill line,
+    /// and a victim without one is no longer taken for "not killed" (the
+    /// line may have been written after the reader ended).
+    pub fn kmsg_ended(&mut self) {
+        self.expect.kmsg = false;
     }
 
     /// A `/proc` lookup for `pid` could not be made: do not wait for it.

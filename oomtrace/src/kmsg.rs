@@ -26,19 +26,23 @@
 //!   structure so that they cannot change its fields (see `parse_summary`).
 //!
 //! Parsing is pure and never panics ([`parse_record`], [`parse_oom_line`]); the
-//! reader ([`spawn_reader`], [`read_records`]) runs a blocking `read()` loop in
-//! a dedicated thread, one record per `read()`.
+//! [`Reader`] runs a `read()` loop in a dedicated thread, one record per
+//! `read()`, on a non-blocking descriptor that it `poll()`s when idle: so it
+//! can read the backlog the kernel holds up to its end
+//! ([`Reader::read_backlog`], restart replay) and, when asked to stop, read
+//! on up to the last record written before it ends ([`Reader::spawn`]).
 
 use std::{
-    fs::File,
+    fs::{File, OpenOptions},
     io::{self, Read, Seek, SeekFrom},
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc::Sender;
@@ -47,6 +51,8 @@ use tokio::sync::mpsc::Sender;
 /// per call and fails with `EINVAL` if the record does not fit
 /// (`CONSOLE_EXT_LOG_MAX` is 8 KiB).
 const READ_BUF: usize = 8192;
+/// How long an idle reader waits in `poll()` before it looks at its stop flag.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Errors of the `/dev/kmsg` reader.
 #[derive(Debug, thiserror::Error)]
@@ -703,6 +709,8 @@ pub struct KmsgOom {
     pub line: OomLine,
     /// When the reader received the record.
     pub received: Instant,
+    /// Read from the backlog after a restart ([`Reader::read_backlog`]).
+    pub replayed: bool,
 }
 
 /// Records lost between the previous record and `seq`: the gap in sequence
@@ -716,7 +724,8 @@ pub fn lost_between(prev_seq: Option<u64>, seq: u64) -> u64 {
 }
 
 /// Reads records from an open `/dev/kmsg` (one record per `read()`), counts
-/// them in `stats` and hands each to `on_record` until it returns `false`.
+/// them in `stats` and hands each to `on_record` until it returns `false`;
+/// ends when no record is ready (a non-blocking descriptor) or at end of file.
 ///
 /// `EPIPE` means the ring buffer overwrote the next record: the kernel has
 /// already moved the reader to the oldest record it holds, so the loop counts a
@@ -725,17 +734,35 @@ pub fn lost_between(prev_seq: Option<u64>, seq: u64) -> u64 {
 /// kernel then skips) is counted as one lost record. End of file (a regular
 /// file in place of the device) ends the loop. Any other error is returned.
 pub fn read_records<R: Read>(
+    file: R,
+    stats: &KmsgStats,
+    on_record: impl FnMut(KmsgRecord) -> bool,
+) -> Result<(), KmsgError> {
+    read_loop(file, stats, &mut None, on_record, || false)
+}
+
+/// [`read_records`] that calls `on_idle` whenever no record is ready
+/// (`EAGAIN`) and goes on while it returns `true`; `prev_seq` carries the
+/// last sequence number across calls, so a gap between two calls counts.
+fn read_loop<R: Read>(
     mut file: R,
     stats: &KmsgStats,
+    prev_seq: &mut Option<u64>,
     mut on_record: impl FnMut(KmsgRecord) -> bool,
+    mut on_idle: impl FnMut() -> bool,
 ) -> Result<(), KmsgError> {
     let mut buf = vec![0u8; READ_BUF];
-    let mut prev_seq = None;
     loop {
         let n = match file.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if on_idle() {
+                    continue;
+                }
+                return Ok(());
+            }
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
                 stats.resyncs.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("kernel log buffer wrapped before it was read: resynchronising");
@@ -752,7 +779,7 @@ pub fn read_records<R: Read>(
             continue;
         };
         stats.records.fetch_add(1, Ordering::Relaxed);
-        let lost = lost_between(prev_seq, record.seq);
+        let lost = lost_between(*prev_seq, record.seq);
         if lost > 0 {
             stats.lost_records.fetch_add(lost, Ordering::Relaxed);
             tracing::warn!(
@@ -760,40 +787,157 @@ pub fn read_records<R: Read>(
                 "kernel log records were overwritten before they were read"
             );
         }
-        prev_seq = Some(record.seq);
+        *prev_seq = Some(record.seq);
         if !on_record(record) {
             return Ok(());
         }
     }
 }
 
-/// Opens `path` (normally `/dev/kmsg`) and starts a thread that sends every
-/// OOM-killer line to `tx`. With `from_end`, records already in the buffer are
-/// skipped (`lseek(SEEK_END)`), so only new kills are reported.
-///
-/// The thread blocks in `read()`; it notices that the receiver is gone at the
-/// next record and then ends. Read errors end it with a warning.
-pub fn spawn_reader(
-    path: PathBuf,
-    from_end: bool,
-    tx: Sender<KmsgOom>,
+/// Where a [`Reader`] starts in the kernel log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// After the last record: only lines written from now on.
+    End,
+    /// At the oldest record the kernel still holds, to read its backlog first.
+    Oldest,
+}
+
+/// What the kernel log held when a [`Reader`] opened at [`StartAt::Oldest`].
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// The OOM-killer lines of the records the filter kept, marked replayed.
+    pub lines: Vec<KmsgOom>,
+    /// Sequence number of the first record read (the oldest the kernel held).
+    pub first_seq: Option<u64>,
+    /// Sequence number of the last record read: where the live lines start.
+    pub last_seq: Option<u64>,
+}
+
+/// An open kernel log (normally `/dev/kmsg`), read without blocking.
+pub struct Reader {
+    file: File,
     stats: Arc<KmsgStats>,
-) -> Result<JoinHandle<()>, KmsgError> {
-    let file = open(&path, from_end)?;
-    std::thread::Builder::new()
-        .name("kmsg".into())
-        .spawn(move || {
-            let result = read_records(file, &stats, |record| {
-                match kernel_oom_line(record, &stats) {
-                    Some(oom) => tx.blocking_send(oom).is_ok(),
-                    None => !tx.is_closed(),
-                }
-            });
-            if let Err(e) = result {
-                tracing::warn!("{e}");
-            }
+    prev_seq: Option<u64>,
+}
+
+impl Reader {
+    /// Opens `path` non-blocking, at its end or at its oldest record.
+    pub fn open(path: &Path, at: StartAt, stats: Arc<KmsgStats>) -> Result<Self, KmsgError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|source| KmsgError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        if at == StartAt::End {
+            file.seek(SeekFrom::End(0))
+                .map_err(|source| KmsgError::Seek {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(Self {
+            file,
+            stats,
+            prev_seq: None,
         })
-        .map_err(KmsgError::Spawn)
+    }
+
+    /// Reads every record the kernel holds now, up to the last one, and
+    /// returns the OOM-killer lines of those that `keep` accepts (marked
+    /// replayed; records it refuses are not parsed). Live reading
+    /// ([`Reader::spawn`]) goes on from the next record.
+    pub fn read_backlog(
+        &mut self,
+        mut keep: impl FnMut(&KmsgRecord) -> bool,
+    ) -> Result<Backlog, KmsgError> {
+        let mut backlog = Backlog::default();
+        let stats = Arc::clone(&self.stats);
+        read_loop(
+            &self.file,
+            &stats,
+            &mut self.prev_seq,
+            |record| {
+                backlog.first_seq.get_or_insert(record.seq);
+                backlog.last_seq = Some(record.seq);
+                if keep(&record)
+                    && let Some(mut oom) = kernel_oom_line(record, &stats)
+                {
+                    oom.replayed = true;
+                    backlog.lines.push(oom);
+                }
+                true
+            },
+            || false,
+        )?;
+        Ok(backlog)
+    }
+
+    /// Starts the reader thread: it sends `first` (a replayed backlog), then
+    /// every OOM-killer line the kernel writes, to `tx`. Once `stop` is set
+    /// it reads on up to the last record written and ends, which closes the
+    /// channel: the receiver knows then that it has every line. It also ends
+    /// when the receiver is gone, at end of file (a regular file in place of
+    /// the device), and on a read error, which it returns (and logs).
+    pub fn spawn(
+        self,
+        first: Vec<KmsgOom>,
+        tx: Sender<KmsgOom>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<Result<(), KmsgError>>, KmsgError> {
+        let Self {
+            file,
+            stats,
+            mut prev_seq,
+        } = self;
+        std::thread::Builder::new()
+            .name("kmsg".into())
+            .spawn(move || {
+                for line in first {
+                    if tx.blocking_send(line).is_err() {
+                        return Ok(());
+                    }
+                }
+                let fd = file.as_raw_fd();
+                let result = read_loop(
+                    &file,
+                    &stats,
+                    &mut prev_seq,
+                    |record| match kernel_oom_line(record, &stats) {
+                        Some(oom) => tx.blocking_send(oom).is_ok(),
+                        None => !tx.is_closed(),
+                    },
+                    || {
+                        if stop.load(Ordering::Relaxed) || tx.is_closed() {
+                            return false;
+                        }
+                        wait_readable(fd, IDLE_POLL);
+                        true
+                    },
+                );
+                if let Err(e) = &result {
+                    tracing::warn!("{e}");
+                }
+                result
+            })
+            .map_err(KmsgError::Spawn)
+    }
+}
+
+/// Waits until `fd` has a record to read, or `timeout`.
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call. An error or a
+    // timeout only means the caller reads (and finds EAGAIN) again.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 /// The OOM-killer line of a record the kernel wrote, counted in `stats`.
@@ -834,22 +978,8 @@ pub fn kernel_oom_line(record: KmsgRecord, stats: &KmsgStats) -> Option<KmsgOom>
         ts_usec: record.ts_usec,
         line,
         received: Instant::now(),
+        replayed: false,
     })
-}
-
-fn open(path: &Path, from_end: bool) -> Result<File, KmsgError> {
-    let mut file = File::open(path).map_err(|source| KmsgError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    if from_end {
-        file.seek(SeekFrom::End(0))
-            .map_err(|source| KmsgError::Seek {
-                path: path.to_owned(),
-                source,
-            })?;
-    }
-    Ok(file)
 }
 
 #[cfg(test)]
@@ -1842,14 +1972,63 @@ mod tests {
 
     #[test]
     fn kmsg_open_error_says_what_to_do() {
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let err = spawn_reader("/nonexistent/kmsg".into(), true, tx, Arc::default()).unwrap_err();
+        let err = Reader::open(Path::new("/nonexistent/kmsg"), StartAt::End, Arc::default())
+            .err()
+            .unwrap();
         let msg = err.to_string();
         assert!(msg.starts_with("cannot open /nonexistent/kmsg: "), "{msg}");
         assert!(
             msg.ends_with("run as root or grant CAP_SYSLOG, or pass --no-kmsg"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn kmsg_no_record_ready_ends_a_read_or_waits() {
+        let rec = |seq: u64| Ok(format!("6,{seq},1,-;line {seq}\n").into_bytes());
+        let would_block = || Err(io::Error::from(io::ErrorKind::WouldBlock));
+        // The backlog: read up to the first EAGAIN.
+        let stats = KmsgStats::default();
+        let mut seen = vec![];
+        read_records(
+            Script([rec(7), rec(8), would_block(), rec(9)].into()),
+            &stats,
+            |r| {
+                seen.push(r.seq);
+                true
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            seen,
+            [7, 8],
+            "a non-blocking read ends when nothing is ready"
+        );
+
+        // Live: wait while idle, carry the sequence across the wait, stop
+        // when asked, at the next EAGAIN.
+        let stats = KmsgStats::default();
+        let mut seen = vec![];
+        let mut idles = 0;
+        let mut prev = Some(6);
+        read_loop(
+            Script([rec(7), would_block(), rec(10), would_block(), rec(11)].into()),
+            &stats,
+            &mut prev,
+            |r| {
+                seen.push(r.seq);
+                true
+            },
+            || {
+                idles += 1;
+                idles < 2
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, [7, 10]);
+        assert_eq!(idles, 2);
+        assert_eq!(prev, Some(10));
+        assert_eq!(stats.lost_records.load(Ordering::Relaxed), 2, "8 and 9");
     }
 
     #[test]
@@ -1864,7 +2043,7 @@ mod tests {
                 .unwrap()
                 .as_nanos()
         );
-        let reader = open(Path::new("/dev/kmsg"), true).unwrap();
+        let reader = Reader::open(Path::new("/dev/kmsg"), StartAt::End, Arc::default()).unwrap();
         let mut writer = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/kmsg")
@@ -1872,7 +2051,7 @@ mod tests {
         writer.write_all(format!("{token}\n").as_bytes()).unwrap();
         let stats = KmsgStats::default();
         let mut found = None;
-        read_records(reader, &stats, |r| {
+        read_records(&reader.file, &stats, |r| {
             if r.message == token {
                 found = Some(r);
                 return false;
@@ -1883,5 +2062,69 @@ mod tests {
         let found = found.expect("own line not read back from /dev/kmsg");
         assert!(found.seq > 0 && found.ts_usec > 0);
         assert_eq!(parse_oom_line(&found.message), None);
+    }
+
+    /// The backlog is read from the oldest record up to the last one, and a
+    /// stopped reader ends by itself, closing its channel.
+    #[test]
+    #[ignore = "privileged: needs root and /dev/kmsg, run by cargo xtask test"]
+    fn kmsg_backlog_reaches_the_last_record_and_a_stopped_reader_ends() {
+        use std::io::Write;
+        let token = format!("oomtrace-backlog-selftest: {}", std::process::id());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .unwrap()
+            .write_all(format!("{token}\n").as_bytes())
+            .unwrap();
+        let stats = Arc::new(KmsgStats::default());
+        let mut reader =
+            Reader::open(Path::new("/dev/kmsg"), StartAt::Oldest, Arc::clone(&stats)).unwrap();
+        let mut token_seq = None;
+        let backlog = reader
+            .read_backlog(|r| {
+                if r.message == token {
+                    token_seq = Some(r.seq);
+                }
+                true
+            })
+            .unwrap();
+        let token_seq = token_seq.expect("the line written before opening is in the backlog");
+        let (first, last) = (backlog.first_seq.unwrap(), backlog.last_seq.unwrap());
+        assert!(
+            first < token_seq && token_seq <= last,
+            "{first} < {token_seq} <= {last}"
+        );
+        assert!(
+            backlog
+                .lines
+                .iter()
+                .all(|l| l.replayed && l.seq >= first && l.seq <= last)
+        );
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = reader.spawn(Vec::new(), tx, Arc::clone(&stop)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!thread.is_finished(), "an idle reader waits for records");
+        let asked = Instant::now();
+        stop.store(true, Ordering::Relaxed);
+        while !thread.is_finished() {
+            assert!(
+                asked.elapsed() < Duration::from_secs(2),
+                "the reader did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        thread.join().unwrap().unwrap();
+        assert!(
+            rx.blocking_recv().is_none(),
+            "its channel is closed once it has ended"
+        );
+        println!(
+            "backlog: records {first}..={last}, {} read; stopped in {:?}",
+            stats.records.load(Ordering::Relaxed),
+            asked.elapsed()
+        );
     }
 }

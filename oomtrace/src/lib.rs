@@ -15,6 +15,9 @@
 //! - [`offsets`]: kernel struct offsets for the eBPF programs, computed from BTF.
 //! - [`probe`]: loads the eBPF object, attaches the hook chain, reads the ring buffer.
 //! - [`kmsg`]: reads `/dev/kmsg` and parses the OOM killer's lines of every kernel generation.
+//! - [`ledger`]: what was reported: restart replay and the check against the kernel's kill counter.
+//! - [`state`]: what a restart continues from, saved atomically in `--state-dir`.
+//! - [`health`]: whether every source runs and every stage drains (`/healthz`, `oomtrace_ready`).
 //! - [`correlate`]: merges the sources of one kill into a [`report::Kill`].
 //! - [`verdict`]: which cgroup's limit was hit, from the best source available.
 //! - [`identity`]: cgroup path → pod, container, QoS class, runtime.
@@ -40,9 +43,11 @@ pub mod correlate;
 pub mod doctor;
 pub mod enrich;
 pub mod explain;
+pub mod health;
 pub mod identity;
 pub mod kmsg;
 pub mod kube;
+pub mod ledger;
 pub mod metrics;
 pub mod node;
 pub mod offsets;
@@ -54,6 +59,7 @@ pub mod rank;
 pub mod readcap;
 pub mod report;
 pub mod sink;
+pub mod state;
 pub mod tracefs;
 pub mod units;
 pub mod verdict;

@@ -6,8 +6,9 @@
 //! | `oomtrace_events_lost_total` | counter | (kernel ring-buffer records + kernel log records lost) |
 //! | `oomtrace_kills_unreported_total` | counter | (kills the kernel counted that no source reported) |
 //! | `oomtrace_reason_mismatch_total` | counter | `namespace`, `pod`, `container` |
+//! | `oomtrace_forged_oom_lines_total` | counter | (kernel-log records written by a process that look like OOM-killer lines: ignored) |
 //! | `oomtrace_hook_active` | gauge | `hook`: 1 for each attached hook of the chain, 0 for the others |
-//! | `oomtrace_ready` | gauge | 1 once every source is attached |
+//! | `oomtrace_ready` | gauge | 1 once every source is attached, 0 when a source died or a stage stalled ([`crate::health`]) |
 //!
 //! Label names follow kube-state-metrics and cAdvisor (`namespace`, `pod`,
 //! `container`, `qos_class`); a label whose value is not known is the empty
@@ -15,7 +16,7 @@
 //! with a `pod` is dropped once that pod has had no kill for `--metrics-pod-ttl`
 //! ([`Metrics::with_pod_ttl`]), so the churn of pod names on a busy cluster
 //! does not grow the exposition without bound. `/healthz` answers 200 `ok`
-//! once ready, 503 before.
+//! while ready, else 503 with what is wrong.
 //!
 //! The HTTP server ([`serve`]) closes a connection that has not sent a whole
 //! request head within [`HEADER_READ_TIMEOUT`] (an idle kept-alive connection
@@ -30,7 +31,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -55,8 +56,9 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tracing::debug;
 
 use crate::{
+    health::Health,
     probe::Hook,
-    report::{Kill, OomDomain, Scope},
+    report::{Kill, OomDomain, Scope, Unreported},
     sink::{Sink, SinkError},
 };
 
@@ -167,9 +169,13 @@ pub struct Metrics {
     lost: Counter,
     /// The last lost total seen, so the counter follows the sources' totals.
     lost_seen: Mutex<u64>,
+    forged: Counter,
+    forged_seen: Mutex<u64>,
     hook_active: Family<HookLabels, Gauge>,
     ready_gauge: Gauge,
     ready: AtomicBool,
+    /// Sources and stages of the running agent, once it runs.
+    health: OnceLock<Arc<Health>>,
     scrapes: AtomicU64,
     pod_ttl: Duration,
     clock: Clock,
@@ -216,6 +222,12 @@ impl Metrics {
             "OOM kills the kernel counted that no capture source reported",
             unreported.clone(),
         );
+        let forged = Counter::default();
+        registry.register(
+            "oomtrace_forged_oom_lines",
+            "Kernel-log records written by a process (not the kernel) that look like OOM-killer lines: ignored",
+            forged.clone(),
+        );
         let mismatches = Family::<MismatchLabels, Counter>::default();
         registry.register(
             "oomtrace_reason_mismatch",
@@ -231,7 +243,7 @@ impl Metrics {
         let ready_gauge = Gauge::default();
         registry.register(
             "oomtrace_ready",
-            "1 once every capture source is attached",
+            "1 once every capture source is attached; 0 when a source died or a stage stopped draining",
             ready_gauge.clone(),
         );
         for hook in HOOKS {
@@ -244,9 +256,12 @@ impl Metrics {
             unreported,
             lost,
             lost_seen: Mutex::new(0),
+            forged,
+            forged_seen: Mutex::new(0),
             hook_active,
             ready_gauge,
             ready: AtomicBool::new(false),
+            health: OnceLock::new(),
             scrapes: AtomicU64::new(0),
             pod_ttl,
             clock,
@@ -345,6 +360,16 @@ impl Metrics {
         }
     }
 
+    /// Follows the kernel log reader's count of forged OOM-killer lines.
+    pub fn set_forged(&self, total: u64) {
+        if let Ok(mut seen) = self.forged_seen.lock()
+            && total > *seen
+        {
+            self.forged.inc_by(total - *seen);
+            *seen = total;
+        }
+    }
+
     /// Marks `active` hooks 1 and the rest of the chain 0.
     pub fn set_hooks(&self, active: &[Hook]) {
         for hook in HOOKS {
@@ -359,14 +384,32 @@ impl Metrics {
         self.ready_gauge.set(i64::from(ready));
     }
 
+    /// Readiness follows `health` from now on: unready when a source died
+    /// or a stage stalled.
+    pub fn watch_health(&self, health: Arc<Health>) {
+        let _ = self.health.set(health);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready_status().is_ok()
+    }
+
+    /// `Ok` when ready, else what is wrong (the body of a 503 `/healthz`).
+    pub fn ready_status(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("capture sources are still being attached".into());
+        }
+        match self.health.get() {
+            Some(h) => h.status(),
+            None => Ok(()),
+        }
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`), expired pod
     /// series pruned first.
     pub fn encode(&self) -> String {
         self.prune();
+        self.ready_gauge.set(i64::from(self.is_ready()));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -394,6 +437,11 @@ impl MetricsSink {
 impl Sink for MetricsSink {
     fn kill(&mut self, kill: &Kill) -> Result<(), SinkError> {
         self.metrics.record_kill(kill);
+        Ok(())
+    }
+
+    fn unreported(&mut self, record: &Unreported) -> Result<(), SinkError> {
+        self.metrics.add_unreported(record.count);
         Ok(())
     }
 }
@@ -660,21 +708,18 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
                 )
             }
         }
-        (&Method::GET | &Method::HEAD, "/healthz") => {
-            if metrics.is_ready() {
-                (
-                    StatusCode::OK,
-                    "text/plain; charset=utf-8",
-                    "ok\n".to_string(),
-                )
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "not ready: capture sources are still being attached\n".to_string(),
-                )
-            }
-        }
+        (&Method::GET | &Method::HEAD, "/healthz") => match metrics.ready_status() {
+            Ok(()) => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ok\n".to_string(),
+            ),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("not ready: {why}\n"),
+            ),
+        },
         (_, "/metrics" | "/healthz") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain; charset=utf-8",

@@ -51,6 +51,10 @@ pub struct Kill {
     pub lost_events: u64,
     /// A kubelet eviction: what the kubelet said (`null` for other kills).
     pub eviction: Option<Eviction>,
+    /// Found in the kernel log after a restart (`--state-dir`): the kill
+    /// happened while oomtrace was not running, so only the kernel log
+    /// describes it and `time` is the log's timestamp.
+    pub replayed: bool,
 }
 
 /// What a JSON line is.
@@ -60,6 +64,39 @@ pub enum RecordKind {
     /// A process killed for memory.
     #[default]
     OomKill,
+    /// Kills the kernel counted that no source reported ([`Unreported`]).
+    UnreportedKills,
+}
+
+/// Kernel OOM kills that no source reported: the kernel's own count
+/// (`/proc/vmstat` `oom_kill`) grew by more than the kills reported.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Unreported {
+    /// Always `"unreported_kills"`.
+    pub kind: RecordKind,
+    /// Kills newly found unreported by this check.
+    pub count: u64,
+    /// Kills the kernel counted since `since`.
+    pub kernel_count: u64,
+    /// Kernel OOM kills reported over the same span (`killer.kind` `kernel_oom`).
+    pub reported: u64,
+    /// Kill lines of a task killed a second time in the same OOM (the
+    /// chosen task of a memory.oom.group kill) over the same span: the
+    /// kernel counts each, they are one report. `kernel_count` is
+    /// `reported + repeated + unreported_total`.
+    pub repeated: u64,
+    /// Every kill found unreported over the same span, this one included.
+    pub unreported_total: u64,
+    /// RFC 3339, UTC, of the check.
+    pub time: String,
+    pub node: String,
+    /// RFC 3339, UTC: when counting started (the first start of oomtrace in
+    /// this boot with `--state-dir`, else this start).
+    pub since: String,
+    /// Capture records lost so far (ring buffer full, kernel log wrapped).
+    pub lost_events: u64,
+    /// What this means and what to do.
+    pub explanation: String,
 }
 
 /// Who killed the victim.

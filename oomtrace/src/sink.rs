@@ -12,7 +12,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::report::Kill;
+use crate::report::{Kill, Unreported};
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -26,6 +26,12 @@ pub enum SinkError {
 pub trait Sink: Send {
     /// Takes one finished kill.
     fn kill(&mut self, kill: &Kill) -> Result<(), SinkError>;
+
+    /// Takes a count of kills the kernel made that no source reported
+    /// (the loss check). Sinks that have nothing to say about it ignore it.
+    fn unreported(&mut self, _record: &Unreported) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Every sink of a run, in the order they are given each report: the
@@ -47,6 +53,19 @@ impl Sinks {
         let mut first = Ok(());
         for s in &mut self.sinks {
             if let Err(e) = s.kill(kill)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    /// Gives the unreported-kills record to every sink, as [`Sinks::kill`].
+    pub fn unreported(&mut self, record: &Unreported) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            if let Err(e) = s.unreported(record)
                 && first.is_ok()
             {
                 first = Err(e);

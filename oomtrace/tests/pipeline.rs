@@ -74,6 +74,7 @@ fn recorded_inputs() -> Vec<Input> {
                     ts_usec: record.ts_usec,
                     line,
                     received: Instant::now(),
+                    replayed: false,
                 }),
             ));
         }

@@ -272,8 +272,8 @@ fn the_kernel_side_logs_a_full_ring_buffer_and_what_it_saw() {
     let lost: u64 = log
         .lines()
         .find_map(|l| {
-            let (_, rest) = l.split_once("kills reported, ")?;
-            rest.split_whitespace().next()?.parse().ok()
+            let (before, _) = l.split_once(" kernel events lost")?;
+            before.rsplit(' ').next()?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no exit summary; stderr:\n{log}"));
     assert!(lost > 0, "the exit summary counts the lost records: {log}");

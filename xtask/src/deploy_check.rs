@@ -44,6 +44,9 @@ const COMPONENT_CAPABILITIES: &[(&str, &[&str])] =
 
 /// Pinned validator, and the Kubernetes versions whose schemas it checks
 /// against: the oldest and the newest it bundles.
+/// The one host directory the agent may write: its own state
+/// (`--state-dir`, what a restart replays from), nothing of the host's.
+const STATE_HOST_PATH: &str = "/var/lib/oomtrace";
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 const SCHEMA_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 
@@ -524,6 +527,7 @@ fn check_pod(spec: &Value, allowed: &[&str], daemon: bool, report: &mut dyn FnMu
     let host_paths: BTreeSet<&str> = array(&spec["volumes"])
         .iter()
         .filter(|v| v.get("hostPath").is_some())
+        .filter(|v| v["hostPath"]["path"].as_str() != Some(STATE_HOST_PATH))
         .filter_map(|v| v["name"].as_str())
         .collect();
 
@@ -697,6 +701,30 @@ mod tests {
         assert_eq!(
             check_objects(&[good()], BASE_CAPABILITIES),
             Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn only_the_state_directory_may_be_a_writable_host_path() {
+        let mut m = good();
+        let pod = &mut m["spec"]["template"]["spec"];
+        pod["volumes"].as_array_mut().expect("volumes").push(
+            json!({"name": "state", "hostPath": {"path": STATE_HOST_PATH, "type": "DirectoryOrCreate"}}),
+        );
+        pod["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .expect("volumeMounts")
+            .push(json!({"name": "state", "mountPath": STATE_HOST_PATH}));
+        assert_eq!(
+            check_objects(&[m.clone()], BASE_CAPABILITIES),
+            Vec::<String>::new()
+        );
+        m["spec"]["template"]["spec"]["volumes"][3]["hostPath"]["path"] = json!("/var/lib");
+        assert_eq!(
+            check_objects(&[m], BASE_CAPABILITIES),
+            [
+                "daemonset/oomtrace: container oomtrace: hostPath volume state is mounted writable at /var/lib/oomtrace"
+            ]
         );
     }
 

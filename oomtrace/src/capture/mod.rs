@@ -162,4 +162,8 @@ pub struct KmsgSighting {
     pub line: OomLine,
     /// When the reader received it.
     pub received: Instant,
+    /// Read from the kernel log's backlog after a restart (`--state-dir`):
+    /// the kill happened while oomtrace was not running, so no eBPF source
+    /// saw it.
+    pub replayed: bool,
 }

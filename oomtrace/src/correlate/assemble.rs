@@ -18,12 +18,19 @@ impl Correlator {
     /// `unconfirmed` says why nothing confirmed the OOM killer killed it.
     pub(super) fn build(&mut self, p: Pending, unconfirmed: Option<&str>) -> Correlated {
         let member = self.take_member(&p);
-        let mut missing = expected_but_absent(&self.expect, &p);
+        let replayed = p.replayed_only();
+        let mut missing = if replayed {
+            vec![REPLAYED.to_string()]
+        } else {
+            expected_but_absent(&self.expect, &p)
+        };
         if let Some(why) = unconfirmed {
             missing.push(format!("kill confirmation: {why}"));
         }
         let mut victim = victim(&p, member.as_ref());
-        if let Some(m) = points_missing(&p, &victim, &self.expect) {
+        if replayed && victim.points.is_none() {
+            missing.push("points: the kill happened while oomtrace was not running".to_string());
+        } else if let Some(m) = points_missing(&p, &victim, &self.expect) {
             missing.push(m);
         }
         let walk = victim_walk(&p, member.as_ref());
@@ -63,14 +70,19 @@ impl Correlator {
             memcg,
             sources: sources(&p, member.is_some()),
             missing,
+            replayed,
             ..Kill::default()
         };
         Correlated {
             kill,
             at_ns: (at_ns > 0).then_some(at_ns),
+            kill_seq: p.kill_seq,
         }
     }
 }
+
+/// What a replayed kill lacks, said once instead of one line per eBPF source.
+const REPLAYED: &str = "eBPF sources: the kill happened while oomtrace was not running; it was read back from the kernel log after a restart (--state-dir)";
 
 fn sources(p: &Pending, scanned: bool) -> Vec<&'static str> {
     let mut sources = Vec::new();

@@ -116,6 +116,7 @@ impl UserspaceKills {
         Correlated {
             kill,
             at_ns: (at > 0).then_some(at),
+            kill_seq: None,
         }
     }
 }
@@ -237,7 +238,11 @@ pub fn eviction_kill(e: EvictedPod, boot_id: &str) -> Correlated {
         eviction: Some(e.eviction),
         ..Kill::default()
     };
-    Correlated { kill, at_ns }
+    Correlated {
+        kill,
+        at_ns,
+        kill_seq: None,
+    }
 }
 
 /// A wall-clock time as CLOCK_MONOTONIC nanoseconds (the clock kills are

@@ -132,6 +132,7 @@ impl Correlator {
         let decision = self.decision_for(meta);
         let i = self.locate(claim, now)?;
         let p = &mut self.pending[i];
+        p.live = true;
         p.ktime_ns.get_or_insert(meta.ktime_ns);
         p.trigger.get_or_insert_with(|| meta.trigger.clone());
         if p.decision.is_none() {
@@ -199,7 +200,13 @@ impl Correlator {
     }
 
     pub(super) fn merge_kmsg(&mut self, k: KmsgSighting, now: Instant) -> Option<usize> {
-        let KmsgSighting { ts_usec, line, .. } = k;
+        let KmsgSighting {
+            seq,
+            ts_usec,
+            line,
+            replayed,
+            ..
+        } = k;
         match &line {
             OomLine::Header { .. } => {
                 self.context.header = HeaderLine::from_line(&line).map(|h| (now, h));
@@ -229,7 +236,13 @@ impl Correlator {
                 self.context.chosen = pid.map(|pid| (now, pid, *score));
                 None
             }
-            OomLine::Killed { pid, .. } => self.merge_kill_line((*pid)?, &line, ts_usec, now),
+            OomLine::Killed { pid, .. } => {
+                let i = self.merge_kill_line((*pid)?, &line, ts_usec, now)?;
+                let p = &mut self.pending[i];
+                p.seen_in_kmsg(replayed);
+                p.kill_seq.get_or_insert(seq);
+                Some(i)
+            }
             OomLine::Suppressed { .. } | OomLine::Reaped { .. } => None,
         }
     }

@@ -227,6 +227,7 @@ fn kmsg(line: &str, ts_ns: u64) -> Input {
         ts_usec: ts_ns / 1000,
         line: parse_oom_line(line).unwrap_or_else(|| panic!("an OOM line: {line}")),
         received: Instant::now(),
+        replayed: false,
     })
 }
 

@@ -42,6 +42,12 @@ pub struct Pending {
     /// The OOM killer's own SIGKILL preceded the mark (`None`: not known,
     /// the signal hook is off or the record predates it).
     pub oom_sigkill: Option<bool>,
+    /// Sequence number of the kernel log's kill line for this victim.
+    pub kill_seq: Option<u64>,
+    /// Seen in kernel-log lines read back after a restart (`--state-dir`).
+    pub replayed: bool,
+    /// Seen by a live source (an eBPF hook, or the kernel log as it was written).
+    pub live: bool,
 }
 
 impl Pending {
@@ -61,6 +67,25 @@ impl Pending {
             proc_cgroup: None,
             proc_looked_up: false,
             oom_sigkill: None,
+            kill_seq: None,
+            replayed: false,
+            live: false,
+        }
+    }
+
+    /// Known only from the kernel log read back after a restart: the kill
+    /// happened while oomtrace was not running, and no eBPF source can
+    /// report it any more.
+    pub fn replayed_only(&self) -> bool {
+        self.replayed && !self.live
+    }
+
+    /// Records whether a kernel-log sighting was replayed or live.
+    pub fn seen_in_kmsg(&mut self, replayed: bool) {
+        if replayed {
+            self.replayed = true;
+        } else {
+            self.live = true;
         }
     }
 

@@ -28,6 +28,7 @@ fn kmsg_inputs(text: &str) -> Vec<Input> {
                     ts_usec: r.ts_usec,
                     line,
                     received: Instant::now(),
+                    replayed: false,
                 })
             })
         })
@@ -271,6 +272,7 @@ fn a_mark_no_kill_line_confirms_is_no_kill_until_the_kill_line_comes() {
         ts_usec: (bpf + 1_400_000) / 1000,
         line: parse_oom_line(line).expect("kill line"),
         received: now,
+        replayed: false,
     });
     let out = c.push(late, now + Duration::from_secs(3));
     assert_eq!(out.len(), 1);
@@ -461,6 +463,7 @@ fn dmesg_inputs(text: &str) -> Vec<Input> {
                 ts_usec: 1_000_000 + 100 * i as u64,
                 line,
                 received: Instant::now(),
+                replayed: false,
             })
         })
         .collect()
@@ -569,6 +572,7 @@ fn a_kill_line_long_after_its_bpf_records_makes_one_report() {
             ts_usec: (bpf + 1_350_000) / 1000,
             line: parse_oom_line(line).expect("kill line"),
             received: now,
+            replayed: false,
         })
     };
     let out = c.push(kill_line(1), now + Duration::from_secs(30));
@@ -580,4 +584,33 @@ fn a_kill_line_long_after_its_bpf_records_makes_one_report() {
             .is_empty()
     );
     assert!(c.tick(now + Duration::from_secs(40)).is_empty());
+}
+
+#[test]
+fn once_the_kernel_log_reader_ended_a_mark_is_reported_without_a_kill_line() {
+    // The reader died (the host test closes a FIFO given as --kmsg): no
+    // kill line can come, so a mark is reported when its wait runs out,
+    // unconfirmed, rather than set aside as "not killed".
+    let mut c = Correlator::new(
+        expect(true, true, true, false),
+        Duration::from_millis(500),
+        4096,
+        "b".into(),
+    );
+    let now = Instant::now();
+    c.kmsg_ended();
+    let w = walk(&[("child", 1_000, 8_192), ("", 90_000, UNLIMITED)]);
+    assert!(c.push(tp_victim(42, 5_000_000_000), now).is_empty());
+    let out = c.push(btf_victim(42, 5_000_001_000, w), now);
+    assert_eq!(out.len(), 1, "every source still expected has reported");
+    assert_eq!(c.not_killed, 0);
+    let k = &out[0].kill;
+    assert_eq!(k.sources, vec!["tracepoint", "tp_btf"]);
+    assert!(
+        k.missing
+            .iter()
+            .any(|m| m.starts_with("kill confirmation: ")),
+        "{:?}",
+        k.missing
+    );
 }

@@ -53,10 +53,16 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn enrich(&mut self, c: Correlated) -> Enriched {
-        let Correlated { mut kill, at_ns } = c;
+        let Correlated {
+            mut kill, at_ns, ..
+        } = c;
         kill.node = self.node.clone();
         kill.time = rfc3339(self.clock.wall_time(at_ns));
-        self.read_late_usage(&mut kill);
+        // A replayed kill happened before this start: what the cgroup fs
+        // and the node's memory say now says nothing about it.
+        if !kill.replayed {
+            self.read_late_usage(&mut kill);
+        }
         let identity = kill.victim.cgroup.as_deref().map(identity::parse);
         self.name_pod(&mut kill, identity.as_ref());
         kill.oom_domain = oom_domain(&kill);
@@ -65,10 +71,12 @@ impl Enricher {
         {
             kill.qos_check = Some(qos::check(id.qos, adj, self.mem_total));
         }
-        if matches!(
-            kill.oom_domain,
-            Some(OomDomain::Node | OomDomain::NodeAllocatable)
-        ) && let Some(s) = &self.snapshots
+        if !kill.replayed
+            && matches!(
+                kill.oom_domain,
+                Some(OomDomain::Node | OomDomain::NodeAllocatable)
+            )
+            && let Some(s) = &self.snapshots
         {
             kill.node_memory = Some(s.for_report());
         }

@@ -218,6 +218,9 @@ pub fn worth_a_snapshot(input: &Input) -> bool {
                     .and_then(|w| w.leaf())
                     .is_some_and(|l| allocatable(&l.path))
         }
+        // A kill replayed from the log after a restart is long past: the
+        // node now says nothing about it.
+        Input::Kmsg(KmsgSighting { replayed: true, .. }) => false,
         Input::Kmsg(KmsgSighting { line, .. }) => match line {
             OomLine::Killed { global, .. } => *global,
             OomLine::Summary {
@@ -257,6 +260,7 @@ mod tests {
             ts_usec: 1,
             line: parse_oom_line(line).expect("an OOM line"),
             received: Instant::now(),
+            replayed: false,
         })
     }
 

@@ -88,6 +88,32 @@ pub const CONTROLLER: &str = "oomtrace";
 pub const ACTION: &str = "Killed";
 /// The API's limit on `reportingInstance`.
 const INSTANCE_MAX: usize = 128;
+/// A kill replayed from the kernel log after a restart gets an Event only
+/// when it is at most this old.
+///
+/// Past it the Event would say nothing new and could mislead: the kubelet
+/// already recorded the container's OOMKilled restart when it happened;
+/// the pod may be gone or replaced (an Event on a pod of the same name
+/// would describe someone else's container); the API server deletes
+/// Events an hour after they are written (`--event-ttl`), so Events of a
+/// boot's worth of old kills only churn etcd; and a reboot replays every
+/// kill of the new boot's log at once, which would spend the node's
+/// write budget on history before live kills. The report on stdout and
+/// the metrics carry every replayed kill.
+pub const REPLAY_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// Whether `kill` gets an Event at `now`: every live kill, a replayed one
+/// only when recent ([`REPLAY_MAX_AGE`]).
+pub fn wanted(kill: &Kill, now: Timestamp) -> bool {
+    if !kill.replayed {
+        return true;
+    }
+    let Ok(at) = kill.time.parse::<Timestamp>() else {
+        return false;
+    };
+    let max = i64::try_from(REPLAY_MAX_AGE.as_secs()).unwrap_or(i64::MAX);
+    now.duration_since(at).as_secs() <= max
+}
 
 /// The Event reason for a kill by a userspace OOM killer (earlyoom,
 /// systemd-oomd, Talos's machined, ...).
@@ -715,6 +741,14 @@ impl EventsPoster {
 impl Sink for EventsSink {
     /// Counts the kill into its pod's series; never waits for the API.
     fn kill(&mut self, kill: &Kill) -> Result<(), SinkError> {
+        if !wanted(kill, Timestamp::now()) {
+            debug!(
+                "no Event for a kill at {} replayed from the kernel log: older than {} min",
+                kill.time,
+                REPLAY_MAX_AGE.as_secs() / 60
+            );
+            return Ok(());
+        }
         let Some(obs) = observation(kill) else {
             return Ok(());
         };

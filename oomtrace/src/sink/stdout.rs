@@ -6,7 +6,7 @@ use std::io::Write;
 use super::{Sink, SinkError};
 use crate::{
     cli::Format,
-    report::{Kill, KillerKind, OomDomain, Scope},
+    report::{Kill, KillerKind, OomDomain, Scope, Unreported},
     units::{Bytes, escape},
 };
 
@@ -37,6 +37,37 @@ impl<W: Write + Send> Sink for Stdout<W> {
     fn kill(&mut self, kill: &Kill) -> Result<(), SinkError> {
         self.write(kill).map_err(SinkError::Stdout)
     }
+
+    fn unreported(&mut self, record: &Unreported) -> Result<(), SinkError> {
+        let write = |out: &mut W| -> std::io::Result<()> {
+            match self.format {
+                Format::Json => {
+                    serde_json::to_writer(&mut *out, record).map_err(std::io::Error::other)?
+                }
+                Format::Text => out.write_all(unreported_line(record).as_bytes())?,
+            }
+            out.write_all(b"\n")?;
+            out.flush()
+        };
+        write(&mut self.out).map_err(SinkError::Stdout)
+    }
+}
+
+/// The text form of an unreported-kills record, on one line.
+pub fn unreported_line(r: &Unreported) -> String {
+    let line = format!(
+        "{} {} UNREPORTED {} kernel OOM kill{} (kernel counted {} since {}, oomtrace reported {}, unreported so far {}) | {}",
+        r.time,
+        r.node,
+        r.count,
+        if r.count == 1 { "" } else { "s" },
+        r.kernel_count,
+        r.since,
+        r.reported,
+        r.unreported_total,
+        r.explanation
+    );
+    escape(&line).into_owned()
 }
 
 fn or_unknown<T: ToString>(v: Option<T>) -> String {
@@ -106,9 +137,14 @@ pub fn text_line(k: &Kill) -> String {
         (_, None, _) => "scope unknown".to_string(),
     };
     let mut line = format!(
-        "{} {} OOM-KILL pid {} ({}) adj {} {} | {}{}",
+        "{} {} OOM-KILL{} pid {} ({}) adj {} {} | {}{}",
         k.time,
         k.node,
+        if k.replayed {
+            " (replayed from the kernel log after a restart)"
+        } else {
+            ""
+        },
         or_unknown(k.victim.pid),
         k.victim.comm.as_deref().unwrap_or("?"),
         or_unknown(k.victim.oom_score_adj),
@@ -177,6 +213,18 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_kill_says_so_in_text() {
+        let mut k = kill_at_parent_limit();
+        assert!(!text_line(&k).contains("replayed"));
+        k.replayed = true;
+        let line = text_line(&k);
+        assert!(
+            line.contains("OOM-KILL (replayed from the kernel log after a restart) pid 20557 (dd)"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn a_hostile_name_stays_on_one_line() {
         let mut k = kill_at_parent_limit();
         k.victim.comm = Some("\x1b[2Jx\nFAKE".into());
@@ -199,5 +247,53 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1, "one line");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(v["victim"]["comm"], "\x1b[2Jx\nFAKE");
+    }
+
+    /// The record the host loss test got (8 kills, 6 reported).
+    fn unreported() -> Unreported {
+        Unreported {
+            kind: crate::report::RecordKind::UnreportedKills,
+            count: 2,
+            kernel_count: 8,
+            reported: 6,
+            repeated: 0,
+            unreported_total: 2,
+            time: "2026-12-02T16:56:31.907Z".into(),
+            node: "ci-1".into(),
+            since: "2026-12-02T16:56:25.235Z".into(),
+            lost_events: 11,
+            explanation: "The kernel counted 8 OOM kill(s) since 2026-12-02T16:56:25.235Z (/proc/vmstat oom_kill) and oomtrace reported 6: 2 more were reported by no source. ".into(),
+        }
+    }
+
+    #[test]
+    fn an_unreported_record_is_one_json_line_of_its_kind_and_one_text_line() {
+        let mut out = Vec::new();
+        Stdout::new(Format::Json, &mut out)
+            .unreported(&unreported())
+            .expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.matches('\n').count(), 1, "one line");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v["kind"], "unreported_kills");
+        assert_eq!(
+            (v["count"].as_u64(), v["kernel_count"].as_u64()),
+            (Some(2), Some(8))
+        );
+        assert_eq!(
+            (v["reported"].as_u64(), v["repeated"].as_u64()),
+            (Some(6), Some(0))
+        );
+        assert_eq!(v["node"], "ci-1");
+        let mut out = Vec::new();
+        Stdout::new(Format::Text, &mut out)
+            .unreported(&unreported())
+            .expect("write");
+        let line = String::from_utf8(out).expect("utf-8");
+        assert!(
+            line.starts_with("2026-12-02T16:56:31.907Z ci-1 UNREPORTED 2 kernel OOM kills (kernel counted 8 since 2026-12-02T16:56:25.235Z, oomtrace reported 6, unreported so far 2) | The kernel counted"),
+            "{line}"
+        );
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
     }
 }

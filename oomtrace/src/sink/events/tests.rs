@@ -472,3 +472,17 @@ fn reasons_tell_the_domains_apart() {
     assert_eq!(reason(None), "OOMKilled");
     assert_eq!(truncate("é".repeat(600).as_str(), 11), "éééé…");
 }
+
+#[test]
+fn a_replayed_kill_gets_an_event_only_when_recent() {
+    let now: Timestamp = "2026-11-28T11:30:00Z".parse().expect("a time");
+    let mut k = container_kill();
+    k.time = "2026-11-28T11:22:03.955Z".into();
+    assert!(wanted(&k, now), "a live kill always");
+    k.replayed = true;
+    assert!(!wanted(&k, now), "replayed, 8 minutes old");
+    k.time = "2026-11-28T11:26:30.000Z".into();
+    assert!(wanted(&k, now), "replayed, 3.5 minutes old");
+    k.time = "not a time".into();
+    assert!(!wanted(&k, now));
+}
