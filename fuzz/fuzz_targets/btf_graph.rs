@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oomtrace::btf::Btf;
+use oomtrace::capture::btf::Btf;
 use oomtrace_fuzz::Graph;
 
 fuzz_target!(|graph: Graph| {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oomtrace::btf::Btf;
+use oomtrace::capture::btf::Btf;
 
 fuzz_target!(|data: &[u8]| {
     oomtrace_fuzz::stack_overflow_is_a_crash();

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oomtrace::identity::{self, Level};
+use oomtrace::enrich::identity::{self, Level};
 
 fuzz_target!(|data: &[u8]| {
     oomtrace_fuzz::stack_overflow_is_a_crash();

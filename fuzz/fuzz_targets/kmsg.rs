@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oomtrace::kmsg::{self, KmsgStats, OomLine};
+use oomtrace::capture::kmsg::{self, KmsgStats, OomLine};
 
 fn check(line: &OomLine) {
     if let OomLine::Summary {

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use oomtrace::tracefs::{self, MarkVictimLayout};
+use oomtrace::capture::tracefs::{self, MarkVictimLayout};
 
 const REAL_FORMATS: [&str; 3] = [
     include_str!("../../oomtrace/tests/data/tracefs/mark_victim-6.18.format"),

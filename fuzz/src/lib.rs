@@ -4,7 +4,7 @@
 //! [`stack_overflow_is_a_crash`].
 
 use arbitrary::{Arbitrary, Unstructured};
-use oomtrace::btf::Btf;
+use oomtrace::capture::btf::Btf;
 
 // BTF kind numbers, from include/uapi/linux/btf.h.
 const INT: u32 = 1;
@@ -424,10 +424,10 @@ impl Graph {
 }
 
 /// Every query the agent makes of the kernel's BTF (the offsets of
-/// `oomtrace::offsets::resolve`, the tracepoint ABI, the hooks' functions)
+/// `oomtrace::capture::offsets::resolve`, the tracepoint ABI, the hooks' functions)
 /// and the size queries.
 pub fn query_all(btf: &Btf) {
-    let _ = oomtrace::offsets::resolve(btf);
+    let _ = oomtrace::capture::offsets::resolve(btf);
     let _ = btf.tracepoint_args("mark_victim");
     let _ = btf.has_func("oom_kill_process");
     let _ = btf.has_func("oom_kill_memcg_member");

@@ -43,6 +43,8 @@ use tracing::{info, warn};
 
 use self::continuity::Continuity;
 use crate::{
+    capture::kmsg::{KmsgError, KmsgOom, KmsgStats, OomLine},
+    capture::probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
     capture::{
         Input, KmsgSighting,
         eviction::EvictedPod,
@@ -52,6 +54,8 @@ use crate::{
     },
     cli::TraceArgs,
     correlate::{Correlated, Correlator, Expect},
+    enrich::node::{self, CgroupFs},
+    enrich::podnames::PodNames,
     enrich::{
         Enricher, WallClock,
         kube::PodMetadata,
@@ -59,12 +63,8 @@ use crate::{
     },
     explain,
     health::{Health, Stage},
-    kmsg::{KmsgError, KmsgOom, KmsgStats, OomLine},
     kube::ApiClient,
-    metrics::{self, Metrics, MetricsError, MetricsSink},
-    node::{self, CgroupFs},
-    podnames::PodNames,
-    probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
+    sink::metrics::{self, Metrics, MetricsError, MetricsSink},
     sink::{
         SinkError, Sinks,
         events::{EventsPoster, EventsSink},
@@ -634,10 +634,10 @@ impl std::ops::Deref for LoadedProbe {
     }
 }
 
-fn load_probe(args: &TraceArgs) -> Result<Probe, crate::probe::ProbeError> {
+fn load_probe(args: &TraceArgs) -> Result<Probe, crate::capture::probe::ProbeError> {
     let cfg = ProbeConfig::from_args(args);
     // Before the kernel facts: see `Loader`.
-    let loader = crate::probe::Loader::new();
+    let loader = crate::capture::probe::Loader::new();
     let mut support = KernelSupport::discover(&cfg);
     Probe::load_with(&cfg, support.take_btf(), support, loader)
 }

@@ -24,7 +24,7 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Show the order in which the kernel would kill, now: in a node-level
     /// OOM, or at the limit of one cgroup (--cgroup, --pod, --allocatable).
-    Rank(crate::rank::RankArgs),
+    Rank(crate::cmd::rank::RankArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,8 +143,8 @@ pub struct TraceArgs {
         long,
         env = "OOMTRACE_USERSPACE_KILLERS",
         value_delimiter = ',',
-        value_parser = crate::probe::parse_killer_name,
-        default_values_t = crate::probe::DEFAULT_USERSPACE_KILLERS.map(String::from)
+        value_parser = crate::capture::probe::parse_killer_name,
+        default_values_t = crate::capture::probe::DEFAULT_USERSPACE_KILLERS.map(String::from)
     )]
     pub userspace_killers: Vec<String>,
 

@@ -27,6 +27,7 @@ pub mod matching;
 mod merge;
 pub mod pending;
 pub mod verdict;
+pub mod walk;
 
 use std::{
     collections::{HashMap, VecDeque},

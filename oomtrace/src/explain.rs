@@ -5,7 +5,7 @@
 
 use crate::{
     enrich::Enriched,
-    identity::{Identity, QosClass},
+    enrich::identity::{Identity, QosClass},
     report::{Consumer, Kill, KillerKind, OomDomain},
     units::Bytes,
 };
@@ -553,7 +553,7 @@ fn eviction(kill: &Kill, v: &Victim) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity;
+    use crate::enrich::identity;
     use crate::report::{Consumer, K8s, NodeMemory, QosCheck};
 
     const MI: u64 = 1024 * 1024;

@@ -34,7 +34,7 @@ use std::{
 };
 
 use crate::{
-    kmsg::{KmsgRecord, OomLine, parse_oom_line},
+    capture::kmsg::{KmsgRecord, OomLine, parse_oom_line},
     report::{Kill, KillerKind},
     state::{KillCount, KmsgMark, State, VERSION},
 };

@@ -4,9 +4,9 @@ use clap::Parser as _;
 use oomtrace::{
     agent,
     cli::{Cli, Command},
-    doctor,
-    podnames::PodNames,
-    rank,
+    cmd::doctor,
+    cmd::rank,
+    enrich::podnames::PodNames,
 };
 use tracing_subscriber::EnvFilter;
 

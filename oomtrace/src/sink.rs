@@ -2,10 +2,11 @@
 //! never changes it; the agent hands every report to every sink, in order.
 //!
 //! - [`stdout`]: JSON lines (one object per kill) or one readable line per kill;
-//! - [`crate::metrics`]: Prometheus/OpenMetrics counters on `--metrics-addr`;
+//! - [`crate::sink::metrics`]: Prometheus/OpenMetrics counters on `--metrics-addr`;
 //! - [`events`]: a Kubernetes Event on the victim's pod (`--kube`).
 
 pub mod events;
+pub mod metrics;
 pub mod stdout;
 
 use std::io;

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace::{identity::QosClass, qos};
+use oomtrace::{enrich::identity::QosClass, enrich::qos};
 use serde_json::Value;
 use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_in};
 
@@ -347,7 +347,7 @@ fn wait_for_comm(pid: u32, comm: &str) {
 
 fn mem_total_bytes() -> u64 {
     let text = fs::read_to_string("/proc/meminfo").expect("meminfo");
-    oomtrace::node::meminfo(&text)
+    oomtrace::enrich::node::meminfo(&text)
         .total_bytes
         .expect("MemTotal")
 }

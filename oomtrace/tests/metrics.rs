@@ -170,7 +170,7 @@ fn the_kill_counter_matches_real_kills_and_promtool_accepts_the_exposition() {
     let hooks = samples(&text, "oomtrace_hook_active");
     assert_eq!(
         hooks.len(),
-        oomtrace::metrics::HOOKS.len(),
+        oomtrace::sink::metrics::HOOKS.len(),
         "every hook of the chain: {text}"
     );
     for (labels, v) in &hooks {

@@ -11,19 +11,19 @@ use std::{
 };
 
 use oomtrace::{
+    capture::kmsg::{parse_oom_line, parse_record},
+    capture::tracefs::{MarkVictimLayout, parse_format},
     capture::{Input, KmsgSighting, ring::Decoder},
     cli::Format,
     correlate::{Correlator, Expect},
+    enrich::node::{CgroupFs, CgroupVersion},
+    enrich::podnames::PodNames,
     enrich::{
         Enricher, WallClock,
         snapshots::{NodeSnapshots, SnapshotConfig},
     },
     explain,
-    kmsg::{parse_oom_line, parse_record},
-    node::{CgroupFs, CgroupVersion},
-    podnames::PodNames,
     sink::{Sinks, stdout::Stdout},
-    tracefs::{MarkVictimLayout, parse_format},
 };
 use serde_json::Value;
 

@@ -303,7 +303,10 @@ fn unused_pid() -> u32 {
 fn lines_written_to_the_kernel_log_by_a_process_report_no_kill() {
     use std::io::Write as _;
     for args in [&[][..], &["--no-bpf"][..]] {
-        let agent = Agent::start_with_env(args, &[("OOMTRACE_LOG", "info,oomtrace::kmsg=debug")]);
+        let agent = Agent::start_with_env(
+            args,
+            &[("OOMTRACE_LOG", "info,oomtrace::capture::kmsg=debug")],
+        );
         let fake = unused_pid();
         let mut kmsg = std::fs::OpenOptions::new()
             .write(true)

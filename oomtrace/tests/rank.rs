@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace::rank::{self, PathOnly};
+use oomtrace::cmd::rank::{self, PathOnly};
 use support::{
     Memcg, is_v2, killed_by_sigkill, pid_of, rank_json, spawn_grower_until_any_killed,
     spawn_holder, spawn_in, wait_for_comm, wait_rss,

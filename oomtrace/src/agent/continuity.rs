@@ -11,9 +11,9 @@ use std::{
 use tracing::{info, warn};
 
 use crate::{
+    capture::kmsg::{KmsgError, KmsgOom, KmsgStats, OomLine, Reader, StartAt},
     cli::TraceArgs,
     enrich::rfc3339,
-    kmsg::{KmsgError, KmsgOom, KmsgStats, OomLine, Reader, StartAt},
     ledger::{self, Ledger, Loss, Now, Start},
     report::{RecordKind, Unreported},
     state::{StateDir, StateError},

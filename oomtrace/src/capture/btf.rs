@@ -2028,7 +2028,7 @@ mod tests {
 
         /// Every query the agent makes, and the size queries, on `btf`.
         pub(super) fn query_all(btf: &Btf) {
-            let _ = crate::offsets::resolve(btf);
+            let _ = crate::capture::offsets::resolve(btf);
             let _ = btf.tracepoint_args("mark_victim");
             let _ = btf.has_func("oom_kill_process");
             let _ = btf.has_func("oom_kill_memcg_member");
@@ -2157,7 +2157,7 @@ mod tests {
         // The recorded values hold for the exact kernel build they were taken
         // on; on any kernel, every entry is checked against bpftool's own
         // reading of the same BTF.
-        let recorded = include_str!("../tests/data/btf/host-6.18-offsets.txt");
+        let recorded = include_str!("../../tests/data/btf/host-6.18-offsets.txt");
         let recorded_release = recorded
             .lines()
             .find_map(|l| l.strip_prefix("# release: "))

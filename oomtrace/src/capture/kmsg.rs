@@ -992,71 +992,71 @@ mod tests {
     const SAMPLES: &[(&str, &str)] = &[
         (
             "host-6.18-memcg",
-            include_str!("../tests/data/kmsg/host-6.18-memcg.txt"),
+            include_str!("../../tests/data/kmsg/host-6.18-memcg.txt"),
         ),
         (
             "host-6.18-memcg.kmsg",
-            include_str!("../tests/data/kmsg/host-6.18-memcg.kmsg.txt"),
+            include_str!("../../tests/data/kmsg/host-6.18-memcg.kmsg.txt"),
         ),
         (
             "host-6.18-memcg-storm.kmsg",
-            include_str!("../tests/data/kmsg/host-6.18-memcg-storm.kmsg.txt"),
+            include_str!("../../tests/data/kmsg/host-6.18-memcg-storm.kmsg.txt"),
         ),
         (
             "centos7-3.10-k8s-56891",
-            include_str!("../tests/data/kmsg/centos7-3.10-k8s-56891.txt"),
+            include_str!("../../tests/data/kmsg/centos7-3.10-k8s-56891.txt"),
         ),
         (
             "rhel7-3.10-ltp-1080",
-            include_str!("../tests/data/kmsg/rhel7-3.10-ltp-1080.txt"),
+            include_str!("../../tests/data/kmsg/rhel7-3.10-ltp-1080.txt"),
         ),
         (
             "kata-4.14-1310",
-            include_str!("../tests/data/kmsg/kata-4.14-1310.txt"),
+            include_str!("../../tests/data/kmsg/kata-4.14-1310.txt"),
         ),
         (
             "istio-42734-pre4.19",
-            include_str!("../tests/data/kmsg/istio-42734-pre4.19.txt"),
+            include_str!("../../tests/data/kmsg/istio-42734-pre4.19.txt"),
         ),
         (
             "ecs-4508-4.14",
-            include_str!("../tests/data/kmsg/ecs-4508-4.14.txt"),
+            include_str!("../../tests/data/kmsg/ecs-4508-4.14.txt"),
         ),
         (
             "moby-38352-4.19",
-            include_str!("../tests/data/kmsg/moby-38352-4.19.txt"),
+            include_str!("../../tests/data/kmsg/moby-38352-4.19.txt"),
         ),
         (
             "lkml-group-kill-d342a0b38674",
-            include_str!("../tests/data/kmsg/lkml-group-kill-d342a0b38674.txt"),
+            include_str!("../../tests/data/kmsg/lkml-group-kill-d342a0b38674.txt"),
         ),
         (
             "relate-1383-6.16-global",
-            include_str!("../tests/data/kmsg/relate-1383-6.16-global.txt"),
+            include_str!("../../tests/data/kmsg/relate-1383-6.16-global.txt"),
         ),
         (
             "systemd-40208-6.17",
-            include_str!("../tests/data/kmsg/systemd-40208-6.17.txt"),
+            include_str!("../../tests/data/kmsg/systemd-40208-6.17.txt"),
         ),
         (
             "db1000n-555-5.4",
-            include_str!("../tests/data/kmsg/db1000n-555-5.4.txt"),
+            include_str!("../../tests/data/kmsg/db1000n-555-5.4.txt"),
         ),
         (
             "gpud-70-lxc",
-            include_str!("../tests/data/kmsg/gpud-70-lxc.txt"),
+            include_str!("../../tests/data/kmsg/gpud-70-lxc.txt"),
         ),
         (
             "lkml-sysrq-order-minus-1",
-            include_str!("../tests/data/kmsg/lkml-sysrq-order-minus-1.txt"),
+            include_str!("../../tests/data/kmsg/lkml-sysrq-order-minus-1.txt"),
         ),
         (
             "host-6.18-forged.kmsg",
-            include_str!("../tests/data/kmsg/host-6.18-forged.kmsg.txt"),
+            include_str!("../../tests/data/kmsg/host-6.18-forged.kmsg.txt"),
         ),
         (
             "host-6.18-hostile-names.kmsg",
-            include_str!("../tests/data/kmsg/host-6.18-hostile-names.kmsg.txt"),
+            include_str!("../../tests/data/kmsg/host-6.18-hostile-names.kmsg.txt"),
         ),
     ];
 

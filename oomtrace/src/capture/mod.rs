@@ -2,18 +2,26 @@
 //! type for the correlator.
 //!
 //! Two sources produce inputs: the eBPF programs through the ring buffer
-//! ([`ring`] decodes their records) and the kernel log ([`crate::kmsg`]).
+//! ([`ring`] decodes their records) and the kernel log ([`crate::capture::kmsg`]).
 //! Every input is self-contained: the correlator never reads the kernel's
 //! ABI structs or a file to make sense of one.
 
+pub mod btf;
 pub mod eviction;
 pub mod killer;
+pub mod kmsg;
 pub mod lookup;
+pub mod offsets;
+pub mod probe;
 pub mod ring;
+pub mod tracefs;
 
 use std::time::Instant;
 
-use crate::{kmsg::OomLine, report::Constraint, tracefs::MarkVictimFields, verdict::Walk};
+use crate::{
+    capture::kmsg::OomLine, capture::tracefs::MarkVictimFields, correlate::walk::Walk,
+    report::Constraint,
+};
 
 /// One thing a capture source saw.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@
 
 use oomtrace_common::KernelOffsets;
 
-use crate::btf::Btf;
+use crate::capture::btf::Btf;
 
 /// Offsets and what could not be resolved.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@
 //! 4. `fentry/oom_kill_memcg_member`, else its kprobe, where `tp_btf` is not
 //!    active: the memory cgroup of each task a memory.oom.group kill takes,
 //!    which the pid-only tracepoint cannot name once the task is gone.
-//! 5. `/dev/kmsg` (see [`crate::kmsg`]), which also works when nothing here loads.
+//! 5. `/dev/kmsg` (see [`crate::capture::kmsg`]), which also works when nothing here loads.
 //!
 //! Beside the chain, for kills the kernel's OOM killer did not do:
 //! `tp_btf/signal_generate`, else `tracepoint/signal/signal_generate`: a
@@ -57,7 +57,7 @@ pub use self::{
     memlock::raise_memlock,
     support::{KernelSupport, signal_layout},
 };
-use crate::tracefs::MarkVictimLayout;
+use crate::capture::tracefs::MarkVictimLayout;
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/oomtrace"));
@@ -182,7 +182,7 @@ impl Probe {
     /// gathered (see [`Loader`]) and our BTF parse taken out of them.
     pub fn load_with(
         cfg: &ProbeConfig,
-        btf: Option<crate::btf::Btf>,
+        btf: Option<crate::capture::btf::Btf>,
         support: KernelSupport,
         loader: Loader,
     ) -> Result<Self, ProbeError> {

@@ -13,9 +13,9 @@ use super::{
     Chosen, Decision, Input, RecordMeta, SignalSighting, TaskSighting, TpSighting, Trigger,
 };
 use crate::{
+    capture::tracefs::{MarkVictimFields, MarkVictimLayout},
+    correlate::walk::Walk,
     report::Constraint,
-    tracefs::{MarkVictimFields, MarkVictimLayout},
-    verdict::Walk,
 };
 
 /// Decodes ring-buffer records with what this kernel's programs need.
@@ -134,7 +134,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::tracefs::parse_format;
+    use crate::capture::tracefs::parse_format;
 
     /// The extended `mark_victim` format of this project's 6.18 host and one
     /// record it produced (see tests/data/tracefs/README.md).

@@ -504,19 +504,20 @@ mod tests {
     use super::*;
 
     /// REAL: `/sys/kernel/tracing/events/oom/mark_victim/format` of the 6.18 development host.
-    const HOST_6_18: &str = include_str!("../tests/data/tracefs/mark_victim-6.18.format");
+    const HOST_6_18: &str = include_str!("../../tests/data/tracefs/mark_victim-6.18.format");
     /// REAL: one raw record of that event from `trace_pipe_raw`, captured during a memcg OOM kill.
-    const HOST_RECORD: &[u8] = include_bytes!("../tests/data/tracefs/mark_victim-6.18.record.bin");
+    const HOST_RECORD: &[u8] =
+        include_bytes!("../../tests/data/tracefs/mark_victim-6.18.record.bin");
     /// REAL: the kernel's own text rendering of the same record (`trace` file).
-    const HOST_TRACE: &str = include_str!("../tests/data/tracefs/mark_victim-6.18.trace.txt");
+    const HOST_TRACE: &str = include_str!("../../tests/data/tracefs/mark_victim-6.18.trace.txt");
     /// # source
     /// RECONSTRUCTED pid-only ABI (`TP_PROTO(int pid)`, kernels 4.13 to 6.8, e.g. Debian
     /// 5.10.223): the TRACE_EVENT macros emit the same `common_*` fields as on 6.18, then
     /// `field:int pid; offset:8; size:4; signed:1;` and `print fmt: "pid=%d", REC->pid`.
     /// The ID is arbitrary. See tests/data/tracefs/README.md.
-    const OLD_5_10: &str = include_str!("../tests/data/tracefs/mark_victim-5.10.format");
+    const OLD_5_10: &str = include_str!("../../tests/data/tracefs/mark_victim-5.10.format");
     /// SYNTHETIC: the 6.18 layout with a 32-bit `unsigned long`, as on a 32-bit kernel.
-    const ILP32: &str = include_str!("../tests/data/tracefs/mark_victim-synthetic-ilp32.format");
+    const ILP32: &str = include_str!("../../tests/data/tracefs/mark_victim-synthetic-ilp32.format");
 
     /// The `key=value` / `key:value` pairs of the kernel's text line for the record.
     fn trace_value(key: &str) -> String {

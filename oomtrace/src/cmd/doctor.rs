@@ -10,9 +10,9 @@ use std::fs;
 use serde::Serialize;
 
 use crate::{
+    capture::probe::{CHAIN, Hook, KernelSupport, Probe, ProbeConfig},
     cli::{DoctorArgs, Format, TraceArgs},
-    node::CgroupFs,
-    probe::{CHAIN, Hook, KernelSupport, Probe, ProbeConfig},
+    enrich::node::CgroupFs,
 };
 
 #[derive(Debug, Serialize)]
@@ -203,8 +203,8 @@ fn hook_needs(support: &KernelSupport) -> Vec<HookNeeds> {
 }
 
 /// A static label for a need (the detail says the rest).
-fn need_name(need: crate::probe::Need) -> &'static str {
-    use crate::probe::Need;
+fn need_name(need: crate::capture::probe::Need) -> &'static str {
+    use crate::capture::probe::Need;
     match need {
         Need::MarkVictimLayout => "mark_victim format",
         Need::SignalLayout => "signal_generate format",

@@ -39,9 +39,9 @@ use serde::Serialize;
 use crate::units::{Bytes, escape};
 
 use crate::{
-    identity::{self, Level},
-    node::{self, CgroupFs, CgroupVersion},
-    podnames::PodNames,
+    enrich::identity::{self, Level},
+    enrich::node::{self, CgroupFs, CgroupVersion},
+    enrich::podnames::PodNames,
     proc::{self, Pinned},
     report::K8s,
 };

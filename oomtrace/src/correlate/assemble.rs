@@ -10,8 +10,8 @@ use super::{
 };
 use crate::{
     capture::TaskSighting,
+    correlate::walk::Walk,
     report::{Kill, Memcg, Trigger, Victim},
-    verdict::Walk,
 };
 
 impl Correlator {

@@ -20,8 +20,8 @@ use crate::{
         eviction::EvictedPod,
         killer::{KillerSignal, VictimFate},
     },
+    correlate::walk::Walk,
     report::{K8s, Kill, Killer, KillerKind, Memcg, Scope, VerdictSource, Victim},
-    verdict::Walk,
 };
 
 /// How long a reported victim's later signals are duplicates (earlyoom's

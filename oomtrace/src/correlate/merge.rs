@@ -20,8 +20,8 @@ use super::{
     pending::{HeaderLine, KillLine, Pending, Summary, TaskIn},
 };
 use crate::{
+    capture::kmsg::OomLine,
     capture::{Decision, KmsgSighting, RecordMeta, TaskSighting, TpSighting},
-    kmsg::OomLine,
 };
 
 /// How long kernel-log context (a header, a `Task in` line) waits for the kill line it belongs to.

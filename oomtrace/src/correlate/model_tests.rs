@@ -19,9 +19,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
+    capture::kmsg::parse_oom_line,
+    capture::tracefs::MarkVictimFields,
     capture::{KmsgSighting, RecordMeta, TpSighting, Trigger, ring::Decoder},
-    kmsg::parse_oom_line,
-    tracefs::MarkVictimFields,
 };
 
 /// Pids the kills take (fewer than the kills: pids are reused).

@@ -5,10 +5,10 @@ use std::{sync::Arc, time::Instant};
 
 use super::matching::Facts;
 use crate::{
+    capture::kmsg::OomLine,
+    capture::tracefs::MarkVictimFields,
     capture::{Decision, TaskSighting, Trigger},
-    kmsg::OomLine,
     report::Scope,
-    tracefs::MarkVictimFields,
 };
 
 /// Everything known about one victim.

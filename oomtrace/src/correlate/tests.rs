@@ -8,10 +8,10 @@ use std::mem::size_of;
 
 use super::*;
 use crate::{
+    capture::kmsg::{OomLine, parse_oom_line, parse_record},
+    capture::tracefs::MarkVictimFields,
     capture::{KmsgSighting, RecordMeta, TpSighting, Trigger, ring::Decoder},
-    kmsg::{OomLine, parse_oom_line, parse_record},
     report::{Constraint, Scope, VerdictSource},
-    tracefs::MarkVictimFields,
 };
 
 /// Real records of one memcg kill on this project's 6.18 host.

@@ -8,7 +8,7 @@
 //!    then the pre-4.19 `Task in ... killed as a result of limit of ...` line.
 //!    Both are rate-limited with the header: in a storm most kills lack them.
 //! 3. The victim's cgroup walk captured in the kernel (`cgroup_usage`): the
-//!    lowest ancestor within [`crate::verdict::AT_LIMIT_MARGIN_BYTES`] of
+//!    lowest ancestor within [`crate::correlate::walk::AT_LIMIT_MARGIN_BYTES`] of
 //!    its limit is where the charge failed. A kill line's prefix (`Memory
 //!    cgroup out of memory` / `Out of memory`, never rate-limited) says which
 //!    side of the line the kill is on and wins over the walk for the node.
@@ -19,8 +19,8 @@
 use crate::{
     capture::Decision,
     correlate::pending::{Summary, TaskIn},
+    correlate::walk::Walk,
     report::{Constraint, Scope, VerdictSource},
-    verdict::Walk,
 };
 
 /// What the sources said about where the OOM happened.
@@ -181,7 +181,7 @@ mod tests {
     use super::*;
     use crate::{
         capture::{RecordMeta, Trigger},
-        verdict::Level,
+        correlate::walk::Level,
     };
 
     fn level(path: &str, usage: u64, limit: Option<u64>) -> Level {

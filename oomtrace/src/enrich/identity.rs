@@ -20,9 +20,9 @@
 //!
 //! The pod sandbox (pause) container has a container cgroup like any other:
 //! its path cannot tell it apart, its oom_score_adj (-998) can (see
-//! [`crate::qos::check`]).
+//! [`crate::enrich::qos::check`]).
 
-use crate::podnames::PodName;
+use crate::enrich::podnames::PodName;
 use crate::report::{K8s, OomDomain};
 
 /// A pod's Kubernetes QoS class, as the kubelet places it in the cgroup tree.
@@ -161,7 +161,7 @@ impl Identity {
     }
 
     /// The event's `k8s` object: `None` when the cgroup is not a pod's.
-    /// `name` comes from [`crate::podnames::PodNames::lookup`].
+    /// `name` comes from [`crate::enrich::podnames::PodNames::lookup`].
     pub fn to_k8s(&self, name: Option<&PodName>) -> Option<K8s> {
         if !self.is_pod() {
             return None;
@@ -662,7 +662,7 @@ mod tests {
 
     /// Real paths with the expected identity, from `tests/data/identity/paths.txt`
     /// (each with its `# source:`). Format: `path|level|uid|id|qos|runtime`.
-    const PATHS: &str = include_str!("../tests/data/identity/paths.txt");
+    const PATHS: &str = include_str!("../../tests/data/identity/paths.txt");
 
     fn level(name: &str) -> Level {
         match name {

@@ -3,29 +3,32 @@
 //! - the wall-clock time and node name;
 //! - usage and limits the kernel walk did not capture, read from the cgroup
 //!   filesystem after the kill (and said so);
-//! - the Kubernetes identity of the victim's cgroup ([`crate::identity`]),
+//! - the Kubernetes identity of the victim's cgroup ([`crate::enrich::identity`]),
 //!   with namespace, pod and container names from the kubelet's log
-//!   directories ([`crate::podnames`]) and, with `--kube`, labels, owner and
+//!   directories ([`crate::enrich::podnames`]) and, with `--kube`, labels, owner and
 //!   memory requests from the API server ([`kube`]);
-//! - the OOM domain and the kubelet oom_score_adj policy check ([`crate::qos`]);
+//! - the OOM domain and the kubelet oom_score_adj policy check ([`crate::enrich::qos`]);
 //! - node memory and its largest consumers for node-level and allocatable
 //!   kills ([`snapshots`]).
 //!
 //! Everything here may read files; it runs on its own thread, beside (never
 //! in front of) the draining of the ring buffer and the kernel log.
 
+pub mod identity;
 pub mod kube;
+pub mod node;
+pub mod podnames;
+pub mod qos;
 pub mod snapshots;
 
 use std::time::{Duration, SystemTime};
 
-use self::{kube::PodMetadata, snapshots::NodeSnapshots};
+use self::{
+    identity::Identity, kube::PodMetadata, node::CgroupFs, podnames::PodNames,
+    snapshots::NodeSnapshots,
+};
 use crate::{
     correlate::Correlated,
-    identity::{self, Identity},
-    node::CgroupFs,
-    podnames::PodNames,
-    qos,
     report::{Kill, OomDomain, Scope},
 };
 

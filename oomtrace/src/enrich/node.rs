@@ -17,7 +17,7 @@ use std::{
 use procfs::FromRead as _;
 
 use crate::{
-    identity,
+    enrich::identity,
     report::{Consumer, NodeMemory},
 };
 
@@ -709,7 +709,7 @@ mod tests {
 
     /// Names consumers by their path, with the QoS class the path implies.
     fn path_name(path: &str) -> (String, Option<String>) {
-        let qos = crate::identity::parse(path).qos;
+        let qos = crate::enrich::identity::parse(path).qos;
         (path.to_owned(), qos.map(|q| q.as_str().to_owned()))
     }
 

@@ -22,7 +22,7 @@
 //! formula saw*. The pod sandbox (pause) gets -998 from the runtime
 //! (containerd, CRI-O), not from this policy.
 
-use crate::identity::QosClass;
+use crate::enrich::identity::QosClass;
 use crate::report::QosCheck;
 use crate::units::Bytes;
 

@@ -23,11 +23,11 @@ use std::{
 use tracing::warn;
 
 use crate::{
+    capture::kmsg::OomLine,
     capture::{Input, KmsgSighting},
-    identity::{self, Level},
-    kmsg::OomLine,
-    node::{self, CgroupFs},
-    podnames::PodNames,
+    enrich::identity::{self, Level},
+    enrich::node::{self, CgroupFs},
+    enrich::podnames::PodNames,
     report::NodeMemory,
 };
 
@@ -252,7 +252,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::kmsg::parse_oom_line;
+    use crate::capture::kmsg::parse_oom_line;
 
     fn kmsg(line: &str) -> Input {
         Input::Kmsg(KmsgSighting {

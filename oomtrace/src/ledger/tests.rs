@@ -2,9 +2,9 @@ use std::{collections::HashMap, time::Instant};
 
 use super::*;
 use crate::{
+    capture::kmsg::parse_record,
     capture::{Input, KmsgSighting},
     correlate::{Correlated, Correlator, Expect},
-    kmsg::parse_record,
     report::Killer,
 };
 

@@ -56,8 +56,8 @@ use tokio::{net::TcpListener, sync::oneshot};
 use tracing::debug;
 
 use crate::{
+    capture::probe::Hook,
     health::Health,
-    probe::Hook,
     report::{Kill, OomDomain, Scope, Unreported},
     sink::{Sink, SinkError},
 };

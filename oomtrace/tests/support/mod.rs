@@ -14,8 +14,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use oomtrace::{
-    probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
-    verdict::Walk,
+    capture::probe::{Disabled, Hook, KernelSupport, Probe, ProbeConfig, Stats},
+    correlate::walk::Walk,
 };
 use oomtrace_common::{Record, SIGNAL_HAS_TASK, Signal};
 use serde_json::Value;

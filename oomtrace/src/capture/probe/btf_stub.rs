@@ -10,7 +10,7 @@
 //! from our own parse, for a fraction of that. If aya ever needs more of it
 //! (an object with CO-RE relocations), loading falls back to the real file.
 
-use crate::btf::{Btf, Kind};
+use crate::capture::btf::{Btf, Kind};
 
 /// `BTF_KIND_PTR`, `BTF_KIND_TYPEDEF`, `BTF_KIND_FUNC`.
 const KIND_PTR: u32 = 2;

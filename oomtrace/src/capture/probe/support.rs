@@ -18,9 +18,9 @@ use super::{
     killers::killer_names,
 };
 use crate::{
-    btf::{Btf, ParamType},
-    offsets::{self, Resolved},
-    tracefs::{self, Format, MarkVictimLayout},
+    capture::btf::{Btf, ParamType},
+    capture::offsets::{self, Resolved},
+    capture::tracefs::{self, Format, MarkVictimLayout},
 };
 
 /// Where the kernel lists its PMUs: `kprobe` is there with `CONFIG_KPROBES`.
@@ -244,7 +244,8 @@ mod tests {
     use super::*;
 
     /// `events/signal/signal_generate/format` of the 6.18 development host.
-    const SIGNAL_6_18: &str = include_str!("../../tests/data/tracefs/signal_generate-6.18.format");
+    const SIGNAL_6_18: &str =
+        include_str!("../../../tests/data/tracefs/signal_generate-6.18.format");
 
     #[test]
     fn the_signal_layout_comes_from_the_format_file() {
