@@ -7,8 +7,6 @@
 //! pulling it would, and podman picks this host's architecture.
 //! Privileged (root, BPF, memory cgroup); run by `cargo xtask test`.
 
-mod support;
-
 use std::{
     fs,
     io::{BufRead as _, BufReader},
@@ -22,8 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Memcg, killed_by_sigkill, run_hog, s};
 use serde_json::Value;
-use support::{Memcg, killed_by_sigkill, run_hog, s};
 
 /// CAP_SYSLOG (34), CAP_PERFMON (38), CAP_BPF (39).
 const DAEMONSET_CAPS: u64 = (1 << 34) | (1 << 38) | (1 << 39);

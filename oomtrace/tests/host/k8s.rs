@@ -4,11 +4,9 @@
 //! directory, real OOM kills at a container's, a pod's and the kubepods
 //! (node allocatable) limit, and `oomtrace rank` end to end.
 //!
-//! Run as root, one at a time: `cargo test -p oomtrace --test k8s -- --ignored
+//! Run as root, one at a time: `cargo test -p oomtrace --test host k8s:: -- --ignored
 //! --test-threads=1`. Every kill is a memory-cgroup kill; the largest limit
 //! used is 160 MiB, so a node-level OOM is never caused on the host.
-
-mod support;
 
 use std::{
     collections::HashSet,
@@ -22,9 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_in};
 use oomtrace::{enrich::identity::QosClass, enrich::qos};
 use serde_json::Value;
-use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_in};
 
 const MIB: u64 = 1 << 20;
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -167,7 +165,7 @@ impl Node {
     fn new() -> Self {
         let root = Memcg::unique("k8s");
         assert!(
-            !support::is_v2(&root.root),
+            !crate::support::is_v2(&root.root),
             "these tests build a cgroup v1 hierarchy (the host's memory controller)"
         );
         let p = root.rel.clone();

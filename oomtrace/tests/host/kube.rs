@@ -8,8 +8,6 @@
 //! service-account auth of the in-cluster config, RBAC denials, watch
 //! resumption after `410 Gone`, and `kubectl describe pod` rendering.
 
-mod support;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -21,8 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_holder, wait_rss};
 use serde_json::{Value, json};
-use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_holder, wait_rss};
 
 const NODE: &str = "oomtrace-test-node";
 
@@ -177,7 +175,8 @@ fn ids(tag: u32) -> (String, String) {
 /// The real-shaped pod of tests/data/kube/pod.json, given this run's UID,
 /// container ID and node.
 fn pod(uid: &str, cid: &str) -> Value {
-    let mut p: Value = serde_json::from_str(include_str!("data/kube/pod.json")).expect("pod.json");
+    let mut p: Value =
+        serde_json::from_str(include_str!("../data/kube/pod.json")).expect("pod.json");
     p["metadata"]["uid"] = json!(uid);
     p["spec"]["nodeName"] = json!(NODE);
     p["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{cid}"));
@@ -704,8 +703,8 @@ fn an_unreachable_api_server_is_said_once_and_kills_are_still_reported() {
 /// The pod of [`pod`] as the kubelet leaves it when it evicts it for memory
 /// (tests/data/kube/pod-evicted.json), evicted at `at`.
 fn evicted_pod(uid: &str, cid: &str, at: std::time::SystemTime) -> Value {
-    let mut p: Value =
-        serde_json::from_str(include_str!("data/kube/pod-evicted.json")).expect("pod-evicted.json");
+    let mut p: Value = serde_json::from_str(include_str!("../data/kube/pod-evicted.json"))
+        .expect("pod-evicted.json");
     p["metadata"]["uid"] = json!(uid);
     p["spec"]["nodeName"] = json!(NODE);
     let id = json!(format!("containerd://{cid}"));

@@ -4,8 +4,6 @@
 //! held. Privileged (root, BPF, memory cgroup, /dev/kmsg); run by `cargo
 //! xtask test`.
 
-mod support;
-
 use std::{
     collections::HashMap,
     fs,
@@ -16,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{Agent, Memcg, killed_by_sigkill, rss_kib, run_hog, s};
 use serde_json::Value;
-use support::{Agent, Memcg, killed_by_sigkill, rss_kib, run_hog, s};
 
 /// A port free on 127.0.0.1 right now.
 fn free_port() -> u16 {

@@ -5,15 +5,13 @@
 //! Every kill here is a memory-cgroup kill; a node-level OOM is never caused
 //! on the host (the VM tests do that).
 
-mod support;
-
 use std::{collections::HashSet, time::Duration};
 
-use serde_json::Value;
-use support::{
+use crate::support::{
     Agent, Memcg, i, kill_as, killed_by_sigkill, run_hog, s, signal_hook_checks, spawn_hog,
     spawn_in, start_time_checks, wait_comm,
 };
+use serde_json::Value;
 
 fn in_cgroup(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
     move |v| s(v, &["victim", "cgroup"]).is_some_and(|c| c.starts_with(prefix))

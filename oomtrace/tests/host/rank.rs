@@ -7,8 +7,6 @@
 //!   when that cgroup is pushed past its limit (one real memory-cgroup OOM
 //!   kill, never a node-level one).
 
-mod support;
-
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -17,11 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace::cmd::rank::{self, PathOnly};
-use support::{
+use crate::support::{
     Memcg, is_v2, killed_by_sigkill, pid_of, rank_json, spawn_grower_until_any_killed,
     spawn_holder, spawn_in, wait_for_comm, wait_rss,
 };
+use oomtrace::cmd::rank::{self, PathOnly};
 
 const MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
 

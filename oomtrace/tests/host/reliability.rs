@@ -10,8 +10,6 @@
 //! (`cargo xtask test` runs them with `--test-threads=1`, other workers
 //! under `flock /tmp/oomtrace-host-tests.lock`).
 
-mod support;
-
 use std::{
     collections::HashSet,
     fs,
@@ -22,8 +20,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s};
 use serde_json::Value;
-use support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s};
 
 /// `/proc/vmstat` `oom_kill`: every kill the kernel's OOM killer made since boot.
 fn vmstat_oom_kill() -> u64 {
@@ -307,7 +305,7 @@ fn a_sigkill_in_the_middle_of_a_kill_storm_loses_and_repeats_nothing() {
     let mut run1 = Vec::new();
     while spawned < KILLS || !running.is_empty() {
         while running.len() < PARALLEL && spawned < KILLS {
-            running.push(support::spawn_hog(&cg, 1000, 64));
+            running.push(crate::support::spawn_hog(&cg, 1000, 64));
             spawned += 1;
         }
         let mut child = running.remove(0);
