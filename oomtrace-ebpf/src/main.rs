@@ -38,13 +38,15 @@ use aya_log_ebpf::{debug, warn};
 use oomtrace_common::{
     ABI_VERSION, BtfVictim, COMM_LEN, CgroupWalk, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG,
     DEFAULT_RINGBUF_BYTES, Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_GROUP_MEMBER,
-    KIND_SIGNAL, KIND_TP_VICTIM, KernelOffsets, KillerNames, LOG_TARGET, MAX_DEPTH, MAX_KILLERS,
-    SIGKILL, SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK, SIGTERM, STAT_COUNT, STAT_FILTERED_SIGNAL,
-    STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM,
-    STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
-    STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STAT_READ_WHAT,
-    Signal, SignalLayout, TP_RECORD_MAX, TpVictim, TracepointLayout, VICTIM_HAS_ADJ, WALK_ABSENT,
-    WALK_READ_FAILED, WALK_TRUNCATED,
+    KIND_SIGNAL, KIND_TP_VICTIM, KernelOffsets, KillerNames, LINEAGE_MEMCG_COMPARED, LINEAGE_NS,
+    LINEAGE_ONLY_CHILD, LINEAGE_PARENT, LINEAGE_PARENT_SAME_MEMCG, LOG_TARGET, Lineage, MAX_DEPTH,
+    MAX_KILLERS, OOM_SIGKILL_FRESH_NS, OomSigkill, SIGKILL, SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK,
+    SIGTERM, STAT_COUNT, STAT_FILTERED_SIGNAL, STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION,
+    STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM, STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM,
+    STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER, STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM,
+    STAT_OOM_SIGKILL, STAT_OOM_SIGKILL_MATCHED, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS,
+    STAT_READ_WHAT, Signal, SignalLayout, TP_RECORD_MAX, TpVictim, TracepointLayout,
+    VICTIM_HAS_ADJ, VICTIM_OOM_SIGKILL, WALK_ABSENT, WALK_READ_FAILED, WALK_TRUNCATED,
 };
 
 #[map]
@@ -52,6 +54,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// The last SIGKILL the kernel sent itself on this CPU (see [`OomSigkill`]).
+#[map]
+static OOM_SIGKILL: PerCpuArray<OomSigkill> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
@@ -67,6 +73,9 @@ static SIGNAL_LAYOUT: SignalLayout = SignalLayout::zeroed();
 
 #[unsafe(no_mangle)]
 static KILLERS: KillerNames = KillerNames::zeroed();
+
+/// `si_code` of a signal the kernel sent itself (`SEND_SIG_PRIV`).
+const SI_KERNEL: i32 = 0x80;
 
 /// Hook names in log lines (the agent's names for them).
 const HOOK_TP_VICTIM: &str = "tracepoint/oom/mark_victim";
@@ -96,6 +105,12 @@ const R_OOM_CONTROL: u32 = 16;
 const R_SIGINFO: u32 = 17;
 const R_TP_RECORD: u32 = 18;
 const R_PROBE_ARG: u32 = 19;
+const R_TASK_GROUP_LEADER: u32 = 20;
+const R_TASK_REAL_PARENT: u32 = 21;
+const R_TASK_THREAD_PID: u32 = 22;
+const R_PID_LEVEL: u32 = 23;
+const R_UPID: u32 = 24;
+const R_TASK_CHILDREN: u32 = 25;
 
 #[inline(always)]
 fn read_name(what: u32) -> &'static str {
@@ -119,6 +134,12 @@ fn read_name(what: u32) -> &'static str {
         R_SIGINFO => "kernel_siginfo",
         R_TP_RECORD => "the tracepoint record",
         R_PROBE_ARG => "the probed function's argument",
+        R_TASK_GROUP_LEADER => "task_struct.group_leader",
+        R_TASK_REAL_PARENT => "task_struct.real_parent",
+        R_TASK_THREAD_PID => "task_struct.thread_pid",
+        R_PID_LEVEL => "pid.level",
+        R_UPID => "pid.numbers[level]",
+        R_TASK_CHILDREN => "task_struct.children",
         _ => "?",
     }
 }
@@ -313,6 +334,136 @@ unsafe fn walk(reads: &mut Reads, o: &KernelOffsets, css: *const u8, out: *mut C
     }
 }
 
+/// The process id of `leader` (a thread group leader) at PID namespace
+/// `level`, and that namespace: `leader->thread_pid->numbers[level]`.
+/// `None` when its pid struct is shallower than `level` (the task lives in
+/// an ancestor namespace) or cannot be read.
+#[inline(always)]
+unsafe fn pid_at_level(
+    reads: &mut Reads,
+    o: &KernelOffsets,
+    leader: *const u8,
+    level: u32,
+) -> Option<(u32, u64)> {
+    // SAFETY: reads go through bpf_probe_read_kernel.
+    unsafe {
+        let pid: *const u8 = read(reads, R_TASK_THREAD_PID, leader, o.task_thread_pid)?;
+        let own = read::<u32>(reads, R_PID_LEVEL, pid, o.pid_level)?;
+        if own < level || o.pid_numbers == u32::MAX || o.upid_size == u32::MAX {
+            return None;
+        }
+        let upid = o.pid_numbers.wrapping_add(level.wrapping_mul(o.upid_size));
+        let nr = read::<i32>(reads, R_UPID, pid, upid.wrapping_add(o.upid_nr))?;
+        let ns = read::<u64>(reads, R_UPID, pid, upid.wrapping_add(o.upid_ns))?;
+        Some((nr as u32, ns))
+    }
+}
+
+/// Fills `out` with where `task` stands in its PID namespace and process
+/// tree ([`Lineage`]); `css` is its memory cgroup css (to compare with the
+/// parent's). What cannot be read is left out (its `LINEAGE_*` bit clear).
+#[inline(always)]
+unsafe fn lineage(
+    reads: &mut Reads,
+    o: &KernelOffsets,
+    task: *const u8,
+    css: *const u8,
+    out: *mut Lineage,
+) {
+    // SAFETY: `out` points into a reserved ring-buffer record; kernel reads
+    // go through bpf_probe_read_kernel.
+    unsafe {
+        *out = Lineage::zeroed();
+        let Some(leader) = read::<*const u8>(reads, R_TASK_GROUP_LEADER, task, o.task_group_leader)
+        else {
+            return;
+        };
+        let Some(pid) = read::<*const u8>(reads, R_TASK_THREAD_PID, leader, o.task_thread_pid)
+        else {
+            return;
+        };
+        let Some(level) = read::<u32>(reads, R_PID_LEVEL, pid, o.pid_level) else {
+            return;
+        };
+        // MAX_PID_NS_LEVEL is 32.
+        if level > 32 {
+            return;
+        }
+        let Some((ns_pid, ns)) = pid_at_level(reads, o, leader, level) else {
+            return;
+        };
+        (*out).ns_level = level;
+        (*out).ns_pid = ns_pid;
+        (*out).flags = LINEAGE_NS;
+        let Some(parent) = read::<*const u8>(reads, R_TASK_REAL_PARENT, leader, o.task_real_parent)
+        else {
+            return;
+        };
+        let Some(pleader) =
+            read::<*const u8>(reads, R_TASK_GROUP_LEADER, parent, o.task_group_leader)
+        else {
+            return;
+        };
+        (*out).parent_comm = read::<[u8; COMM_LEN]>(reads, R_TASK_COMM, parent, o.task_comm)
+            .unwrap_or([0; COMM_LEN]);
+        (*out).ppid = read::<i32>(reads, R_TASK_TGID, pleader, o.task_tgid).unwrap_or(0) as u32;
+        // The parent is in the same namespace when its pid reaches this
+        // level in the same namespace; else it is outside (an ancestor's).
+        (*out).ns_ppid = match pid_at_level(reads, o, pleader, level) {
+            Some((nr, pns)) if pns == ns => nr,
+            _ => 0,
+        };
+        (*out).flags |= LINEAGE_PARENT;
+        // The only child: the parent's `children` list holds exactly this
+        // process's `sibling` entry (list_is_singular).
+        if let Some(head) = read::<[u64; 2]>(reads, R_TASK_CHILDREN, parent, o.task_children) {
+            let mine = leader.wrapping_add(o.task_sibling as usize) as u64;
+            if o.task_sibling != u32::MAX && head[0] == mine && head[1] == mine {
+                (*out).flags |= LINEAGE_ONLY_CHILD;
+            }
+        }
+        let parent_css = task_memcg_css(reads, o, parent);
+        if !css.is_null() && !parent_css.is_null() {
+            (*out).flags |= LINEAGE_MEMCG_COMPARED;
+            if parent_css == css {
+                (*out).flags |= LINEAGE_PARENT_SAME_MEMCG;
+            }
+        }
+    }
+}
+
+/// Whether the kernel sent `tid` a SIGKILL of its own on this CPU, from
+/// this thread, within [`OOM_SIGKILL_FRESH_NS`] of `now`: the OOM killer's
+/// kill (`__oom_kill_process`: `do_send_sig_info(SIGKILL, SEND_SIG_PRIV,
+/// victim, PIDTYPE_TGID)`, then `mark_oom_victim(victim)`).
+#[inline(always)]
+fn killed_by_oom_sigkill(tid: u32, now: u64) -> bool {
+    let Some(slot) = OOM_SIGKILL.get(0) else {
+        return false;
+    };
+    let sender = bpf_get_current_pid_tgid() as u32;
+    let fresh = now.wrapping_sub(slot.ktime_ns) < OOM_SIGKILL_FRESH_NS && now >= slot.ktime_ns;
+    if slot.target_tid == tid && slot.sender_tid == sender && fresh {
+        count(STAT_OOM_SIGKILL_MATCHED);
+        return true;
+    }
+    false
+}
+
+/// Parks a kernel-sent SIGKILL to `tid` in this CPU's [`OOM_SIGKILL`] slot.
+#[inline(always)]
+fn note_kernel_sigkill(tid: u32) {
+    count(STAT_OOM_SIGKILL);
+    if let Some(slot) = OOM_SIGKILL.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot; these programs do not nest on one CPU.
+        unsafe {
+            (*slot).ktime_ns = bpf_ktime_get_ns();
+            (*slot).target_tid = tid;
+            (*slot).sender_tid = bpf_get_current_pid_tgid() as u32;
+        }
+    }
+}
+
 /// `tracepoint/oom/mark_victim`: one event per victim, on every kernel since ~4.13.
 ///
 /// Old ABI: `TP_PROTO(int pid)`; new ABI (6.9, commit 72ba14deb40a, and
@@ -347,6 +498,11 @@ fn try_tp_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
                 0
             }
         };
+        (*ev).flags = 0;
+        (*ev)._pad = 0;
+        if (*ev).pid != 0 && killed_by_oom_sigkill((*ev).pid, (*ev).header.ktime_ns) {
+            (*ev).flags = VICTIM_OOM_SIGKILL;
+        }
         let mut len = layout.record_len as usize;
         if len > TP_RECORD_MAX {
             len = TP_RECORD_MAX;
@@ -420,7 +576,15 @@ fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
             (*ev).oom_score_adj = adj;
             (*ev).flags |= VICTIM_HAS_ADJ;
         }
+        // A group member is scanned before it is killed: no SIGKILL yet.
+        if kind == KIND_BTF_VICTIM
+            && (*ev).pid != 0
+            && killed_by_oom_sigkill((*ev).pid, (*ev).header.ktime_ns)
+        {
+            (*ev).flags |= VICTIM_OOM_SIGKILL;
+        }
         let css = task_memcg_css(&mut reads, &o, task);
+        lineage(&mut reads, &o, task, css, addr_of_mut!((*ev).lineage));
         walk(&mut reads, &o, css, addr_of_mut!((*ev).memcg));
     }
     entry.submit(0);
@@ -519,6 +683,7 @@ fn decision(oc: *const u8) -> u32 {
         (*ev).chosen_comm = [0; COMM_LEN];
         (*ev).chosen_adj = 0;
         (*ev).chosen_start_time_ns = 0;
+        (*ev).chosen_lineage = Lineage::zeroed();
         if chosen_ok {
             (*ev).flags |= DECISION_HAS_CHOSEN;
             (*ev).chosen_pid = read::<i32>(r, R_TASK_PID, chosen, o.task_pid).unwrap_or(0) as u32;
@@ -530,6 +695,7 @@ fn decision(oc: *const u8) -> u32 {
                 read::<u64>(r, R_TASK_START_TIME, chosen, o.task_start_time).unwrap_or(0);
             (*ev).chosen_adj = oom_score_adj(r, &o, chosen).unwrap_or(0);
             let css = task_memcg_css(r, &o, chosen);
+            lineage(r, &o, chosen, css, addr_of_mut!((*ev).chosen_lineage));
             walk(r, &o, css, addr_of_mut!((*ev).chosen_memcg));
         } else {
             walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
@@ -623,6 +789,17 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
     if sig != SIGKILL && sig != SIGTERM {
         return 0;
     }
+    let info: usize = ctx.arg(1);
+    let task: *const u8 = ctx.arg(2);
+    // The OOM killer's own SIGKILL (SEND_SIG_PRIV is the pointer value 1),
+    // whoever `current` is: parked for the mark_victim programs.
+    if sig == SIGKILL && info == 1 {
+        // SAFETY: a probe read.
+        let tid = unsafe {
+            read::<i32>(&mut Reads::new(), R_TASK_PID, task, offsets().task_pid).unwrap_or(0)
+        };
+        note_kernel_sigkill(tid as u32);
+    }
     if !sender_listed() {
         count(STAT_FILTERED_SIGNAL);
         return 0;
@@ -631,8 +808,6 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
     let Some(mut entry) = reserve_signal(HOOK_BTF_SIGNAL) else {
         return 1;
     };
-    let info: usize = ctx.arg(1);
-    let task: *const u8 = ctx.arg(2);
     let group: i32 = ctx.arg(3);
     let result: i32 = ctx.arg(4);
     let o = offsets();
@@ -727,6 +902,14 @@ pub fn tp_signal_generate(ctx: TracePointContext) -> u32 {
     let layout = unsafe { read_volatile(&SIGNAL_LAYOUT) };
     if layout.valid == 0 {
         return 0;
+    }
+    // The OOM killer's own SIGKILL: SEND_SIG_PRIV is recorded as SI_KERNEL.
+    if sig == SIGKILL
+        // SAFETY: probe reads of the record at the format file's offsets.
+        && unsafe { ctx.read_at::<i32>(layout.code as usize) } == Ok(SI_KERNEL)
+        && let Ok(tid) = unsafe { ctx.read_at::<i32>(layout.pid as usize) }
+    {
+        note_kernel_sigkill(tid as u32);
     }
     if !sender_listed() {
         count(STAT_FILTERED_SIGNAL);

@@ -568,6 +568,8 @@ impl Sources {
         let decoder = Decoder {
             layout: loaded.as_ref().and_then(|p| p.probe.layout.clone()),
             page_size: units::page_size(),
+            signal_hook: active.contains(&Hook::TpBtfSignal)
+                || active.contains(&Hook::TracepointSignal),
         };
         let expect = Expect {
             tracepoint: active.contains(&Hook::Tracepoint),

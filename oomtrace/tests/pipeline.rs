@@ -43,6 +43,8 @@ fn recorded_inputs() -> Vec<Input> {
             MarkVictimLayout::from_format(&parse_format(&format).expect("format")).expect("layout"),
         ),
         page_size: 4096,
+        // record.sh ran the agent with its defaults: the signal hook on.
+        signal_hook: true,
     };
     let mut timed: Vec<(u64, Input)> = Vec::new();
     let mut rings: Vec<PathBuf> = fs::read_dir(format!("{DATA}/pipeline"))

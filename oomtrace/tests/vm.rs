@@ -924,3 +924,21 @@ fn vm_earlyoom_kill_is_reported_as_a_userspace_oom_kill_of_the_pod() {
         "the Guaranteed pod (pid {gpid}) must survive"
     );
 }
+
+#[test]
+#[ignore = "VM only: run by cargo xtask test inside qemu"]
+fn vm_victim_lineage_and_the_oom_killers_sigkill() {
+    require_vm();
+    // Both signal programs and every task-reading hook past this kernel's
+    // verifier (5.10's is the strictest), with real kills.
+    support::deaths::lineage_and_oom_sigkill_checks(true, true);
+    support::deaths::lineage_and_oom_sigkill_checks(false, false);
+    let freezer = support::deaths::v1_freezer()
+        .expect("the cgroup v1 freezer can be mounted in the VM (CONFIG_CGROUP_FREEZER)");
+    let (tries, reaped, flagged) = support::deaths::reaped_not_killed_checks(&freezer, 1);
+    eprintln!(
+        "task_will_free_mem path: {reaped} of {tries} tries, {flagged} with the OOM SIGKILL flag"
+    );
+    assert_eq!(reaped, tries, "the frozen, killed holder was chosen");
+    assert_eq!(flagged, 0, "no SIGKILL of the OOM killer's own for it");
+}

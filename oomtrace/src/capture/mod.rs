@@ -74,8 +74,11 @@ pub struct RecordMeta {
 pub struct TpSighting {
     pub meta: RecordMeta,
     pub fields: MarkVictimFields,
-    /// Whether the OOM killer's own SIGKILL preceded this mark (`None`: not
-    /// known, without the signal hook).
+    /// Whether the OOM killer's own SIGKILL to this task was seen just
+    /// before the mark (`VICTIM_OOM_SIGKILL`): `Some(true)` a kill,
+    /// `Some(false)` the reaping of a task that was already exiting
+    /// (`task_will_free_mem()`), `None` not known (the signal hook is not
+    /// attached).
     pub oom_sigkill: Option<bool>,
 }
 
@@ -100,8 +103,37 @@ pub struct TaskSighting {
     pub start_time_ns: Option<u64>,
     /// Its memory cgroup and every ancestor, with usage and limit.
     pub walk: Option<Walk>,
-    /// As [`TpSighting::oom_sigkill`] (victim records only).
+    /// Where it stands in its PID namespace (`None`: not read).
+    pub lineage: Option<Lineage>,
+    /// As [`TpSighting::oom_sigkill`] (victim records only: `None` for a
+    /// group member's scan, which comes before its kill).
     pub oom_sigkill: Option<bool>,
+}
+
+/// Where a task stands in its PID namespace and process tree, as the
+/// kernel side read it from the task while it was alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// PID namespace depth: 0 is the node's own namespace.
+    pub ns_level: u32,
+    /// Its process id in its own namespace (1: the namespace's init).
+    pub ns_pid: u32,
+    /// Its parent (`None` when it could not be read).
+    pub parent: Option<Parent>,
+    /// Whether the parent is in the task's own memory cgroup (`None`: not compared).
+    pub parent_same_memcg: Option<bool>,
+}
+
+/// A task's parent process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parent {
+    /// Its pid in the node's namespace.
+    pub pid: u32,
+    /// Its pid in the child's namespace; 0 when it is outside that namespace.
+    pub ns_pid: u32,
+    pub comm: String,
+    /// The task is its only child.
+    pub only_child: bool,
 }
 
 /// The task `oom_kill_process` was given as the victim.
@@ -114,6 +146,7 @@ pub struct Chosen {
     pub points: i64,
     pub oom_score_adj: i32,
     pub start_time_ns: Option<u64>,
+    pub lineage: Option<Lineage>,
 }
 
 /// `struct oom_control` at the entry of `oom_kill_process`.

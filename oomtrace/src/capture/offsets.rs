@@ -24,6 +24,26 @@ impl Resolved {
         self.offsets.valid != 0
     }
 
+    /// The members [`oomtrace_common::Lineage`] is read from are all known
+    /// (else the kernel side leaves it empty).
+    pub fn lineage_ok(&self) -> bool {
+        let o = &self.offsets;
+        [
+            o.task_group_leader,
+            o.task_real_parent,
+            o.task_thread_pid,
+            o.task_children,
+            o.task_sibling,
+            o.pid_level,
+            o.pid_numbers,
+            o.upid_size,
+            o.upid_nr,
+            o.upid_ns,
+        ]
+        .iter()
+        .all(|&v| v != u32::MAX)
+    }
+
     /// The `oom_control` fields the decision hook needs are all known.
     pub fn oom_control_ok(&self) -> bool {
         let o = &self.offsets;
@@ -77,6 +97,26 @@ pub fn resolve(btf: &Btf) -> Resolved {
     // members of an anonymous struct (si_errno and si_code swap places on MIPS).
     o.siginfo_errno = member("kernel_siginfo", "si_errno");
     o.siginfo_code = member("kernel_siginfo", "si_code");
+    // Main process or child (`Lineage`): the process's pid in its own PID
+    // namespace is `group_leader->thread_pid->numbers[level].nr` (include/linux/pid.h:
+    // `struct pid { ...; unsigned int level; ...; struct upid numbers[]; }`,
+    // `struct upid { int nr; struct pid_namespace *ns; }`).
+    o.task_group_leader = member("task_struct", "group_leader");
+    o.task_real_parent = member("task_struct", "real_parent");
+    o.task_thread_pid = member("task_struct", "thread_pid");
+    o.task_children = member("task_struct", "children");
+    o.task_sibling = member("task_struct", "sibling");
+    o.pid_level = member("pid", "level");
+    o.pid_numbers = member("pid", "numbers");
+    o.upid_nr = member("upid", "nr");
+    o.upid_ns = member("upid", "ns");
+    o.upid_size = match btf.struct_size("upid") {
+        Ok(size) => size,
+        Err(err) => {
+            missing.push(format!("upid: {err}"));
+            u32::MAX
+        }
+    };
     o.css_set_memory_subsys = match btf.enum_value("cgroup_subsys_id", "memory_cgrp_id") {
         Ok(id) if subsys != u32::MAX && (0..64).contains(&id) => {
             subsys + u32::try_from(id).unwrap_or(0) * 8

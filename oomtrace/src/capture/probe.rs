@@ -45,8 +45,9 @@ use oomtrace_common::{
     LOG_MAP_BYTES, LOG_TARGET, OFFSETS_GLOBAL, SIGNAL_LAYOUT_GLOBAL, STAT_FILTERED_SIGNAL,
     STAT_FIRED_BTF_VICTIM, STAT_FIRED_DECISION, STAT_FIRED_GROUP_MEMBER, STAT_FIRED_TP_VICTIM,
     STAT_LISTED_SIGNAL, STAT_LOST_BTF_VICTIM, STAT_LOST_DECISION, STAT_LOST_GROUP_MEMBER,
-    STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STATS_MAP,
-    SignalLayout, TP_LAYOUT_GLOBAL, TP_RECORD_MAX, TracepointLayout,
+    STAT_LOST_SIGNAL, STAT_LOST_TP_VICTIM, STAT_OOM_SIGKILL, STAT_OOM_SIGKILL_MATCHED,
+    STAT_READ_ERRORS, STAT_READ_FAILED_RUNS, STATS_MAP, SignalLayout, TP_LAYOUT_GLOBAL,
+    TP_RECORD_MAX, TracepointLayout,
 };
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -522,6 +523,12 @@ pub struct StatsSnapshot {
     /// Sent by a process not on the list: no record.
     pub filtered_signal: u64,
     pub lost_signal: u64,
+    /// SIGKILLs the kernel sent itself, seen by the signal hook (the OOM
+    /// killer's among them).
+    pub oom_sigkill: u64,
+    /// `mark_victim` runs (either program) whose victim had just been sent
+    /// such a SIGKILL: kills the OOM killer made (not reaps of exiting tasks).
+    pub oom_sigkill_matched: u64,
 }
 
 impl StatsSnapshot {
@@ -558,6 +565,8 @@ impl Stats {
             listed_signal: get(STAT_LISTED_SIGNAL),
             filtered_signal: get(STAT_FILTERED_SIGNAL),
             lost_signal: get(STAT_LOST_SIGNAL),
+            oom_sigkill: get(STAT_OOM_SIGKILL),
+            oom_sigkill_matched: get(STAT_OOM_SIGKILL_MATCHED),
         }
     }
 }

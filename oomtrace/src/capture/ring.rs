@@ -5,12 +5,15 @@
 //! record is decoded with the layout read from its `format` file.
 
 use oomtrace_common::{
-    BtfVictim, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG, DecodeError, Header, Record,
-    SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK, Signal, TpVictim, VICTIM_HAS_ADJ, c_str,
+    BtfVictim, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG, DecodeError, Header, KIND_BTF_VICTIM,
+    LINEAGE_MEMCG_COMPARED, LINEAGE_NS, LINEAGE_ONLY_CHILD, LINEAGE_PARENT,
+    LINEAGE_PARENT_SAME_MEMCG, Record, SIGNAL_HAS_ADJ, SIGNAL_HAS_TASK, Signal, TpVictim,
+    VICTIM_HAS_ADJ, VICTIM_OOM_SIGKILL, c_str,
 };
 
 use super::{
-    Chosen, Decision, Input, RecordMeta, SignalSighting, TaskSighting, TpSighting, Trigger,
+    Chosen, Decision, Input, Lineage, Parent, RecordMeta, SignalSighting, TaskSighting, TpSighting,
+    Trigger,
 };
 use crate::{
     capture::tracefs::{MarkVictimFields, MarkVictimLayout},
@@ -24,6 +27,11 @@ pub struct Decoder {
     /// The classic tracepoint's record layout (`None` when it is not attached).
     pub layout: Option<MarkVictimLayout>,
     pub page_size: u64,
+    /// A signal hook is attached: it parks the kernel's own SIGKILLs for
+    /// the `mark_victim` programs, so a victim record without
+    /// `VICTIM_OOM_SIGKILL` was not killed by the OOM killer. Without it the
+    /// flag can never be set and says nothing.
+    pub signal_hook: bool,
 }
 
 impl Decoder {
@@ -33,7 +41,9 @@ impl Decoder {
             Record::TpVictim(ev) => Input::Tracepoint(TpSighting {
                 meta: meta(&ev.header),
                 fields: self.tp_fields(&ev),
-                oom_sigkill: None,
+                oom_sigkill: self
+                    .signal_hook
+                    .then_some(ev.flags & VICTIM_OOM_SIGKILL != 0),
             }),
             Record::BtfVictim(ev) => Input::TpBtf(self.task(&ev)),
             Record::GroupMember(ev) => Input::GroupMember(self.task(&ev)),
@@ -51,6 +61,7 @@ impl Decoder {
                     points: d.chosen_points,
                     oom_score_adj: d.chosen_adj,
                     start_time_ns: nonzero(d.chosen_start_time_ns),
+                    lineage: lineage(&d.chosen_lineage),
                 }),
                 domain: Walk::decode(&d.domain, self.page_size),
                 chosen_memcg: Walk::decode(&d.chosen_memcg, self.page_size),
@@ -98,9 +109,31 @@ impl Decoder {
             uid: v.uid,
             start_time_ns: nonzero(v.start_time_ns),
             walk: Walk::decode(&v.memcg, self.page_size),
-            oom_sigkill: None,
+            lineage: lineage(&v.lineage),
+            // Only mark_victim's record can follow the kill's SIGKILL.
+            oom_sigkill: (self.signal_hook && v.header.kind == KIND_BTF_VICTIM)
+                .then_some(v.flags & VICTIM_OOM_SIGKILL != 0),
         }
     }
+}
+
+/// What the kernel side read of a task's PID namespace and parent.
+fn lineage(l: &oomtrace_common::Lineage) -> Option<Lineage> {
+    if l.flags & LINEAGE_NS == 0 {
+        return None;
+    }
+    Some(Lineage {
+        ns_level: l.ns_level,
+        ns_pid: l.ns_pid,
+        parent: (l.flags & LINEAGE_PARENT != 0).then(|| Parent {
+            pid: l.ppid,
+            ns_pid: l.ns_ppid,
+            comm: text(&l.parent_comm),
+            only_child: l.flags & LINEAGE_ONLY_CHILD != 0,
+        }),
+        parent_same_memcg: (l.flags & LINEAGE_MEMCG_COMPARED != 0)
+            .then_some(l.flags & LINEAGE_PARENT_SAME_MEMCG != 0),
+    })
 }
 
 /// The kernel side writes 0 for a value it could not read.
@@ -129,8 +162,8 @@ mod tests {
     use std::mem::size_of;
 
     use oomtrace_common::{
-        ABI_VERSION, CgroupLevel, CgroupWalk, KIND_BTF_VICTIM, KIND_DECISION, KIND_TP_VICTIM,
-        MAX_DEPTH, NAME_LEN, TP_RECORD_MAX, as_bytes,
+        ABI_VERSION, COMM_LEN, CgroupLevel, CgroupWalk, KIND_DECISION, KIND_GROUP_MEMBER,
+        KIND_TP_VICTIM, MAX_DEPTH, NAME_LEN, TP_RECORD_MAX, as_bytes,
     };
 
     use super::*;
@@ -151,6 +184,25 @@ mod tests {
         h.trigger_tgid = 6;
         h.trigger_comm[..3].copy_from_slice(b"dd\0");
         h
+    }
+
+    /// pid 7 of a container's namespace, the only child of tini (pid 1).
+    fn tini_child() -> oomtrace_common::Lineage {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"tini");
+        oomtrace_common::Lineage {
+            flags: LINEAGE_NS
+                | LINEAGE_PARENT
+                | LINEAGE_ONLY_CHILD
+                | LINEAGE_MEMCG_COMPARED
+                | LINEAGE_PARENT_SAME_MEMCG,
+            ns_level: 1,
+            ns_pid: 7,
+            ns_ppid: 1,
+            ppid: 4100,
+            _pad: 0,
+            parent_comm: comm,
+        }
     }
 
     fn walk(names: &[&str]) -> CgroupWalk {
@@ -181,29 +233,62 @@ mod tests {
             header: header(KIND_TP_VICTIM, size_of::<TpVictim>()),
             pid: 0,
             record_len: n as u32,
+            flags: VICTIM_OOM_SIGKILL,
+            _pad: 0,
             record,
         };
         let decoder = Decoder {
             layout: Some(layout.clone()),
             page_size: 4096,
+            signal_hook: true,
         };
         let Ok(Input::Tracepoint(tp)) = decoder.decode(as_bytes(&ev)) else {
             panic!("not a tracepoint input");
         };
         assert_eq!(tp.fields, layout.decode(&RECORD[..n]));
         assert!(tp.fields.pid.is_some_and(|p| p > 0));
+        assert_eq!(
+            tp.oom_sigkill,
+            Some(true),
+            "the OOM killer's SIGKILL was seen"
+        );
         assert_eq!(tp.meta.trigger.comm, "dd");
         assert_eq!(tp.meta.trigger.tid, 7);
         // Without a layout only the pid the program read is known.
         let bare = Decoder {
             layout: None,
             page_size: 4096,
+            signal_hook: true,
         };
-        let Ok(Input::Tracepoint(tp)) = bare.decode(as_bytes(&TpVictim { pid: 99, ..ev })) else {
+        let Ok(Input::Tracepoint(tp)) = bare.decode(as_bytes(&TpVictim {
+            pid: 99,
+            flags: 0,
+            ..ev
+        })) else {
             panic!("not a tracepoint input");
         };
         assert_eq!(tp.pid(), 99);
         assert_eq!(tp.fields.comm, None);
+        assert_eq!(
+            tp.oom_sigkill,
+            Some(false),
+            "marked without the OOM killer's SIGKILL"
+        );
+        // Without the signal hook the flag cannot be set: nothing is known.
+        let blind = Decoder {
+            signal_hook: false,
+            ..bare
+        };
+        for flags in [0, VICTIM_OOM_SIGKILL] {
+            let Ok(Input::Tracepoint(tp)) = blind.decode(as_bytes(&TpVictim { flags, ..ev }))
+            else {
+                panic!("not a tracepoint input");
+            };
+            assert_eq!(
+                tp.oom_sigkill, None,
+                "flags {flags}: unknown without the hook"
+            );
+        }
     }
 
     #[test]
@@ -211,6 +296,7 @@ mod tests {
         let decoder = Decoder {
             layout: None,
             page_size: 4096,
+            signal_hook: true,
         };
         let v = BtfVictim {
             header: header(KIND_BTF_VICTIM, size_of::<BtfVictim>()),
@@ -219,9 +305,10 @@ mod tests {
             comm: *b"python3\0\0\0\0\0\0\0\0\0",
             oom_score_adj: 985,
             uid: 1000,
-            flags: VICTIM_HAS_ADJ,
+            flags: VICTIM_HAS_ADJ | VICTIM_OOM_SIGKILL,
             _pad: 0,
             start_time_ns: 12_345,
+            lineage: tini_child(),
             memcg: walk(&["app", "demo", ""]),
         };
         let Ok(Input::TpBtf(t)) = decoder.decode(as_bytes(&v)) else {
@@ -234,11 +321,50 @@ mod tests {
         let leaf = t.walk.as_ref().and_then(|w| w.leaf()).expect("walk");
         assert_eq!(leaf.path, "/demo/app");
         assert_eq!(leaf.limit_bytes, Some(20 * 4096));
-        let no_adj = BtfVictim { flags: 0, ..v };
+        assert_eq!(t.oom_sigkill, Some(true));
+        assert_eq!(
+            t.lineage,
+            Some(Lineage {
+                ns_level: 1,
+                ns_pid: 7,
+                parent: Some(Parent {
+                    pid: 4100,
+                    ns_pid: 1,
+                    comm: "tini".into(),
+                    only_child: true,
+                }),
+                parent_same_memcg: Some(true),
+            })
+        );
+        let no_adj = BtfVictim {
+            flags: 0,
+            lineage: oomtrace_common::Lineage::zeroed(),
+            ..v
+        };
         let Ok(Input::TpBtf(t)) = decoder.decode(as_bytes(&no_adj)) else {
             panic!("not a tp_btf input");
         };
         assert_eq!(t.oom_score_adj, None, "an unread adj is not 0");
+        assert_eq!(t.oom_sigkill, Some(false));
+        assert_eq!(t.lineage, None, "nothing read is not pid 0 of level 0");
+        let blind = Decoder {
+            signal_hook: false,
+            ..decoder.clone()
+        };
+        let Ok(Input::TpBtf(t)) = blind.decode(as_bytes(&v)) else {
+            panic!("not a tp_btf input");
+        };
+        assert_eq!(t.oom_sigkill, None, "unknown without the signal hook");
+        // A group member's scan comes before its kill: never flagged.
+        let member = BtfVictim {
+            header: header(KIND_GROUP_MEMBER, size_of::<BtfVictim>()),
+            ..v
+        };
+        let Ok(Input::GroupMember(m)) = decoder.decode(as_bytes(&member)) else {
+            panic!("not a group member input");
+        };
+        assert_eq!(m.oom_sigkill, None, "a scan says nothing of the kill");
+        assert!(m.lineage.is_some());
 
         let d = oomtrace_common::Decision {
             header: header(KIND_DECISION, size_of::<oomtrace_common::Decision>()),
@@ -254,6 +380,7 @@ mod tests {
             chosen_adj: 985,
             _pad: 0,
             chosen_start_time_ns: 0,
+            chosen_lineage: tini_child(),
             domain: walk(&["demo", ""]),
             chosen_memcg: walk(&["app", "demo", ""]),
             trigger_memcg: walk(&["app", "demo", ""]),
@@ -264,6 +391,10 @@ mod tests {
         assert!(dec.memcg);
         assert_eq!(dec.constraint, Some(Constraint::Memcg));
         let chosen = dec.chosen.expect("chosen");
+        assert_eq!(
+            chosen.lineage.and_then(|l| l.parent).map(|p| p.comm),
+            Some("tini".into())
+        );
         assert_eq!(
             (chosen.pid, chosen.points, chosen.oom_score_adj),
             (42, 7000, 985)
@@ -284,6 +415,7 @@ mod tests {
         let decoder = Decoder {
             layout: None,
             page_size: 4096,
+            signal_hook: true,
         };
         let mut h = header(KIND_TP_VICTIM, 48);
         h.version = ABI_VERSION + 1;

@@ -278,6 +278,7 @@ mod tests {
         let decoder = Decoder {
             layout: None,
             page_size: 4096,
+            signal_hook: true,
         };
         (0..6)
             .map(|n| {

@@ -146,6 +146,7 @@ fn decode<T: Copy>(record: &T) -> Input {
     Decoder {
         layout: None,
         page_size: 4096,
+        signal_hook: false,
     }
     .decode(as_bytes(record))
     .expect("decodable")
@@ -169,6 +170,7 @@ fn decision_record(t: u64, trigger: u32, chosen: u32) -> Input {
         chosen_adj: 0,
         _pad: 0,
         chosen_start_time_ns: u64::from(chosen) * 7,
+        chosen_lineage: oomtrace_common::Lineage::zeroed(),
         domain: grp,
         chosen_memcg: grp,
         trigger_memcg: grp,
@@ -198,6 +200,7 @@ fn btf_record(pid: u32, start: u64, t: u64, trigger: u32) -> Input {
         flags: VICTIM_HAS_ADJ,
         _pad: 0,
         start_time_ns: start,
+        lineage: oomtrace_common::Lineage::zeroed(),
         memcg: w,
     })
 }

@@ -115,6 +115,7 @@ fn decode<T: Copy>(record: &T) -> Input {
     Decoder {
         layout: None,
         page_size: 4096,
+        signal_hook: false,
     }
     .decode(as_bytes(record))
     .expect("decodable record")
@@ -131,6 +132,7 @@ fn btf_record(pid: u32, ktime_ns: u64, trigger: u32, memcg: CgroupWalk) -> BtfVi
         flags: VICTIM_HAS_ADJ,
         _pad: 0,
         start_time_ns: u64::from(pid) * 1000,
+        lineage: oomtrace_common::Lineage::zeroed(),
         memcg,
     }
 }
@@ -347,6 +349,7 @@ fn victims_of_one_decision_share_an_incident_and_the_decision_decides() {
         chosen_adj: 0,
         _pad: 0,
         chosen_start_time_ns: 0,
+        chosen_lineage: oomtrace_common::Lineage::zeroed(),
         domain,
         chosen_memcg: member,
         trigger_memcg: member,

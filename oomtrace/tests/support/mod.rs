@@ -2,6 +2,8 @@
 //! cause real OOM kills in them.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod deaths;
+
 use std::{
     fs,
     io::{BufRead, BufReader},

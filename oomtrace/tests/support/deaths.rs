@@ -1,0 +1,365 @@
+//! Kernel-side checks of "main process or child" and of the OOM killer's
+//! own SIGKILL, shared by the privileged host tests and the VM tests: real
+//! memcg kills, the records read straight from the ring buffer.
+
+use std::{
+    fs,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use oomtrace::probe::{Disabled, Hook, ProbeConfig};
+use oomtrace_common::{
+    LINEAGE_MEMCG_COMPARED, LINEAGE_NS, LINEAGE_ONLY_CHILD, LINEAGE_PARENT,
+    LINEAGE_PARENT_SAME_MEMCG, Lineage, Record, VICTIM_OOM_SIGKILL,
+};
+
+use super::{Direct, Memcg, spawn_holder, spawn_in, text, wait_rss};
+
+/// What one kill looked like to each hook.
+#[derive(Debug, Default)]
+struct Seen {
+    pid: u32,
+    /// `(flags)` of the classic tracepoint's record.
+    tp: Vec<u32>,
+    /// `(flags, lineage)` of tp_btf's record.
+    btf: Vec<(u32, Lineage)>,
+    /// The decision's chosen task's lineage.
+    decision: Vec<Lineage>,
+}
+
+/// The records of the one `comm` victim in `cg` (by tp_btf's walk, else by
+/// the decision's chosen task, else the only tracepoint record).
+fn seen(records: &[Record], comm: &str, cg: &Memcg, page_size: u64) -> Seen {
+    let in_cg = |w: &oomtrace_common::CgroupWalk| {
+        oomtrace::verdict::Walk::decode(w, page_size)
+            .and_then(|w| w.leaf().map(|l| l.path.clone()))
+            .is_some_and(|p| p == cg.rel)
+    };
+    let mut s = Seen::default();
+    for r in records {
+        match r {
+            Record::BtfVictim(v) if text(&v.comm) == comm && in_cg(&v.memcg) => {
+                s.pid = v.pid;
+                s.btf.push((v.flags, v.lineage));
+            }
+            Record::Decision(d) if text(&d.chosen_comm) == comm && in_cg(&d.chosen_memcg) => {
+                s.pid = d.chosen_pid;
+                s.decision.push(d.chosen_lineage);
+            }
+            _ => {}
+        }
+    }
+    for r in records {
+        if let Record::TpVictim(t) = r
+            && s.pid != 0
+            && t.pid == s.pid
+        {
+            s.tp.push(t.flags);
+        }
+    }
+    s
+}
+
+/// Waits for the victim `comm` of `cg` to show up in the records.
+fn kill_records(d: &mut Direct, comm: &str, cg: &Memcg, page_size: u64) -> Seen {
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        records.extend(d.records(Duration::from_millis(300)));
+        let s = seen(&records, comm, cg, page_size);
+        if s.pid != 0 || Instant::now() > deadline {
+            return s;
+        }
+    }
+}
+
+/// The lineages every task-reading hook gave for one victim: all equal.
+fn one_lineage(s: &Seen, what: &str) -> Lineage {
+    let all: Vec<Lineage> = s
+        .btf
+        .iter()
+        .map(|(_, l)| *l)
+        .chain(s.decision.iter().copied())
+        .collect();
+    assert!(!all.is_empty(), "{what}: no task record: {s:?}");
+    assert!(
+        all.iter().all(|l| *l == all[0]),
+        "{what}: the hooks disagree: {all:?}"
+    );
+    all[0]
+}
+
+/// Kills in a memory cgroup whose victims stand in different places of
+/// their PID namespace: each record made from the victim task says where,
+/// and the OOM killer's SIGKILL is seen before `mark_victim` (by the
+/// `tp_btf` signal program, or with `tp_btf` off by the classic one).
+/// `namespaces`: also the three kills in a new PID namespace (else only
+/// the kill in the node's namespace).
+pub fn lineage_and_oom_sigkill_checks(tp_btf: bool, namespaces: bool) {
+    let cfg = ProbeConfig {
+        disabled: Disabled {
+            tp_btf: !tp_btf,
+            ..Disabled::default()
+        },
+        ..ProbeConfig::default()
+    };
+    let mut d = Direct::load_with(&cfg);
+    let active = d.probe.active.clone();
+    let btf = active.contains(&Hook::TpBtf);
+    let decision = active.contains(&Hook::Fentry) || active.contains(&Hook::Kprobe);
+    let tp = active.contains(&Hook::Tracepoint);
+    let signal = if tp_btf {
+        Hook::TpBtfSignal
+    } else {
+        Hook::TracepointSignal
+    };
+    assert!(
+        active.contains(&signal),
+        "{signal} must attach: {:?}",
+        d.probe.inactive
+    );
+    assert!(tp, "the classic mark_victim tracepoint must attach");
+    let page_size = oomtrace::units::page_size();
+    let cg = Memcg::unique("lineage");
+    cg.set_limit(32 << 20);
+    let dd = "dd if=/dev/zero of=/dev/null bs=128M count=1 status=none";
+    let before = d.stats.snapshot();
+
+    // The node's own namespace: dd's parent is this test, outside the cgroup.
+    let mut c = spawn_in(&cg, 800, dd);
+    let dpid = c.id();
+    let _ = c.wait();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !records
+        .iter()
+        .any(|r| matches!(r, Record::TpVictim(t) if t.pid == dpid))
+    {
+        assert!(Instant::now() < deadline, "no tracepoint record for {dpid}");
+        records.extend(d.records(Duration::from_millis(300)));
+    }
+    let dseen = seen(&records, "dd", &cg, page_size);
+    let tp_flags: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::TpVictim(t) if t.pid == dpid => Some(t.flags),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tp_flags,
+        vec![VICTIM_OOM_SIGKILL],
+        "{signal}: the OOM killer's SIGKILL came just before mark_victim"
+    );
+    let after = d.stats.snapshot();
+    assert!(
+        after.oom_sigkill > before.oom_sigkill,
+        "{before:?} -> {after:?}"
+    );
+    if !btf && !decision {
+        eprintln!("{signal}: no task-reading hook here: the lineage is not read; OOM SIGKILL seen");
+        return;
+    }
+    assert_eq!(dseen.pid, dpid, "{dseen:?}");
+    if !namespaces {
+        let ld = one_lineage(&dseen, "node namespace");
+        assert_eq!((ld.ns_pid, ld.ppid), (dpid, std::process::id()), "{ld:?}");
+        eprintln!("{signal}: node namespace: {dseen:?}");
+        return;
+    }
+
+    // (a) The init of a new PID namespace: `unshare --fork` runs dd as pid 1.
+    let mut c = spawn_in(&cg, 800, &format!("unshare --pid --fork {dd}"));
+    let _ = c.wait();
+    let a = kill_records(&mut d, "dd", &cg, page_size);
+    // (b) A child of that init: sh is pid 1, dd its only child (pid 2).
+    let mut c = spawn_in(
+        &cg,
+        800,
+        &format!("unshare --pid --fork sh -c '{dd}; exit 0'"),
+    );
+    let _ = c.wait();
+    let b = kill_records(&mut d, "dd", &cg, page_size);
+    // (c) The only child of an init shim: pid 1 renames itself tini.
+    let mut c = spawn_in(
+        &cg,
+        800,
+        &format!("unshare --pid --fork sh -c 'printf tini > /proc/self/comm; {dd}; exit 0'"),
+    );
+    let _ = c.wait();
+    let c_seen = kill_records(&mut d, "dd", &cg, page_size);
+    let after = d.stats.snapshot();
+
+    for (what, s) in [
+        ("pid 1", &a),
+        ("child of pid 1", &b),
+        ("child of tini", &c_seen),
+        ("node namespace", &dseen),
+    ] {
+        assert_ne!(s.pid, 0, "{what}: no record of the kill");
+        assert_eq!(s.btf.len(), usize::from(btf), "{what}: {s:?}");
+        assert_eq!(s.decision.len(), usize::from(decision), "{what}: {s:?}");
+        assert_eq!(s.tp.len(), 1, "{what}: {s:?}");
+        // The OOM killer's own SIGKILL came just before mark_victim.
+        for (flags, _) in &s.btf {
+            assert_eq!(
+                flags & VICTIM_OOM_SIGKILL,
+                VICTIM_OOM_SIGKILL,
+                "{what}: tp_btf {s:?}"
+            );
+        }
+        assert_eq!(s.tp, vec![VICTIM_OOM_SIGKILL], "{what}: tracepoint {s:?}");
+        eprintln!("{signal}: {what}: {s:?}");
+    }
+    let la = one_lineage(&a, "pid 1");
+    let all = LINEAGE_NS | LINEAGE_PARENT | LINEAGE_MEMCG_COMPARED;
+    assert_eq!(la.flags & all, all, "{la:?}");
+    assert!(la.ns_level >= 1, "a new namespace below this one: {la:?}");
+    assert_eq!(
+        (la.ns_pid, la.ns_ppid),
+        (1, 0),
+        "init, parent outside: {la:?}"
+    );
+    assert_eq!(text(&la.parent_comm), "unshare", "{la:?}");
+    assert_ne!(la.flags & LINEAGE_ONLY_CHILD, 0, "{la:?}");
+    assert_ne!(
+        la.flags & LINEAGE_PARENT_SAME_MEMCG,
+        0,
+        "unshare is in the cgroup: {la:?}"
+    );
+
+    let lb = one_lineage(&b, "child of pid 1");
+    assert_eq!(lb.ns_level, la.ns_level, "{lb:?}");
+    assert_eq!(lb.ns_ppid, 1, "{lb:?}");
+    assert!(lb.ns_pid >= 2, "{lb:?}");
+    assert_eq!(text(&lb.parent_comm), "sh", "{lb:?}");
+    assert_ne!(lb.flags & LINEAGE_ONLY_CHILD, 0, "{lb:?}");
+    assert_ne!(lb.flags & LINEAGE_PARENT_SAME_MEMCG, 0, "{lb:?}");
+
+    let lc = one_lineage(&c_seen, "child of tini");
+    assert_eq!((lc.ns_ppid, text(&lc.parent_comm)), (1, "tini"), "{lc:?}");
+    assert_ne!(lc.flags & LINEAGE_ONLY_CHILD, 0, "{lc:?}");
+
+    let ld = one_lineage(&dseen, "node namespace");
+    assert_eq!(ld.flags & all, all, "{ld:?}");
+    assert_eq!(ld.ns_level, la.ns_level - 1, "{ld:?}");
+    assert_eq!(
+        ld.ns_pid, dpid,
+        "the node's pid at the node's level: {ld:?}"
+    );
+    assert_eq!(ld.ppid, std::process::id(), "{ld:?}");
+    assert_eq!(ld.ns_ppid, std::process::id(), "{ld:?}");
+    assert_eq!(
+        ld.flags & LINEAGE_PARENT_SAME_MEMCG,
+        0,
+        "this test is not in the cgroup: {ld:?}"
+    );
+    assert!(
+        after.oom_sigkill - before.oom_sigkill >= 4,
+        "{before:?} -> {after:?}"
+    );
+    eprintln!(
+        "{signal}: kernel SIGKILLs seen: {}; mark_victim runs matched: {}",
+        after.oom_sigkill - before.oom_sigkill,
+        after.oom_sigkill_matched - before.oom_sigkill_matched
+    );
+}
+
+/// How often the kernel's `task_will_free_mem()` path was taken in `tries`
+/// attempts, and what the hooks said then: a holder frozen (cgroup v1
+/// freezer) and SIGKILLed by us stays alive with `SIGNAL_GROUP_EXIT` set;
+/// another process then pushes the memory cgroup over its limit, the OOM
+/// killer chooses the holder, sees it exiting and only marks it
+/// (`mark_oom_victim`, no SIGKILL of its own) and thaws it.
+///
+/// Returns `(tries, reaped, flagged)`: attempts, attempts where the holder
+/// was marked, and of those how many carried `VICTIM_OOM_SIGKILL` (must be 0).
+pub fn reaped_not_killed_checks(freezer: &std::path::Path, tries: usize) -> (usize, usize, usize) {
+    let mut d = Direct::load();
+    let mut reaped = 0;
+    let mut flagged = 0;
+    for n in 0..tries {
+        let cg = Memcg::unique(&format!("exiting-{n}"));
+        cg.set_limit(96 << 20);
+        let fz = freezer.join(format!("oomtrace-test-exiting-{}-{n}", std::process::id()));
+        let _ = fs::create_dir(&fz);
+        let mut holder = spawn_holder(&cg, 1000, 48);
+        let hpid = holder.id();
+        wait_rss(hpid, 48 * 1024);
+        fs::write(fz.join("tasks"), hpid.to_string()).expect("freezer tasks");
+        fs::write(fz.join("freezer.state"), "FROZEN").expect("freeze");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(fz.join("freezer.state"))
+            .unwrap_or_default()
+            .trim()
+            != "FROZEN"
+        {
+            assert!(Instant::now() < deadline, "the holder never froze");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: plain syscall to our own child.
+        unsafe { libc::kill(hpid as i32, libc::SIGKILL) };
+        thread::sleep(Duration::from_millis(100));
+        // A second process needs 80 MiB of the 96: the OOM killer picks the
+        // frozen, dying holder (oom_score_adj 1000).
+        let mut hog = spawn_in(
+            &cg,
+            0,
+            "dd if=/dev/zero of=/dev/null bs=80M count=1 status=none",
+        );
+        let status = hog.wait().expect("hog");
+        let _ = fs::write(fz.join("freezer.state"), "THAWED");
+        let _ = holder.wait();
+        let records = d.records(Duration::from_millis(500));
+        let mut marked = false;
+        for r in &records {
+            match r {
+                Record::TpVictim(t) if t.pid == hpid => {
+                    marked = true;
+                    if t.flags & VICTIM_OOM_SIGKILL != 0 {
+                        flagged += 1;
+                    }
+                }
+                Record::BtfVictim(v) if v.pid == hpid => {
+                    marked = true;
+                    if v.flags & VICTIM_OOM_SIGKILL != 0 {
+                        flagged += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        eprintln!(
+            "try {n}: holder {hpid} marked: {marked}; hog exit {status:?}; records: {}",
+            records.len()
+        );
+        if marked {
+            reaped += 1;
+        }
+        let _ = fs::remove_dir(&fz);
+    }
+    (tries, reaped, flagged)
+}
+
+/// The cgroup v1 freezer hierarchy, where a frozen task stays frozen when
+/// it is killed: the host's, else (cgroup v2 has no such freezer) mounted
+/// at `/run/oomtrace-freezer` when `mount` is allowed (the VMs).
+pub fn v1_freezer() -> Option<PathBuf> {
+    let p = PathBuf::from("/sys/fs/cgroup/freezer");
+    if p.join("tasks").exists() {
+        return Some(p);
+    }
+    let p = PathBuf::from("/run/oomtrace-freezer");
+    if p.join("tasks").exists() {
+        return Some(p);
+    }
+    fs::create_dir_all(&p).ok()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "cgroup", "-o", "freezer", "freezer"])
+        .arg(&p)
+        .status()
+        .is_ok_and(|s| s.success());
+    (mounted && p.join("tasks").exists()).then_some(p)
+}
