@@ -346,6 +346,7 @@ impl Running {
             enricher: Enricher {
                 node,
                 cgfs: context.cgfs,
+                proc_root: args.paths.proc_root.clone(),
                 pod_names: PodNames::new()
                     .with_pods_dir(args.paths.pod_logs.clone())
                     .with_containers_dir(args.paths.container_logs.clone()),

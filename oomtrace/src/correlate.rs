@@ -25,6 +25,7 @@ pub mod incident;
 pub mod killer;
 pub mod matching;
 mod merge;
+pub mod outcome;
 pub mod pending;
 pub mod verdict;
 pub mod walk;

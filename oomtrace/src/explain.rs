@@ -12,7 +12,11 @@ use crate::{
 
 /// The explain stage: fills in the explanation and advice of an enriched kill.
 pub fn apply(e: &mut Enriched) {
-    let (explanation, advice) = explain(&e.kill, e.identity.as_ref());
+    let (mut explanation, advice) = explain(&e.kill, e.identity.as_ref());
+    if let Some(o) = outcome(&e.kill, e.identity.as_ref()) {
+        explanation.push(' ');
+        explanation.push_str(&o);
+    }
     e.kill.explanation = Some(explanation);
     e.kill.advice = Some(advice);
 }
@@ -233,6 +237,40 @@ fn sentence(parts: &[Option<String>]) -> String {
         .cloned()
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What the kill did to the victim's container (or cgroup): main process
+/// or child, the processes left, memory.oom.group.
+pub fn outcome(kill: &Kill, identity: Option<&Identity>) -> Option<String> {
+    let in_pod = kill.k8s.is_some() || identity.is_some_and(Identity::is_pod);
+    let unit = if in_pod { "container" } else { "cgroup" };
+    let o = &kill.outcome;
+    let left = match o.survivors {
+        Some(0) => format!("; no process is left in its {unit}"),
+        Some(1) => format!("; 1 process is left in its {unit}"),
+        Some(n) => format!("; {n} processes are left in its {unit}"),
+        None => String::new(),
+    };
+    if o.group_kill {
+        return Some(format!(
+            "memory.oom.group is set: the kernel killed every process of the {unit} with it{left}."
+        ));
+    }
+    match o.main_process {
+        Some(false) => Some(if in_pod {
+            format!(
+                "A child process was killed; the container kept running{left} (Kubernetes may still report a later \
+                 exit of the container as OOMKilled)."
+            )
+        } else {
+            format!("A child process was killed; its cgroup kept running{left}.")
+        }),
+        Some(true) if in_pod => Some(format!(
+            "It was the container's main process: the container exited and the kubelet restarts it{left}."
+        )),
+        Some(true) => Some(format!("It was the first process of its cgroup{left}.")),
+        None => None,
+    }
 }
 
 /// The explanation and the advice for one kill.
@@ -599,6 +637,36 @@ mod tests {
             ..NodeMemory::default()
         });
         k
+    }
+
+    #[test]
+    fn a_child_killed_in_a_container_is_said_to_leave_it_running() {
+        let mut k = pod_kill(OomDomain::Container);
+        k.outcome.main_process = Some(false);
+        k.outcome.survivors = Some(2);
+        let o = outcome(&k, None).expect("said");
+        assert!(
+            o.starts_with("A child process was killed; the container kept running; 2 processes are left in its container"),
+            "{o}"
+        );
+        k.outcome.main_process = Some(true);
+        k.outcome.survivors = Some(0);
+        let o = outcome(&k, None).expect("said");
+        assert!(o.starts_with("It was the container's main process"), "{o}");
+        k.outcome.group_kill = true;
+        let o = outcome(&k, None).expect("said");
+        assert!(o.starts_with("memory.oom.group is set"), "{o}");
+        // Outside Kubernetes the cgroup is named, and nothing known says nothing.
+        let mut bare = Kill::default();
+        assert_eq!(outcome(&bare, None), None);
+        bare.outcome.main_process = Some(false);
+        bare.outcome.survivors = Some(1);
+        assert_eq!(
+            outcome(&bare, None).as_deref(),
+            Some(
+                "A child process was killed; its cgroup kept running; 1 process is left in its cgroup."
+            )
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Kill {
     /// Who killed: the kernel's OOM killer, a userspace OOM killer, or the kubelet.
     pub killer: Killer,
     pub trigger: Trigger,
+    /// What the kill did to the victim's container or cgroup.
+    pub outcome: Outcome,
     pub memcg: Memcg,
     /// Kubernetes identity of the victim (`null` when it is not in a pod).
     pub k8s: Option<K8s>,
@@ -223,6 +225,22 @@ pub struct Victim {
     pub pgtables_kb: Option<u64>,
     /// The victim's memory cgroup path.
     pub cgroup: Option<String>,
+}
+
+/// What the kill did to the victim's container (or cgroup).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Outcome {
+    /// The victim was its container's main process (the init of its PID
+    /// namespace, the only child of an init shim, or the first process of
+    /// its cgroup): the container exited. `false`: a child process was
+    /// killed and the container kept running. `null`: unknown (see `missing`).
+    pub main_process: Option<bool>,
+    /// Processes left in the victim's cgroup after the kill (victims and
+    /// processes with a SIGKILL pending not counted), read when the kill is
+    /// enriched; 0 when the cgroup is gone. `null`: not read (see `missing`).
+    pub survivors: Option<u32>,
+    /// memory.oom.group made the kernel kill every process of the cgroup.
+    pub group_kill: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

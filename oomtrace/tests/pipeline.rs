@@ -115,6 +115,8 @@ impl FakeNode {
         write(&pod1, "memory.usage_in_bytes", &mib(30));
         write(&pod1.join(CID1), "memory.usage_in_bytes", &mib(30));
         write(&pod1.join(CID1), "memory.limit_in_bytes", &mib(32));
+        // The container's only process was the victim, which has exited.
+        write(&pod1.join(CID1), "cgroup.procs", "");
         let pod2 = kubepods.join(format!("besteffort/pod{POD2}"));
         write(&pod2, "memory.usage_in_bytes", &mib(16));
         write(&pod2.join(CID2), "memory.usage_in_bytes", &mib(16));
@@ -187,6 +189,7 @@ fn run_pipeline(node: &FakeNode) -> Vec<Value> {
     let mut enricher = Enricher {
         node: "node-a".into(),
         cgfs: Some(node.cgfs()),
+        proc_root: node.path("proc"),
         pod_names: PodNames::new()
             .with_pods_dir(node.path("pods"))
             .with_containers_dir(node.path("containers")),
@@ -278,6 +281,19 @@ fn two_recorded_kills_come_out_as_the_json_a_user_reads() {
         "no node context for a container kill"
     );
     assert_eq!(e["qos_check"]["fits"], true, "{e:#}");
+    // record.sh's shell (outside the cgroup) exec'd dd in the container's
+    // cgroup: its first process, the container's main one.
+    assert_eq!(
+        e["outcome"],
+        serde_json::json!({"main_process": true, "survivors": 0, "group_kill": false}),
+        "{e:#}"
+    );
+    assert!(
+        s(e, &["explanation"]).is_some_and(|x| x.contains(
+            "It was the container's main process: the container exited and the kubelet restarts it; no process is left in its container."
+        )),
+        "{e:#}"
+    );
 
     // Kill 2: the node's allocatable (the kubepods cgroup's 48 MiB).
     let e = &events[1];

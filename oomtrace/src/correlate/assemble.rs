@@ -11,7 +11,7 @@ use super::{
 use crate::{
     capture::TaskSighting,
     correlate::walk::Walk,
-    report::{Kill, Memcg, Trigger, Victim},
+    report::{Kill, Memcg, Outcome, Trigger, Victim},
 };
 
 impl Correlator {
@@ -48,6 +48,7 @@ impl Correlator {
         });
         missing.extend(verdict.missing.iter().cloned());
         let memcg = memcg(&p, &verdict, walk.as_ref(), self.page_size, &mut missing);
+        let outcome = outcome(&p, member.as_ref(), &mut missing);
         let trigger = trigger(&p);
         if trigger.comm.is_none() {
             missing.push("trigger: the kernel's \"invoked oom-killer\" line was rate-limited and no BPF hook saw the kill".to_string());
@@ -67,6 +68,7 @@ impl Correlator {
             incident: self.incidents.assign(&self.boot_id, &key, at_ns),
             victim,
             trigger,
+            outcome,
             memcg,
             sources: sources(&p, member.is_some()),
             missing,
@@ -243,6 +245,30 @@ fn memcg(
         );
     }
     memcg
+}
+
+/// Main process or child, from the lineage of the first record read from
+/// the victim task; a group kill when the kernel log's memory.oom.group line
+/// or the group scan took this victim. Survivors are counted at enrichment.
+fn outcome(p: &Pending, member: Option<&TaskSighting>, missing: &mut Vec<String>) -> Outcome {
+    let lineage = p
+        .btf
+        .as_ref()
+        .and_then(|b| b.lineage.as_ref())
+        .or_else(|| p.chosen_by_decision().and_then(|c| c.lineage.as_ref()))
+        .or_else(|| member.and_then(|m| m.lineage.as_ref()));
+    let main_process = match super::outcome::main_process(lineage) {
+        Ok(main) => Some(main),
+        Err(why) => {
+            missing.push(why);
+            None
+        }
+    };
+    Outcome {
+        main_process,
+        survivors: None,
+        group_kill: p.kmsg.group_of.is_some() || member.is_some(),
+    }
 }
 
 /// The task that ran the OOM killer: the eBPF records' `current`, the

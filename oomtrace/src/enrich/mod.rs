@@ -17,11 +17,15 @@
 pub mod identity;
 pub mod kube;
 pub mod node;
+pub mod outcome;
 pub mod podnames;
 pub mod qos;
 pub mod snapshots;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use self::{
     identity::Identity, kube::PodMetadata, node::CgroupFs, podnames::PodNames,
@@ -44,6 +48,8 @@ pub struct Enriched {
 pub struct Enricher {
     pub node: String,
     pub cgfs: Option<CgroupFs>,
+    /// The node's `/proc` (`--proc-root`): which survivors are dying.
+    pub proc_root: PathBuf,
     pub pod_names: PodNames,
     /// The node's memory, in bytes (for the kubelet policy check).
     pub mem_total: Option<u64>,
@@ -65,6 +71,7 @@ impl Enricher {
         // and the node's memory say now says nothing about it.
         if !kill.replayed {
             self.read_late_usage(&mut kill);
+            self.read_outcome(&mut kill);
         }
         let identity = kill.victim.cgroup.as_deref().map(identity::parse);
         self.name_pod(&mut kill, identity.as_ref());
@@ -114,6 +121,30 @@ impl Enricher {
                 "memcg usage at kill time: read from the cgroup fs after the kill (no kernel walk)"
                     .to_string(),
             );
+        }
+    }
+
+    /// The processes left in the victim's cgroup, and memory.oom.group.
+    fn read_outcome(&self, kill: &mut Kill) {
+        let (Some(cgfs), Some(cgroup)) = (&self.cgfs, kill.victim.cgroup.as_deref()) else {
+            kill.missing.push(
+                "outcome.survivors: the victim's cgroup or the memory controller is unknown"
+                    .to_string(),
+            );
+            return;
+        };
+        match outcome::survivors(cgfs, &self.proc_root, cgroup, kill.victim.pid.unwrap_or(0)) {
+            Ok(n) => kill.outcome.survivors = Some(n),
+            Err(e) => kill.missing.push(format!(
+                "outcome.survivors: cannot read the cgroup.procs of {cgroup}: {e}"
+            )),
+        }
+        if !kill.outcome.group_kill {
+            let oom_cgroup = match kill.scope {
+                Some(Scope::Node) => None,
+                _ => kill.oom_cgroup.as_deref(),
+            };
+            kill.outcome.group_kill = outcome::oom_group_set(cgfs, cgroup, oom_cgroup);
         }
     }
 

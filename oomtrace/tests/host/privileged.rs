@@ -439,20 +439,20 @@ fn a_renamed_killer_and_a_shell_kill_are_not_reported() {
 #[test]
 #[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
 fn victim_records_say_where_the_victim_stands_in_its_pid_namespace() {
-    support::deaths::lineage_and_oom_sigkill_checks(true, true);
-    support::deaths::lineage_and_oom_sigkill_checks(false, true);
+    crate::support::deaths::lineage_and_oom_sigkill_checks(true, true);
+    crate::support::deaths::lineage_and_oom_sigkill_checks(false, true);
 }
 
 #[test]
 #[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
 fn a_task_that_was_already_exiting_is_marked_without_the_oom_killers_sigkill() {
-    let Some(freezer) = support::deaths::v1_freezer() else {
+    let Some(freezer) = crate::support::deaths::v1_freezer() else {
         eprintln!(
             "SKIP: no cgroup v1 freezer on this kernel: a killed task cannot be kept from exiting"
         );
         return;
     };
-    let (tries, reaped, flagged) = support::deaths::reaped_not_killed_checks(&freezer, 3);
+    let (tries, reaped, flagged) = crate::support::deaths::reaped_not_killed_checks(&freezer, 3);
     eprintln!(
         "task_will_free_mem path: {reaped} of {tries} tries, {flagged} with the OOM SIGKILL flag"
     );
@@ -464,4 +464,10 @@ fn a_task_that_was_already_exiting_is_marked_without_the_oom_killers_sigkill() {
         flagged, 0,
         "no SIGKILL of the OOM killer's own for an exiting task"
     );
+}
+
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn the_outcome_says_whether_the_containers_main_process_was_killed() {
+    crate::support::deaths::outcome_checks();
 }

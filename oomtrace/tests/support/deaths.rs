@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomtrace::probe::{Disabled, Hook, ProbeConfig};
+use oomtrace::capture::probe::{Disabled, Hook, ProbeConfig};
 use oomtrace_common::{
     LINEAGE_MEMCG_COMPARED, LINEAGE_NS, LINEAGE_ONLY_CHILD, LINEAGE_PARENT,
     LINEAGE_PARENT_SAME_MEMCG, Lineage, Record, VICTIM_OOM_SIGKILL,
@@ -33,7 +33,7 @@ struct Seen {
 /// the decision's chosen task, else the only tracepoint record).
 fn seen(records: &[Record], comm: &str, cg: &Memcg, page_size: u64) -> Seen {
     let in_cg = |w: &oomtrace_common::CgroupWalk| {
-        oomtrace::verdict::Walk::decode(w, page_size)
+        oomtrace::correlate::walk::Walk::decode(w, page_size)
             .and_then(|w| w.leaf().map(|l| l.path.clone()))
             .is_some_and(|p| p == cg.rel)
     };
@@ -362,4 +362,68 @@ pub fn v1_freezer() -> Option<PathBuf> {
         .status()
         .is_ok_and(|s| s.success());
     (mounted && p.join("tasks").exists()).then_some(p)
+}
+
+/// `outcome` on the agent's reports of real kills in a kubelet-shaped
+/// container cgroup: the init of a new PID namespace (the container's main
+/// process) and a child of that init (the container keeps running, with
+/// the init and `unshare` left in its cgroup).
+pub fn outcome_checks() {
+    use super::{Agent, i, s};
+    let agent = Agent::start(&[]);
+    let rel = format!(
+        "oomtrace-test-outcome-{}/kubepods/burstable/pod8833712d-6e69-4f5c-95f3-aebd020ce2e7/4b3f1d9a7c2e8f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a",
+        std::process::id()
+    );
+    let top = Memcg::create(rel.split('/').next().expect("top"));
+    let cg = Memcg::create(&rel);
+    cg.set_limit(32 << 20);
+    let dd = "dd if=/dev/zero of=/dev/null bs=128M count=1 status=none";
+    let in_cg = |v: &serde_json::Value| s(v, &["victim", "cgroup"]) == Some(cg.rel.as_str());
+
+    // The init of its PID namespace.
+    let mut c = spawn_in(&cg, 800, &format!("unshare --pid --fork {dd}"));
+    let _ = c.wait();
+    let init = agent.events(1, Duration::from_secs(15), in_cg);
+    // A child of the init: sh stays (exec sleep) after dd is killed.
+    let mut c = spawn_in(
+        &cg,
+        800,
+        &format!("unshare --pid --fork sh -c '{dd}; exec sleep 3'"),
+    );
+    let child = agent.events(1, Duration::from_secs(15), in_cg);
+    let _ = c.wait();
+    let (_, log) = agent.stop();
+    drop(cg);
+    drop(top);
+    assert_eq!(init.len(), 1, "the init's kill: stderr:\n{log}");
+    assert_eq!(child.len(), 1, "the child's kill: stderr:\n{log}");
+    let (init, child) = (&init[0], &child[0]);
+    for e in [init, child] {
+        assert_eq!(s(e, &["victim", "comm"]), Some("dd"), "{e:#}");
+        assert_eq!(e["outcome"]["group_kill"], false, "{e:#}");
+    }
+    assert_eq!(e_main(init), Some(true), "{init:#}");
+    assert!(
+        s(init, &["explanation"])
+            .is_some_and(|x| x.contains("It was the container's main process")),
+        "{init:#}"
+    );
+    assert_eq!(e_main(child), Some(false), "{child:#}");
+    // unshare and sh (sleeping) are left; dd is not counted.
+    assert_eq!(i(child, &["outcome", "survivors"]), Some(2), "{child:#}");
+    assert!(
+        s(child, &["explanation"]).is_some_and(|x| x.contains(
+            "A child process was killed; the container kept running; 2 processes are left in its container"
+        )),
+        "{child:#}"
+    );
+    eprintln!(
+        "init: outcome {}; child: outcome {}, explanation: {}",
+        init["outcome"], child["outcome"], child["explanation"]
+    );
+}
+
+fn e_main(e: &serde_json::Value) -> Option<bool> {
+    e["outcome"]["main_process"].as_bool()
 }
