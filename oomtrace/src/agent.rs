@@ -49,7 +49,7 @@ use crate::{
         Input, KmsgSighting,
         eviction::EvictedPod,
         killer::{KillerCheck, KillerStats},
-        lookup::ProcLookup,
+        lookup::{LookupConfig, ProcLookup, Request},
         ring::Decoder,
     },
     cli::TraceArgs,
@@ -283,14 +283,24 @@ impl Running {
                 Arc::clone(&health),
             ))
         });
-        let lookup = match expect.proc {
+        let mut expect = expect;
+        // Where the memory was is read for every kill when the memory
+        // controller is known; the cgroup from /proc only without tp_btf.
+        expect.memory = context.cgfs.is_some();
+        let lookup = match expect.proc || expect.memory {
             true => Some(
-                ProcLookup::spawn(args.paths.proc_root.clone(), input_tx.clone()).map_err(
-                    |source| AgentError::Thread {
-                        what: "/proc lookup",
-                        source,
+                ProcLookup::spawn(
+                    LookupConfig {
+                        proc_root: args.paths.proc_root.clone(),
+                        cgroups: expect.proc,
+                        memory: context.cgfs.clone(),
                     },
-                )?,
+                    input_tx.clone(),
+                )
+                .map_err(|source| AgentError::Thread {
+                    what: "/proc lookup",
+                    source,
+                })?,
             ),
             false => None,
         };
@@ -579,6 +589,8 @@ impl Sources {
             decision: active.contains(&Hook::Fentry) || active.contains(&Hook::Kprobe),
             // Without the tp_btf walk, the victim's cgroup is read from /proc as it dies.
             proc: !active.contains(&Hook::TpBtf),
+            // Set when the lookup thread starts with the memory controller.
+            memory: false,
         };
         Ok(Self {
             probe: loaded,
@@ -883,11 +895,12 @@ impl CorrelateStage {
                 correlator.lookup_failed(pid);
                 continue;
             }
-            let killed_at = correlator.kill_time(pid);
-            let asked = self
-                .lookup
-                .as_ref()
-                .is_some_and(|l| l.request(pid, killed_at));
+            let request = Request {
+                pid,
+                killed_at: correlator.kill_time(pid),
+                cgroup: correlator.known_cgroup(pid),
+            };
+            let asked = self.lookup.as_ref().is_some_and(|l| l.request(request));
             if !asked {
                 correlator.lookup_failed(pid);
             }

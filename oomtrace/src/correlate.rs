@@ -59,6 +59,9 @@ pub struct Expect {
     /// Victims' cgroups are looked up in `/proc` (no `tp_btf` walk): a kill
     /// waits for the answer.
     pub proc: bool,
+    /// Where the memory was is read beside the draining at the first
+    /// sighting of each victim: a kill waits for the answer.
+    pub memory: bool,
 }
 
 /// A victim ready for enrichment.
@@ -181,6 +184,7 @@ impl Correlator {
             }
             Input::Kmsg(k) => self.merge_kmsg(k, now),
             Input::ProcCgroup { pid, cgroup } => self.merge_proc_cgroup(pid, cgroup),
+            Input::Memory { pid, memory } => self.merge_memory(pid, memory),
             // Checked by the killer checker first; only confirmed ones come back.
             Input::Signal(_) => None,
             Input::KillerSignal(s) => {
@@ -218,6 +222,7 @@ impl Correlator {
             && (!self.expect.tp_btf || p.btf.is_some())
             && (!self.expect.kmsg || p.kmsg.killed.is_some())
             && (!self.expect.proc || p.proc_looked_up)
+            && (!self.expect.memory || p.memory_looked_up)
     }
 
     /// The pids of victims first seen since the last call: their `/proc`
@@ -262,7 +267,20 @@ impl Correlator {
     pub fn lookup_failed(&mut self, pid: u32) {
         for p in self.pending.iter_mut().filter(|p| p.pid == pid) {
             p.proc_looked_up = true;
+            p.memory_looked_up = true;
         }
+    }
+
+    /// The pending victim `pid`'s cgroup, when a record read from the task
+    /// already named it (the lookup thread need not read `/proc` for it).
+    pub fn known_cgroup(&self, pid: u32) -> Option<String> {
+        self.newest(pid)?
+            .btf
+            .as_ref()?
+            .walk
+            .as_ref()?
+            .leaf()
+            .map(|l| l.path.clone())
     }
 
     /// The kernel-log reader's count of lost records: a victim with no kill

@@ -13,9 +13,16 @@ use crate::{
 /// The explain stage: fills in the explanation and advice of an enriched kill.
 pub fn apply(e: &mut Enriched) {
     let (mut explanation, advice) = explain(&e.kill, e.identity.as_ref());
+    let mut advice = advice;
     if let Some(o) = outcome(&e.kill, e.identity.as_ref()) {
         explanation.push(' ');
         explanation.push_str(&o);
+    }
+    if let Some((said, more_advice)) = memory_kind(&e.kill, e.identity.as_ref()) {
+        explanation.push(' ');
+        explanation.push_str(&said);
+        advice.push(' ');
+        advice.push_str(&more_advice);
     }
     e.kill.explanation = Some(explanation);
     e.kill.advice = Some(advice);
@@ -237,6 +244,75 @@ fn sentence(parts: &[Option<String>]) -> String {
         .cloned()
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Shared memory counted this much of the charged memory or more is said.
+const SHMEM_SHARE: f64 = 0.2;
+/// Page cache (without shared memory) this much or more is said.
+const CACHE_SHARE: f64 = 0.5;
+
+/// When shared memory or page cache was a large part of the memory where the
+/// limit was hit: the explanation's sentence and the advice's.
+pub fn memory_kind(kill: &Kill, identity: Option<&Identity>) -> Option<(String, String)> {
+    let s = kill.memcg.oom_stat?;
+    let anon = s.anon_bytes.unwrap_or(0);
+    let file = s.file_bytes.unwrap_or(0);
+    let shmem = s.shmem_bytes.unwrap_or(0);
+    let total = anon + file + s.kernel_bytes.unwrap_or(0) + s.sock_bytes.unwrap_or(0);
+    if total == 0 {
+        return None;
+    }
+    let share = |b: u64| b as f64 / total as f64;
+    let in_pod = kill.k8s.is_some() || identity.is_some_and(Identity::is_pod);
+    let node = kill.scope == Some(crate::report::Scope::Node);
+    let place = if node {
+        "the node's memory"
+    } else {
+        "the memory charged where the limit was hit"
+    };
+    if share(shmem) >= SHMEM_SHARE {
+        let why = if in_pod {
+            "a memory-backed emptyDir (medium: Memory) or /dev/shm is not freed by the kill, and the container will \
+             hit its limit again after the restart"
+        } else {
+            "tmpfs files are not freed by the kill, and the next process there will hit the same limit"
+        };
+        let advice = if in_pod {
+            "Give the memory-backed emptyDir a sizeLimit well below the container's memory limit (its pages count \
+             against it), or move it to disk (an emptyDir without medium: Memory)."
+        } else {
+            "Delete or size the tmpfs files (they count against the cgroup's limit), or move them to disk."
+        };
+        return Some((
+            format!(
+                "{} of {} ({} of {place}) was shared memory (tmpfs): {why}.",
+                Bytes(shmem),
+                Bytes(total),
+                percent(share(shmem))
+            ),
+            advice.to_string(),
+        ));
+    }
+    let cache = file.saturating_sub(shmem);
+    if share(cache) >= CACHE_SHARE {
+        return Some((
+            format!(
+                "{} of {} ({} of {place}) was page cache: the kernel could not reclaim it fast enough (dirty, \
+                 written back slowly, or in use).",
+                Bytes(cache),
+                Bytes(total),
+                percent(share(cache))
+            ),
+            "Check for heavy writes to files (dirty pages count against the limit until written back) or files \
+             kept mapped; leave headroom for the page cache in the limit."
+                .to_string(),
+        ));
+    }
+    None
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
 }
 
 /// What the kill did to the victim's container (or cgroup): main process
@@ -637,6 +713,51 @@ mod tests {
             ..NodeMemory::default()
         });
         k
+    }
+
+    #[test]
+    fn a_tmpfs_that_fills_the_limit_is_said_and_advised() {
+        use crate::report::OomStat;
+        let mut k = pod_kill(OomDomain::Container);
+        // The figures of host-6.18.v1-tmpfs.memory.stat.
+        k.memcg.oom_stat = Some(OomStat {
+            anon_bytes: Some(19_623_936),
+            file_bytes: Some(24 * MI),
+            shmem_bytes: Some(24 * MI),
+            kernel_bytes: Some(143_360),
+            sock_bytes: Some(0),
+        });
+        let (e, a) = memory_kind(&k, None).expect("said");
+        assert!(
+            e.starts_with("24 MiB of 43 MiB (56% of the memory charged where the limit was hit) was shared memory (tmpfs): a memory-backed emptyDir"),
+            "{e}"
+        );
+        assert!(
+            a.contains("sizeLimit") && a.contains("move it to disk"),
+            "{a}"
+        );
+        // Mostly page cache, little shmem.
+        k.memcg.oom_stat = Some(OomStat {
+            anon_bytes: Some(10 * MI),
+            file_bytes: Some(40 * MI),
+            shmem_bytes: Some(MI),
+            kernel_bytes: None,
+            sock_bytes: None,
+        });
+        let (e, _) = memory_kind(&k, None).expect("said");
+        assert!(e.starts_with("39 MiB of 50 MiB (78%"), "{e}");
+        assert!(e.contains("was page cache"), "{e}");
+        // Mostly anonymous: nothing to add.
+        k.memcg.oom_stat = Some(OomStat {
+            anon_bytes: Some(30 * MI),
+            file_bytes: Some(2 * MI),
+            shmem_bytes: Some(MI),
+            kernel_bytes: Some(MI),
+            sock_bytes: None,
+        });
+        assert_eq!(memory_kind(&k, None), None);
+        k.memcg.oom_stat = None;
+        assert_eq!(memory_kind(&k, None), None);
     }
 
     #[test]

@@ -268,6 +268,22 @@ pub struct Memcg {
     pub hierarchy: Vec<CgroupUsage>,
     /// `oc->totalpages` in bytes: the memory the kernel scored against.
     pub total_bytes: Option<u64>,
+    /// Where the memory of the cgroup whose limit was hit was (its whole
+    /// subtree), or of the node for a node-level kill, read when the victim
+    /// was first seen.
+    pub oom_stat: Option<OomStat>,
+}
+
+/// Memory by kind, in bytes (`null` where the kernel does not count it).
+/// `file_bytes` is the page cache as the kernel counts it, `shmem_bytes`
+/// (tmpfs, memory-backed emptyDir, /dev/shm) included.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct OomStat {
+    pub anon_bytes: Option<u64>,
+    pub file_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    pub kernel_bytes: Option<u64>,
+    pub sock_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

@@ -167,6 +167,7 @@ fn run_pipeline(node: &FakeNode) -> Vec<Value> {
         kmsg: true,
         decision: false,
         proc: false,
+        memory: false,
     };
     let mut correlator = Correlator::new(expect, Duration::from_secs(1), 4096, "b00710".into());
     let now = Instant::now();

@@ -6,6 +6,11 @@
 //! victim's own `/proc` entry, read while it dies, is the only other place.
 //! The read races the reaper; it is made at once, but never in front of the
 //! records that are waiting to be drained.
+//!
+//! The same thread reads where the memory was ([`super::memstat`]): the
+//! `memory.stat` of the victim's cgroup and its ancestors and the node's
+//! meminfo, as close to the kill as the agent can (the victim's anonymous
+//! memory is freed within milliseconds of the kill; tmpfs pages stay).
 
 use std::{
     path::PathBuf,
@@ -16,8 +21,8 @@ use std::{
 
 use tokio::sync::mpsc::Sender;
 
-use super::Input;
-use crate::proc::victim_cgroup;
+use super::{Input, memstat};
+use crate::{enrich::node::CgroupFs, proc::victim_cgroup};
 
 /// Lookups waiting; beyond this a victim is reported without it.
 const QUEUE: usize = 1024;
@@ -25,21 +30,58 @@ const QUEUE: usize = 1024;
 /// Asks the lookup thread for victims' cgroups; answers come back as
 /// [`Input::ProcCgroup`] on the correlator's input channel.
 pub struct ProcLookup {
-    requests: SyncSender<(u32, Option<Duration>)>,
+    requests: SyncSender<Request>,
+}
+
+/// One victim to look up.
+#[derive(Debug)]
+pub struct Request {
+    pub pid: u32,
+    /// CLOCK_MONOTONIC time of the kill: a process started after it holds
+    /// a recycled pid.
+    pub killed_at: Option<Duration>,
+    /// The victim's cgroup when a record already named it (tp_btf's walk).
+    pub cgroup: Option<String>,
+}
+
+/// What the thread looks up.
+#[derive(Debug, Clone)]
+pub struct LookupConfig {
+    pub proc_root: PathBuf,
+    /// Answer with the victim's cgroup ([`Input::ProcCgroup`]).
+    pub cgroups: bool,
+    /// Answer with where the memory was ([`Input::Memory`]).
+    pub memory: Option<CgroupFs>,
 }
 
 impl ProcLookup {
     /// Starts the thread; it ends when the handle or the input channel is gone.
-    pub fn spawn(proc_root: PathBuf, inputs: Sender<Input>) -> std::io::Result<Self> {
-        let (requests, rx) = mpsc::sync_channel::<(u32, Option<Duration>)>(QUEUE);
+    pub fn spawn(cfg: LookupConfig, inputs: Sender<Input>) -> std::io::Result<Self> {
+        let (requests, rx) = mpsc::sync_channel::<Request>(QUEUE);
         thread::Builder::new()
             .name("proc-lookup".into())
             .spawn(move || {
-                while let Ok((pid, killed_at)) = rx.recv() {
-                    let cgroup = victim_cgroup(&proc_root, pid, killed_at);
-                    if inputs
-                        .blocking_send(Input::ProcCgroup { pid, cgroup })
-                        .is_err()
+                while let Ok(r) = rx.recv() {
+                    let pid = r.pid;
+                    let from_proc = (cfg.cgroups || r.cgroup.is_none())
+                        .then(|| victim_cgroup(&cfg.proc_root, pid, r.killed_at))
+                        .flatten();
+                    let memory = cfg.memory.as_ref().map(|cgfs| {
+                        let cgroup = r.cgroup.as_deref().or(from_proc.as_deref());
+                        memstat::read(cgfs, &cfg.proc_root, cgroup)
+                    });
+                    if cfg.cgroups
+                        && inputs
+                            .blocking_send(Input::ProcCgroup {
+                                pid,
+                                cgroup: from_proc,
+                            })
+                            .is_err()
+                    {
+                        return;
+                    }
+                    if let Some(memory) = memory
+                        && inputs.blocking_send(Input::Memory { pid, memory }).is_err()
                     {
                         return;
                     }
@@ -48,11 +90,10 @@ impl ProcLookup {
         Ok(Self { requests })
     }
 
-    /// Queues a lookup of `pid`, killed at `killed_at` (CLOCK_MONOTONIC: a
-    /// process started after it holds a recycled pid); `false` when the queue
-    /// is full or the thread is gone (the victim is then reported without it).
-    pub fn request(&self, pid: u32, killed_at: Option<Duration>) -> bool {
-        match self.requests.try_send((pid, killed_at)) {
+    /// Queues a lookup; `false` when the queue is full or the thread is
+    /// gone (the victim is then reported without it).
+    pub fn request(&self, request: Request) -> bool {
+        match self.requests.try_send(request) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }

@@ -11,6 +11,7 @@ pub mod eviction;
 pub mod killer;
 pub mod kmsg;
 pub mod lookup;
+pub mod memstat;
 pub mod offsets;
 pub mod probe;
 pub mod ring;
@@ -51,6 +52,12 @@ pub enum Input {
     /// A victim's memory cgroup from `/proc/<pid>/cgroup`, looked up beside
     /// the draining while it died (`None`: already gone, or not readable).
     ProcCgroup { pid: u32, cgroup: Option<String> },
+    /// Where the memory of a victim's cgroup, its ancestors and the node
+    /// was, read beside the draining when the victim was first seen.
+    Memory {
+        pid: u32,
+        memory: memstat::MemoryAtKill,
+    },
 }
 
 /// The task that ran the OOM killer (`current` in the hook): often not the victim.

@@ -11,7 +11,7 @@ use super::{
 use crate::{
     capture::TaskSighting,
     correlate::walk::Walk,
-    report::{Kill, Memcg, Outcome, Trigger, Victim},
+    report::{Kill, Memcg, OomStat, Outcome, Scope, Trigger, Victim},
 };
 
 impl Correlator {
@@ -47,7 +47,11 @@ impl Correlator {
             kmsg_expected: self.expect.kmsg,
         });
         missing.extend(verdict.missing.iter().cloned());
-        let memcg = memcg(&p, &verdict, walk.as_ref(), self.page_size, &mut missing);
+        let mut memcg = memcg(&p, &verdict, walk.as_ref(), self.page_size, &mut missing);
+        memcg.oom_stat = oom_stat(&p, &verdict);
+        if memcg.oom_stat.is_none() && self.expect.memory {
+            missing.push(oom_stat_missing(&p, &verdict));
+        }
         let outcome = outcome(&p, member.as_ref(), &mut missing);
         let trigger = trigger(&p);
         if trigger.comm.is_none() {
@@ -245,6 +249,24 @@ fn memcg(
         );
     }
     memcg
+}
+
+/// Where the memory was: the OOM cgroup's figures (its whole subtree), or
+/// the node's for a node-level kill, as read when the victim was first seen.
+fn oom_stat(p: &Pending, verdict: &verdict::Verdict) -> Option<OomStat> {
+    let m = p.memory.as_ref()?;
+    match verdict.scope? {
+        Scope::Node => m.node,
+        Scope::Cgroup => verdict.oom_cgroup.as_deref().and_then(|c| m.of(c)).copied(),
+    }
+}
+
+fn oom_stat_missing(p: &Pending, verdict: &verdict::Verdict) -> String {
+    match (&p.memory, verdict.scope) {
+        (None, _) => "memcg.oom_stat: the lookup beside the draining was not answered (queue full or stopped)".into(),
+        (Some(_), None) => "memcg.oom_stat: which limit was hit is unknown".into(),
+        (Some(_), Some(_)) => "memcg.oom_stat: the memory.stat of the OOM cgroup could not be read when the victim was first seen (its cgroup was not known yet, or is gone)".into(),
+    }
 }
 
 /// Main process or child, from the lineage of the first record read from

@@ -21,7 +21,9 @@ use super::{
 };
 use crate::{
     capture::kmsg::OomLine,
-    capture::{Decision, KmsgSighting, RecordMeta, TaskSighting, TpSighting},
+    capture::{
+        Decision, KmsgSighting, RecordMeta, TaskSighting, TpSighting, memstat::MemoryAtKill,
+    },
 };
 
 /// How long kernel-log context (a header, a `Task in` line) waits for the kill line it belongs to.
@@ -163,6 +165,17 @@ impl Correlator {
         let p = &mut self.pending[i];
         p.proc_looked_up = true;
         p.proc_cgroup = cgroup;
+        Some(i)
+    }
+
+    /// Where the memory was, for the newest pending kill of the pid.
+    pub(super) fn merge_memory(&mut self, pid: u32, memory: MemoryAtKill) -> Option<usize> {
+        let i = (0..self.pending.len())
+            .filter(|&i| self.pending[i].pid == pid && !self.pending[i].memory_looked_up)
+            .max_by_key(|&i| self.pending[i].first_seen)?;
+        let p = &mut self.pending[i];
+        p.memory_looked_up = true;
+        p.memory = Some(memory);
         Some(i)
     }
 

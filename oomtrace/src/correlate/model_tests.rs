@@ -304,6 +304,7 @@ fn run(s: &Scenario) -> (Vec<Correlated>, Vec<Kill>) {
         kmsg: true,
         decision: true,
         proc: false,
+        memory: false,
     };
     let mut c = Correlator::new(expect, Duration::from_millis(1000), 4096, "m".into());
     let mut now = Instant::now();

@@ -7,7 +7,7 @@ use super::matching::Facts;
 use crate::{
     capture::kmsg::OomLine,
     capture::tracefs::MarkVictimFields,
-    capture::{Decision, TaskSighting, Trigger},
+    capture::{Decision, TaskSighting, Trigger, memstat::MemoryAtKill},
     report::Scope,
 };
 
@@ -39,6 +39,10 @@ pub struct Pending {
     pub proc_cgroup: Option<String>,
     /// The `/proc` lookup answered (or could not be made).
     pub proc_looked_up: bool,
+    /// Where the memory was, read when the victim was first seen.
+    pub memory: Option<MemoryAtKill>,
+    /// That read answered (or could not be made).
+    pub memory_looked_up: bool,
     /// The OOM killer's own SIGKILL preceded the mark (`None`: not known,
     /// the signal hook is off or the record predates it).
     pub oom_sigkill: Option<bool>,
@@ -66,6 +70,8 @@ impl Pending {
             kmsg: KmsgLines::default(),
             proc_cgroup: None,
             proc_looked_up: false,
+            memory: None,
+            memory_looked_up: false,
             oom_sigkill: None,
             kill_seq: None,
             replayed: false,

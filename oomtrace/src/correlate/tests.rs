@@ -95,6 +95,7 @@ fn expect(tracepoint: bool, tp_btf: bool, kmsg: bool, decision: bool) -> Expect 
         kmsg,
         decision,
         proc: false,
+        memory: false,
     }
 }
 

@@ -72,6 +72,7 @@ impl Enricher {
         if !kill.replayed {
             self.read_late_usage(&mut kill);
             self.read_outcome(&mut kill);
+            self.read_late_oom_stat(&mut kill);
         }
         let identity = kill.victim.cgroup.as_deref().map(identity::parse);
         self.name_pod(&mut kill, identity.as_ref());
@@ -119,6 +120,25 @@ impl Enricher {
         if read_late {
             kill.missing.push(
                 "memcg usage at kill time: read from the cgroup fs after the kill (no kernel walk)"
+                    .to_string(),
+            );
+        }
+    }
+
+    /// Where the memory was, when it could not be read at the first sighting:
+    /// the OOM cgroup's `memory.stat` now (tmpfs pages are still there; the
+    /// victim's anonymous memory is not).
+    fn read_late_oom_stat(&self, kill: &mut Kill) {
+        if kill.memcg.oom_stat.is_some() || kill.scope != Some(Scope::Cgroup) {
+            return;
+        }
+        let (Some(cgfs), Some(cg)) = (&self.cgfs, kill.oom_cgroup.as_deref()) else {
+            return;
+        };
+        if let Some(stat) = crate::capture::memstat::read_cgroup(cgfs, cg) {
+            kill.memcg.oom_stat = Some(stat);
+            kill.missing.push(
+                "memcg.oom_stat: read from the cgroup fs after the kill (the victim's memory is already freed)"
                     .to_string(),
             );
         }

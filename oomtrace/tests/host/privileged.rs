@@ -471,3 +471,9 @@ fn a_task_that_was_already_exiting_is_marked_without_the_oom_killers_sigkill() {
 fn the_outcome_says_whether_the_containers_main_process_was_killed() {
     crate::support::deaths::outcome_checks();
 }
+
+#[test]
+#[ignore = "privileged: needs root, BPF, a memory cgroup and tmpfs; run by cargo xtask test"]
+fn a_tmpfs_in_the_cgroup_shows_as_shared_memory_and_is_explained() {
+    crate::support::deaths::oom_stat_checks();
+}

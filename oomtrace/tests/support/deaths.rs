@@ -427,3 +427,80 @@ pub fn outcome_checks() {
 fn e_main(e: &serde_json::Value) -> Option<bool> {
     e["outcome"]["main_process"].as_bool()
 }
+
+/// A tmpfs holding 32 MiB of a container cgroup's 64 MiB limit (a
+/// memory-backed emptyDir), then a process that needs more: the kill's
+/// `memcg.oom_stat` shows the shared memory, and the explanation and advice
+/// say what to do about it.
+pub fn oom_stat_checks() {
+    use super::{Agent, i, s};
+    let agent = Agent::start(&[]);
+    let rel = format!(
+        "oomtrace-test-oomstat-{}/kubepods/burstable/pod3e61aa2b-7c1d-4c7e-9d39-2c1f0a6b8e11/9c1e2d3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d",
+        std::process::id()
+    );
+    let top = Memcg::create(rel.split('/').next().expect("top"));
+    let cg = Memcg::create(&rel);
+    cg.set_limit(64 << 20);
+    let tmpfs = std::env::temp_dir().join(format!("oomtrace-test-emptydir-{}", std::process::id()));
+    fs::create_dir_all(&tmpfs).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&tmpfs)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mount a tmpfs at {}", tmpfs.display());
+    // The writer's cgroup is charged for the tmpfs pages, and stays charged.
+    let mut w = spawn_in(
+        &cg,
+        0,
+        &format!(
+            "dd if=/dev/zero of={}/data bs=1M count=32 status=none",
+            tmpfs.display()
+        ),
+    );
+    let written = w.wait().expect("writer");
+    let (pid, status) = super::run_hog(&cg, 800, 128);
+    let in_cg = |v: &serde_json::Value| s(v, &["victim", "cgroup"]) == Some(cg.rel.as_str());
+    let events = agent.events(1, Duration::from_secs(15), in_cg);
+    let (_, log) = agent.stop();
+    let _ = std::process::Command::new("umount").arg(&tmpfs).status();
+    let _ = fs::remove_dir(&tmpfs);
+    drop(cg);
+    drop(top);
+    assert!(written.success(), "the tmpfs writer: {written:?}");
+    assert!(super::killed_by_sigkill(&status), "{status:?}");
+    assert_eq!(events.len(), 1, "stderr:\n{log}");
+    let e = &events[0];
+    assert_eq!(i(e, &["victim", "pid"]), Some(i64::from(pid)), "{e:#}");
+    let stat = &e["memcg"]["oom_stat"];
+    let shmem = i(e, &["memcg", "oom_stat", "shmem_bytes"]).expect("shmem_bytes");
+    assert!(
+        (31 << 20..=33 << 20).contains(&shmem),
+        "the 32 MiB tmpfs file: {stat}"
+    );
+    let file = i(e, &["memcg", "oom_stat", "file_bytes"]).expect("file_bytes");
+    assert!(file >= shmem, "the page cache holds the tmpfs: {stat}");
+    assert!(
+        i(e, &["memcg", "oom_stat", "anon_bytes"]).is_some(),
+        "{stat}"
+    );
+    assert!(
+        !e["missing"]
+            .as_array()
+            .expect("missing")
+            .iter()
+            .any(|m| m.as_str().is_some_and(|m| m.starts_with("memcg.oom_stat"))),
+        "read when the victim was first seen: {e:#}"
+    );
+    let explanation = s(e, &["explanation"]).expect("explanation");
+    assert!(
+        explanation.contains("was shared memory (tmpfs): a memory-backed emptyDir"),
+        "{e:#}"
+    );
+    assert!(
+        s(e, &["advice"]).is_some_and(|a| a.contains("sizeLimit")),
+        "{e:#}"
+    );
+    eprintln!("oom_stat {stat}; explanation: {explanation}");
+}

@@ -1,0 +1,235 @@
+//! Where the memory was when a kill happened: the `memory.stat` of the
+//! victim's cgroup and of each ancestor (one of them is the cgroup whose
+//! limit was hit), and the node's `/proc/meminfo`, read by the lookup
+//! thread as soon as the victim is first seen ([`super::lookup`]).
+//!
+//! Every figure covers the cgroup's whole subtree: cgroup v2 `memory.stat`
+//! is hierarchical; on v1 the plain keys count the cgroup's own pages only,
+//! so the `total_*` keys are read. `file_bytes` is the page cache as the
+//! kernel counts it, tmpfs and shared memory (`shmem_bytes`) included.
+
+use std::{fs, path::Path};
+
+use crate::{
+    enrich::node::{CgroupFs, CgroupVersion},
+    report::OomStat,
+};
+
+/// Ancestors read at most (the deepest Kubernetes layouts are 5 levels).
+const MAX_LEVELS: usize = 8;
+
+/// The figures of one cgroup at the kill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupStat {
+    /// Path relative to the memory controller's mount (`/kubepods/...`).
+    pub path: String,
+    pub stat: OomStat,
+}
+
+/// What the lookup thread read for one victim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryAtKill {
+    /// The victim's cgroup first, then each ancestor below the root.
+    pub cgroups: Vec<CgroupStat>,
+    /// From `/proc/meminfo` (for node-level kills).
+    pub node: Option<OomStat>,
+}
+
+impl MemoryAtKill {
+    /// The figures of `path`, if it was read.
+    pub fn of(&self, path: &str) -> Option<&OomStat> {
+        let path = path.trim_end_matches('/');
+        self.cgroups
+            .iter()
+            .find(|c| c.path.trim_end_matches('/') == path)
+            .map(|c| &c.stat)
+    }
+}
+
+/// Reads `cgroup` and its ancestors (not the root) and the node.
+pub fn read(cgfs: &CgroupFs, proc_root: &Path, cgroup: Option<&str>) -> MemoryAtKill {
+    let mut cgroups = Vec::new();
+    let mut path = cgroup.unwrap_or("").trim_end_matches('/');
+    while !path.is_empty() && cgroups.len() < MAX_LEVELS {
+        if let Some(stat) = read_cgroup(cgfs, path) {
+            cgroups.push(CgroupStat {
+                path: path.to_string(),
+                stat,
+            });
+        }
+        path = path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    }
+    let node = fs::read_to_string(proc_root.join("meminfo"))
+        .ok()
+        .map(|t| from_meminfo(&t));
+    MemoryAtKill { cgroups, node }
+}
+
+/// One cgroup's figures; `None` when its `memory.stat` cannot be read.
+pub fn read_cgroup(cgfs: &CgroupFs, path: &str) -> Option<OomStat> {
+    let dir = cgfs.dir(path);
+    let text = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    Some(match cgfs.version {
+        CgroupVersion::V2 => from_v2(&text),
+        CgroupVersion::V1 => {
+            let read = |file: &str| {
+                fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+            };
+            from_v1(
+                &text,
+                read("memory.kmem.usage_in_bytes"),
+                read("memory.kmem.tcp.usage_in_bytes"),
+            )
+        }
+    })
+}
+
+fn key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// cgroup v2 `memory.stat` (bytes). `kernel` exists since 5.18; before,
+/// kernel memory is the sum of its parts.
+pub fn from_v2(text: &str) -> OomStat {
+    let kernel = key(text, "kernel").or_else(|| {
+        let parts: Vec<u64> = [
+            "kernel_stack",
+            "pagetables",
+            "sec_pagetables",
+            "percpu",
+            "slab",
+        ]
+        .iter()
+        .filter_map(|k| key(text, k))
+        .collect();
+        (!parts.is_empty()).then(|| parts.iter().sum())
+    });
+    OomStat {
+        anon_bytes: key(text, "anon"),
+        file_bytes: key(text, "file"),
+        shmem_bytes: key(text, "shmem"),
+        kernel_bytes: kernel,
+        sock_bytes: key(text, "sock"),
+    }
+}
+
+/// cgroup v1 `memory.stat` (`total_*`, bytes), with the kernel memory and
+/// TCP buffer counters of `memory.kmem.usage_in_bytes` and
+/// `memory.kmem.tcp.usage_in_bytes` (hierarchical; absent without kmem
+/// accounting).
+pub fn from_v1(text: &str, kmem: Option<u64>, tcp: Option<u64>) -> OomStat {
+    OomStat {
+        anon_bytes: key(text, "total_rss"),
+        file_bytes: key(text, "total_cache"),
+        shmem_bytes: key(text, "total_shmem"),
+        kernel_bytes: kmem,
+        sock_bytes: tcp,
+    }
+}
+
+/// The node's figures from `/proc/meminfo` (kB): anon `AnonPages`, file
+/// `Buffers + Cached` (Cached includes Shmem), kernel `Slab + KernelStack +
+/// PageTables + SecPageTables`; sockets are not in meminfo.
+pub fn from_meminfo(text: &str) -> OomStat {
+    let kb = |k: &str| {
+        text.lines().find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name == k).then(|| rest.split_whitespace().next()?.parse::<u64>().ok())?
+        })
+    };
+    let sum = |keys: &[&str]| {
+        let parts: Vec<u64> = keys.iter().filter_map(|k| kb(k)).collect();
+        (!parts.is_empty()).then(|| parts.iter().sum::<u64>() * 1024)
+    };
+    OomStat {
+        anon_bytes: kb("AnonPages").map(|v| v * 1024),
+        file_bytes: sum(&["Buffers", "Cached"]),
+        shmem_bytes: kb("Shmem").map(|v| v * 1024),
+        kernel_bytes: sum(&["Slab", "KernelStack", "PageTables", "SecPageTables"]),
+        sock_bytes: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/node");
+
+    fn sample(name: &str) -> String {
+        fs::read_to_string(format!("{DATA}/{name}")).expect("sample")
+    }
+
+    #[test]
+    fn v1_counts_the_subtree_and_the_tmpfs() {
+        // 24 MiB written to a tmpfs and a 12 MiB bytearray, on the host.
+        let s = from_v1(
+            &sample("host-6.18.v1-tmpfs.memory.stat"),
+            Some(143_360),
+            Some(0),
+        );
+        assert_eq!(s.shmem_bytes, Some(24 << 20));
+        assert_eq!(s.file_bytes, Some(24 << 20), "the tmpfs is page cache");
+        assert_eq!(s.anon_bytes, Some(19_623_936));
+        assert_eq!((s.kernel_bytes, s.sock_bytes), (Some(143_360), Some(0)));
+        // The root's file: total_* are read, not the root's own pages.
+        let root = from_v1(&sample("host-6.18.v1-root.memory.stat"), None, None);
+        assert!(root.file_bytes.is_some() && root.kernel_bytes.is_none());
+    }
+
+    #[test]
+    fn v2_with_and_without_the_kernel_key() {
+        let s = from_v2(&sample("vm-6.1.v2-tmpfs.memory.stat"));
+        assert_eq!(s.shmem_bytes, Some(24 << 20));
+        assert_eq!(s.anon_bytes, Some(16 << 20));
+        assert_eq!(s.file_bytes, Some(33_333_248));
+        assert_eq!(s.kernel_bytes, Some(339_968));
+        assert_eq!(s.sock_bytes, Some(0));
+        // 5.10: kernel_stack 0 + percpu 0 + slab 131184 (no pagetables key).
+        let s = from_v2(&sample("vm-5.10.v2-tmpfs.memory.stat"));
+        assert_eq!(s.shmem_bytes, Some(25_141_248));
+        assert_eq!(s.kernel_bytes, Some(131_184));
+    }
+
+    #[test]
+    fn the_node_from_meminfo() {
+        let s = from_meminfo(&sample("host-6.18.meminfo.txt"));
+        assert_eq!(s.anon_bytes, Some(132_680 * 1024));
+        assert_eq!(s.file_bytes, Some((18_460 + 2_468_460) * 1024));
+        assert_eq!(s.shmem_bytes, Some(8_872 * 1024));
+        assert_eq!(
+            s.kernel_bytes,
+            Some((156_812 + 1_908 + 4_964) * 1024),
+            "Slab + KernelStack + PageTables + SecPageTables (0)"
+        );
+        assert_eq!(s.sock_bytes, None);
+        assert_eq!(from_meminfo("not meminfo"), OomStat::default());
+    }
+
+    #[test]
+    fn the_victims_cgroup_and_its_ancestors_are_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cg = dir.path().join("cg");
+        let v2 = sample("vm-6.1.v2-tmpfs.memory.stat");
+        for p in ["pod", "pod/ctr"] {
+            fs::create_dir_all(cg.join(p)).expect("mkdir");
+            fs::write(cg.join(p).join("memory.stat"), &v2).expect("write");
+        }
+        fs::write(dir.path().join("meminfo"), sample("host-6.18.meminfo.txt")).expect("write");
+        let cgfs = CgroupFs {
+            root: cg,
+            version: CgroupVersion::V2,
+        };
+        let m = read(&cgfs, dir.path(), Some("/pod/ctr"));
+        let paths: Vec<&str> = m.cgroups.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["/pod/ctr", "/pod"]);
+        assert_eq!(m.of("/pod/").and_then(|s| s.shmem_bytes), Some(24 << 20));
+        assert!(m.node.is_some_and(|n| n.shmem_bytes == Some(8_872 * 1024)));
+        assert_eq!(read(&cgfs, dir.path(), None).cgroups, []);
+    }
+}
