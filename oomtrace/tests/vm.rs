@@ -364,6 +364,12 @@ fn group_kill(agent_args: &[&str]) -> String {
             "{v}"
         );
         assert_eq!(s(v, &["k8s", "pod"]), Some("worker-1"), "{v}");
+        // memory.oom.group took the whole container: said on every victim.
+        assert_eq!(v["outcome"]["group_kill"], true, "{v}\n{log}");
+        assert!(
+            s(v, &["explanation"]).is_some_and(|x| x.contains("memory.oom.group is set")),
+            "{v}"
+        );
     }
     let incidents: HashSet<&str> = e.iter().filter_map(|v| s(v, &["incident"])).collect();
     assert_eq!(
@@ -941,4 +947,8 @@ fn vm_victim_lineage_and_the_oom_killers_sigkill() {
     );
     assert_eq!(reaped, tries, "the frozen, killed holder was chosen");
     assert_eq!(flagged, 0, "no SIGKILL of the OOM killer's own for it");
+    // What the agent makes of it on cgroup v2: main process or child, and a
+    // tmpfs charged to the container.
+    support::deaths::outcome_checks();
+    support::deaths::oom_stat_checks();
 }

@@ -151,9 +151,9 @@ impl Correlator {
         let i = self.merge_meta(claim, &tp.meta, now)?;
         let p = &mut self.pending[i];
         p.tp = Some(tp.fields);
-        if p.oom_sigkill.is_none() {
-            p.oom_sigkill = tp.oom_sigkill;
-        }
+        // Either program seeing the OOM killer's SIGKILL proves the kill
+        // (None < Some(false) < Some(true)).
+        p.oom_sigkill = p.oom_sigkill.max(tp.oom_sigkill);
         Some(i)
     }
 
@@ -196,9 +196,7 @@ impl Correlator {
         let i = self.merge_meta(claim, &meta, now)?;
         let p = &mut self.pending[i];
         p.start_time_ns = p.start_time_ns.or(task.start_time_ns);
-        if p.oom_sigkill.is_none() {
-            p.oom_sigkill = task.oom_sigkill;
-        }
+        p.oom_sigkill = p.oom_sigkill.max(task.oom_sigkill);
         p.btf = Some(task);
         Some(i)
     }

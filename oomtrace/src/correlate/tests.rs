@@ -1,7 +1,7 @@
 use oomtrace_common::{
     ABI_VERSION, BtfVictim, CgroupLevel, CgroupWalk, DECISION_HAS_CHOSEN, DECISION_HAS_MEMCG,
     Decision, Header, KIND_BTF_VICTIM, KIND_DECISION, KIND_GROUP_MEMBER, MAX_DEPTH, NAME_LEN,
-    VICTIM_HAS_ADJ, as_bytes,
+    VICTIM_HAS_ADJ, VICTIM_OOM_SIGKILL, as_bytes,
 };
 
 use std::mem::size_of;
@@ -283,6 +283,92 @@ fn a_mark_no_kill_line_confirms_is_no_kill_until_the_kill_line_comes() {
     assert_eq!(k.sources, vec!["tracepoint", "tp_btf", "kmsg"]);
     assert_eq!(k.oom_cgroup.as_deref(), Some("/parent"));
     assert_eq!(c.not_killed, 0);
+}
+
+/// A victim's tracepoint and tp_btf records as the kernel side makes them
+/// with the signal hook attached (`signal_hook`): `sigkill` says whether the
+/// OOM killer's own SIGKILL came just before the mark (`VICTIM_OOM_SIGKILL`).
+fn marked(pid: u32, ktime_ns: u64, sigkill: bool, signal_hook: bool) -> [Input; 2] {
+    let w = walk(&[
+        ("child", 1_000, UNLIMITED),
+        ("parent", 8_190, 8_192),
+        ("", 90_000, UNLIMITED),
+    ]);
+    let flag = if sigkill { VICTIM_OOM_SIGKILL } else { 0 };
+    let btf = BtfVictim {
+        flags: VICTIM_HAS_ADJ | flag,
+        ..btf_record(pid, ktime_ns + 1_000, pid, w)
+    };
+    let decoder = Decoder {
+        layout: None,
+        page_size: 4096,
+        signal_hook,
+    };
+    let tp = oomtrace_common::TpVictim {
+        header: header(
+            oomtrace_common::KIND_TP_VICTIM,
+            size_of::<oomtrace_common::TpVictim>(),
+            ktime_ns,
+            pid,
+        ),
+        pid,
+        record_len: 0,
+        flags: flag,
+        _pad: 0,
+        record: [0; oomtrace_common::TP_RECORD_MAX],
+    };
+    [
+        decoder.decode(as_bytes(&tp)).expect("tracepoint record"),
+        decoder.decode(as_bytes(&btf)).expect("tp_btf record"),
+    ]
+}
+
+#[test]
+fn without_the_kernel_log_the_oom_killers_sigkill_confirms_the_kill() {
+    let active = expect(true, true, false, false);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    // Killed: reported as soon as both programs are in, confirmed.
+    let mut out = Vec::new();
+    for input in marked(42, 1_000_000, true, true) {
+        out.extend(c.push(input, now));
+    }
+    assert_eq!(out.len(), 1, "reported at once");
+    let k = &out[0].kill;
+    assert_eq!(k.oom_cgroup.as_deref(), Some("/parent"));
+    assert!(
+        !k.missing.iter().any(|m| m.starts_with("kill confirmation")),
+        "{:?}",
+        k.missing
+    );
+    // Marked without it (task_will_free_mem: already exiting): no kill.
+    for input in marked(43, 2_000_000_000, false, true) {
+        assert!(c.push(input, now).is_empty());
+    }
+    assert!(c.tick(now + Duration::from_millis(600)).is_empty());
+    assert_eq!((c.not_killed, c.pending_count()), (1, 0));
+    // Without the signal hook the records say nothing: reported, unconfirmed.
+    let out: Vec<_> = marked(44, 4_000_000_000, false, false)
+        .into_iter()
+        .flat_map(|input| c.push(input, now))
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0]
+            .kill
+            .missing
+            .iter()
+            .any(|m| m.starts_with("kill confirmation: without the kernel log or the signal hook")),
+        "{:?}",
+        out[0].kill.missing
+    );
+    // One program saw the SIGKILL and the other did not (its slot was
+    // overwritten): the one that saw it proves the kill.
+    let [tp, _] = marked(45, 6_000_000_000, false, true);
+    let [_, btf] = marked(45, 6_000_000_000, true, true);
+    assert!(c.push(tp, now).is_empty());
+    assert_eq!(c.push(btf, now).len(), 1);
+    assert_eq!(c.not_killed, 1);
 }
 
 #[test]

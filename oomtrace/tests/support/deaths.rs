@@ -504,3 +504,84 @@ pub fn oom_stat_checks() {
     );
     eprintln!("oom_stat {stat}; explanation: {explanation}");
 }
+
+/// The agent without the kernel log: the OOM killer's own SIGKILL, seen by
+/// the signal hook, confirms a memcg kill (reported at once, nothing
+/// unconfirmed in `missing`); a frozen, SIGKILLed holder the OOM killer
+/// only marks (already exiting) is not reported and is counted as "not
+/// killed" in the exit summary.
+pub fn sigkill_confirmation_checks(freezer: &std::path::Path) {
+    use super::{Agent, i, killed_by_sigkill, run_hog};
+    let agent = Agent::start(&["--no-kmsg"]);
+    let cg = Memcg::unique("confirm");
+    cg.set_limit(32 << 20);
+    let (pid, status) = run_hog(&cg, 500, 128);
+    assert!(killed_by_sigkill(&status), "{status:?}");
+    let killed = agent.events(1, Duration::from_secs(15), |v| {
+        i(v, &["victim", "pid"]) == Some(i64::from(pid))
+    });
+
+    let ex = Memcg::unique("confirm-exiting");
+    ex.set_limit(96 << 20);
+    let fz = freezer.join(format!("oomtrace-test-confirm-{}", std::process::id()));
+    let _ = fs::create_dir(&fz);
+    let mut holder = spawn_holder(&ex, 1000, 48);
+    let hpid = holder.id();
+    wait_rss(hpid, 48 * 1024);
+    fs::write(fz.join("tasks"), hpid.to_string()).expect("freezer tasks");
+    fs::write(fz.join("freezer.state"), "FROZEN").expect("freeze");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(fz.join("freezer.state"))
+        .unwrap_or_default()
+        .trim()
+        != "FROZEN"
+    {
+        assert!(Instant::now() < deadline, "the holder never froze");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: plain syscall to our own child.
+    unsafe { libc::kill(hpid as i32, libc::SIGKILL) };
+    thread::sleep(Duration::from_millis(100));
+    let mut hog = spawn_in(
+        &ex,
+        0,
+        "dd if=/dev/zero of=/dev/null bs=80M count=1 status=none",
+    );
+    let hog_status = hog.wait().expect("hog");
+    let _ = fs::write(fz.join("freezer.state"), "THAWED");
+    let _ = holder.wait();
+    // Past the correlation wait (1 s): a report would have come.
+    let reaped = agent.events(1, Duration::from_secs(3), |v| {
+        i(v, &["victim", "pid"]) == Some(i64::from(hpid))
+    });
+    let (_, log) = agent.stop();
+    let _ = fs::remove_dir(&fz);
+    assert_eq!(killed.len(), 1, "the memcg kill: stderr:\n{log}");
+    let e = &killed[0];
+    assert!(
+        !e["missing"].as_array().expect("missing").iter().any(|m| m
+            .as_str()
+            .is_some_and(|m| m.starts_with("kill confirmation"))),
+        "the SIGKILL confirms it: {e:#}"
+    );
+    assert!(
+        log.contains("active: tp_btf/signal_generate")
+            || log.contains("active: tracepoint/signal/signal_generate"),
+        "{log}"
+    );
+    assert!(
+        reaped.is_empty(),
+        "the holder was only reaped, not killed: {reaped:?}\n{log}"
+    );
+    let summary = log
+        .lines()
+        .find(|l| l.contains("oomtrace: exiting:"))
+        .unwrap_or_default();
+    assert!(
+        summary.contains(" 1 marked victims not killed"),
+        "the holder was marked and set aside: {summary}\n{log}"
+    );
+    eprintln!(
+        "memcg kill {pid} confirmed; holder {hpid} not reported (hog {hog_status:?}); {summary}"
+    );
+}
