@@ -327,6 +327,8 @@ impl Running {
             losses: losses.clone(),
             health: Arc::clone(&health),
             kmsg_stop: kmsg_stop.clone(),
+            awaiting_walk: Vec::new(),
+            wait_for_walk: expect.tp_btf && expect.memory,
         };
         let evictions = context.evictions;
         let stage_kmsg_stop = kmsg_stop;
@@ -781,7 +783,16 @@ struct CorrelateStage {
     health: Arc<Health>,
     /// Tells the kernel log reader to read up to its last record and end.
     kmsg_stop: Option<Arc<AtomicBool>>,
+    /// With tp_btf, a victim first seen by the classic tracepoint (pid only)
+    /// is looked up once tp_btf's walk names its cgroup (the next record of
+    /// the same drain, as a rule), not from its `/proc` entry, which a
+    /// victim that exits fast no longer has: pid and when it was first seen.
+    awaiting_walk: Vec<(u32, Instant)>,
+    wait_for_walk: bool,
 }
+
+/// How long a lookup waits for tp_btf's walk before it reads `/proc`.
+const WALK_WAIT: Duration = Duration::from_millis(20);
 
 impl CorrelateStage {
     async fn run(
@@ -814,6 +825,7 @@ impl CorrelateStage {
                     let now = Instant::now();
                     self.health.beat(Stage::Correlate);
                     correlator.note_kmsg_losses(self.losses.kmsg_lost(), now);
+                    self.look_up_awaiting(correlator, now);
                     correlator.tick(now).into_iter().map(|c| ToOutput::Kill(Box::new(c))).collect()
                 }
                 _ = check.tick() => vec![ToOutput::Check { idle: correlator.pending_count() == 0 }],
@@ -895,16 +907,13 @@ impl CorrelateStage {
                 correlator.lookup_failed(pid);
                 continue;
             }
-            let request = Request {
-                pid,
-                killed_at: correlator.kill_time(pid),
-                cgroup: correlator.known_cgroup(pid),
-            };
-            let asked = self.lookup.as_ref().is_some_and(|l| l.request(request));
-            if !asked {
-                correlator.lookup_failed(pid);
+            if self.wait_for_walk && correlator.known_cgroup(pid).is_none() {
+                self.awaiting_walk.push((pid, now));
+            } else {
+                self.look_up(correlator, pid);
             }
         }
+        self.look_up_awaiting(correlator, now);
         let mut out = Vec::with_capacity(ready.len() + 2);
         if repeated > 0 {
             out.push(ToOutput::Repeated(repeated));
@@ -919,6 +928,34 @@ impl CorrelateStage {
         }
         out.extend(ready.into_iter().map(|c| ToOutput::Kill(Box::new(c))));
         out
+    }
+
+    fn look_up(&self, correlator: &mut Correlator, pid: u32) {
+        let request = Request {
+            pid,
+            killed_at: correlator.kill_time(pid),
+            cgroup: correlator.known_cgroup(pid),
+        };
+        let asked = self.lookup.as_ref().is_some_and(|l| l.request(request));
+        if !asked {
+            correlator.lookup_failed(pid);
+        }
+    }
+
+    /// Looks up the victims whose walk came, or waited long enough.
+    fn look_up_awaiting(&mut self, correlator: &mut Correlator, now: Instant) {
+        if self.awaiting_walk.is_empty() {
+            return;
+        }
+        let (due, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_walk)
+            .into_iter()
+            .partition(|&(pid, t)| {
+                correlator.known_cgroup(pid).is_some() || now.duration_since(t) >= WALK_WAIT
+            });
+        self.awaiting_walk = wait;
+        for (pid, _) in due {
+            self.look_up(correlator, pid);
+        }
     }
 
     async fn send(&self, ready: Vec<ToOutput>) -> bool {
