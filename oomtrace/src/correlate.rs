@@ -272,15 +272,15 @@ impl Correlator {
     }
 
     /// The pending victim `pid`'s cgroup, when a record read from the task
-    /// already named it (the lookup thread need not read `/proc` for it).
+    /// already named it: tp_btf's walk, else the decision's walk of the
+    /// chosen task (the lookup thread need not read `/proc` for it).
     pub fn known_cgroup(&self, pid: u32) -> Option<String> {
-        self.newest(pid)?
-            .btf
-            .as_ref()?
-            .walk
-            .as_ref()?
-            .leaf()
-            .map(|l| l.path.clone())
+        let p = self.newest(pid)?;
+        let walk = p.btf.as_ref().and_then(|b| b.walk.as_ref()).or_else(|| {
+            p.chosen_by_decision()?;
+            p.decision.as_ref()?.chosen_memcg.as_ref()
+        })?;
+        walk.leaf().map(|l| l.path.clone())
     }
 
     /// The kernel-log reader's count of lost records: a victim with no kill
