@@ -481,11 +481,11 @@ fn a_tmpfs_in_the_cgroup_shows_as_shared_memory_and_is_explained() {
 #[test]
 #[ignore = "privileged: needs root, BPF, a memory cgroup and the v1 freezer; run by cargo xtask test"]
 fn without_the_kernel_log_the_oom_killers_sigkill_tells_a_kill_from_a_reap() {
-    let Some(freezer) = support::deaths::v1_freezer() else {
+    let Some(freezer) = crate::support::deaths::v1_freezer() else {
         eprintln!(
             "SKIP: no cgroup v1 freezer on this kernel: a killed task cannot be kept from exiting"
         );
         return;
     };
-    support::deaths::sigkill_confirmation_checks(&freezer);
+    crate::support::deaths::sigkill_confirmation_checks(&freezer);
 }
