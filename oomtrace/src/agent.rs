@@ -47,7 +47,6 @@ use crate::{
     capture::probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
     capture::{
         Input, KmsgSighting,
-        eviction::EvictedPod,
         killer::{KillerCheck, KillerStats},
         lookup::{LookupConfig, ProcLookup, Request},
         ring::Decoder,
@@ -58,7 +57,8 @@ use crate::{
     enrich::podnames::PodNames,
     enrich::{
         Enricher, WallClock,
-        kube::PodMetadata,
+        kube::{PodMetadata, PodNews},
+        reported::{KillBook, ReasonMismatch, Termination},
         snapshots::{self, NodeSnapshots, SnapshotConfig},
     },
     explain,
@@ -177,7 +177,7 @@ struct NodeContext {
     api: Option<ApiClient>,
     pods: Option<(PodMetadata, JoinHandle<()>)>,
     /// Pods the kubelet evicted for memory, from the pod watch.
-    evictions: Option<mpsc::Receiver<EvictedPod>>,
+    pod_news: Option<mpsc::Receiver<PodNews>>,
 }
 
 impl NodeContext {
@@ -201,22 +201,22 @@ impl NodeContext {
             None => None,
         };
         let api = args.kube.then(|| ApiClient::start(args.kubeconfig.clone()));
-        let (evictions_tx, evictions) = match &api {
+        let (news_tx, pod_news) = match &api {
             Some(_) => {
-                let (tx, rx) = mpsc::channel::<EvictedPod>(64);
+                let (tx, rx) = mpsc::channel::<PodNews>(256);
                 (Some(tx), Some(rx))
             }
             None => (None, None),
         };
         let pods = api
             .as_ref()
-            .map(|api| PodMetadata::watch(api, node.to_string(), evictions_tx));
+            .map(|api| PodMetadata::watch(api, node.to_string(), news_tx));
         Ok(Self {
             cgfs,
             snapshots,
             api,
             pods,
-            evictions,
+            pod_news,
         })
     }
 }
@@ -330,7 +330,7 @@ impl Running {
             awaiting_walk: Vec::new(),
             wait_for_walk: expect.tp_btf && expect.memory,
         };
-        let evictions = context.evictions;
+        let pod_news = context.pod_news;
         let stage_kmsg_stop = kmsg_stop;
         let correlate = tokio::spawn({
             let stop = stop.clone();
@@ -340,7 +340,7 @@ impl Running {
                         &mut correlator,
                         input_rx,
                         kmsg_rx,
-                        evictions,
+                        pod_news,
                         stop,
                         ring_task,
                     )
@@ -375,6 +375,7 @@ impl Running {
             stop: stop_tx.clone(),
             continuity,
             health: Arc::clone(&health),
+            book: KillBook::default(),
         };
         let output = thread::Builder::new()
             .name("output".into())
@@ -759,6 +760,9 @@ enum ToOutput {
     /// of a memory.oom.group kill): no report of their own, but counted in
     /// `oom_kill` like any kill.
     Repeated(u64),
+    /// A container instance ended: Kubernetes' reason against the kills
+    /// written for it.
+    Terminated(Termination),
     /// Sent every second: the output thread beats, and compares the
     /// kernel's kill counter with what was reported; `idle`: no kill was
     /// waiting for its sources in the correlator.
@@ -800,7 +804,7 @@ impl CorrelateStage {
         correlator: &mut Correlator,
         mut inputs: mpsc::Receiver<Input>,
         mut kmsg: Option<mpsc::Receiver<KmsgOom>>,
-        mut evictions: Option<mpsc::Receiver<EvictedPod>>,
+        mut pod_news: Option<mpsc::Receiver<PodNews>>,
         mut stop: watch::Receiver<bool>,
         ring: Option<JoinHandle<()>>,
     ) {
@@ -820,7 +824,10 @@ impl CorrelateStage {
                         Vec::new()
                     }
                 },
-                Some(e) = recv(&mut evictions) => self.push(correlator, Input::Eviction(e)),
+                Some(news) = recv(&mut pod_news) => match news {
+                    PodNews::Evicted(e) => self.push(correlator, Input::Eviction(e)),
+                    PodNews::Terminated(t) => vec![ToOutput::Terminated(t)],
+                },
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.health.beat(Stage::Correlate);
@@ -1005,6 +1012,8 @@ struct OutputStage {
     stop: watch::Sender<bool>,
     continuity: Continuity,
     health: Arc<Health>,
+    /// The kills written per container instance (`--kube`).
+    book: KillBook,
 }
 
 impl OutputStage {
@@ -1025,6 +1034,10 @@ impl OutputStage {
                     self.continuity.ledger.handled(seq);
                     Ok(())
                 }
+                ToOutput::Terminated(t) => match self.book.termination(t, &self.enricher.node) {
+                    Some(m) => self.mismatch(&m),
+                    None => Ok(()),
+                },
                 ToOutput::Check { idle } => {
                     self.health.beat(Stage::Output);
                     self.check(idle, &mut written)
@@ -1050,6 +1063,9 @@ impl OutputStage {
         let mut kill = e.kill;
         kill.lost_events = self.losses.total();
         self.sinks.kill(&kill)?;
+        if let Some(m) = self.book.kill(&kill, &self.enricher.node) {
+            self.mismatch(&m)?;
+        }
         // Written: only now is it in the ledger (a crash in between
         // reports it again after the restart rather than never).
         self.continuity
@@ -1062,6 +1078,11 @@ impl OutputStage {
             let _ = self.stop.send(true);
         }
         Ok(())
+    }
+
+    fn mismatch(&mut self, m: &ReasonMismatch) -> Result<(), SinkError> {
+        info!("{}", m.explanation);
+        self.sinks.reason_mismatch(m)
     }
 
     fn check(&mut self, idle: bool, written: &mut Written) -> Result<(), SinkError> {

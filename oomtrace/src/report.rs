@@ -68,6 +68,9 @@ pub enum RecordKind {
     OomKill,
     /// Kills the kernel counted that no source reported ([`Unreported`]).
     UnreportedKills,
+    /// Kubernetes' reason for a container's end contradicts the kernel's
+    /// kills ([`crate::enrich::reported::ReasonMismatch`]).
+    ReasonMismatch,
 }
 
 /// Kernel OOM kills that no source reported: the kernel's own count
@@ -313,6 +316,10 @@ pub struct K8s {
     /// The container's memory request and limit, from the API server.
     pub memory_request_bytes: Option<u64>,
     pub memory_limit_bytes: Option<u64>,
+    /// Kubernetes' reason for the container's end (`OOMKilled`, `Error`,
+    /// ...), in `reason_mismatch` records; `null` on kills (the
+    /// termination is known only after the kill was reported).
+    pub reported_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]

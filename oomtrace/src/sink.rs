@@ -13,7 +13,10 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::report::{Kill, Unreported};
+use crate::{
+    enrich::reported::ReasonMismatch,
+    report::{Kill, Unreported},
+};
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -31,6 +34,12 @@ pub trait Sink: Send {
     /// Takes a count of kills the kernel made that no source reported
     /// (the loss check). Sinks that have nothing to say about it ignore it.
     fn unreported(&mut self, _record: &Unreported) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Takes a disagreement between Kubernetes' reason for a container's
+    /// end and the kernel's kills. Sinks with nothing to say ignore it.
+    fn reason_mismatch(&mut self, _record: &ReasonMismatch) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -54,6 +63,19 @@ impl Sinks {
         let mut first = Ok(());
         for s in &mut self.sinks {
             if let Err(e) = s.kill(kill)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    /// Gives the reason-mismatch record to every sink, as [`Sinks::kill`].
+    pub fn reason_mismatch(&mut self, record: &ReasonMismatch) -> Result<(), SinkError> {
+        let mut first = Ok(());
+        for s in &mut self.sinks {
+            if let Err(e) = s.reason_mismatch(record)
                 && first.is_ok()
             {
                 first = Err(e);

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::{
     capture::eviction::{EvictedPod, EvictionWatch},
+    enrich::reported::{Termination, TerminationWatch},
     kube::{ApiClient, Problem},
     report::{K8s, Kill},
 };
@@ -211,6 +212,15 @@ impl PodCache {
     }
 }
 
+/// What the pod watch tells the agent besides metadata.
+#[derive(Debug)]
+pub enum PodNews {
+    /// The kubelet evicted a pod for memory.
+    Evicted(EvictedPod),
+    /// A container instance ended (compared with the kernel's kills).
+    Terminated(Termination),
+}
+
 /// The enrichment side of the pod watch: a shared cache.
 #[derive(Clone)]
 pub struct PodMetadata {
@@ -219,11 +229,12 @@ pub struct PodMetadata {
 
 impl PodMetadata {
     /// Starts watching this node's pods once the client is built; pods the
-    /// kubelet evicts for memory from then on go to `evictions`.
+    /// kubelet evicts for memory from then on, and containers that end, go
+    /// to `news`.
     pub fn watch(
         api: &ApiClient,
         node: String,
-        evictions: Option<mpsc::Sender<EvictedPod>>,
+        news: Option<mpsc::Sender<PodNews>>,
     ) -> (Self, JoinHandle<()>) {
         let cache = Arc::new(Mutex::new(PodCache::default()));
         let task = tokio::spawn({
@@ -233,7 +244,7 @@ impl PodMetadata {
                 let Some(client) = api.client().await else {
                     return;
                 };
-                watch_pods(client, &node, &cache, api.problem(), evictions).await;
+                watch_pods(client, &node, &cache, api.problem(), news).await;
             }
         });
         (Self { cache }, task)
@@ -258,7 +269,7 @@ async fn watch_pods(
     node: &str,
     cache: &Mutex<PodCache>,
     problem: &Problem,
-    evictions: Option<mpsc::Sender<EvictedPod>>,
+    news: Option<mpsc::Sender<PodNews>>,
 ) {
     let api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -266,6 +277,7 @@ async fn watch_pods(
     let mut seen = HashSet::new();
     let mut synced = false;
     let mut evicted = EvictionWatch::default();
+    let mut ended = TerminationWatch::default();
     while let Some(ev) = stream.next().await {
         let now = Instant::now();
         let ev = match ev {
@@ -277,12 +289,21 @@ async fn watch_pods(
         };
         match &ev {
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
-                if let (Some(tx), Some(e)) = (&evictions, evicted.observe(pod))
-                    && tx.try_send(e).is_err()
+                if let (Some(tx), Some(e)) = (&news, evicted.observe(pod))
+                    && tx.try_send(PodNews::Evicted(e)).is_err()
                 {
                     warn!(
                         "a pod eviction could not be queued for reporting (the agent is falling behind)"
                     );
+                }
+                for t in ended.observe(pod) {
+                    if let Some(tx) = &news
+                        && tx.try_send(PodNews::Terminated(t)).is_err()
+                    {
+                        warn!(
+                            "a container's termination could not be queued for comparison with the kernel's kills (the agent is falling behind)"
+                        );
+                    }
                 }
             }
             watcher::Event::Delete(pod) => {

@@ -20,6 +20,7 @@ pub mod node;
 pub mod outcome;
 pub mod podnames;
 pub mod qos;
+pub mod reported;
 pub mod snapshots;
 
 use std::{

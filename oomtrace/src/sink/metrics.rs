@@ -444,6 +444,20 @@ impl Sink for MetricsSink {
         self.metrics.add_unreported(record.count);
         Ok(())
     }
+
+    fn reason_mismatch(
+        &mut self,
+        record: &crate::enrich::reported::ReasonMismatch,
+    ) -> Result<(), SinkError> {
+        let k = &record.k8s;
+        let label = |v: &Option<String>| v.as_deref().unwrap_or("").to_string();
+        self.metrics.add_reason_mismatch(
+            &label(&k.namespace),
+            &label(&k.pod),
+            &label(&k.container),
+        );
+        Ok(())
+    }
 }
 
 /// OpenMetrics text → Prometheus text 0.0.4: a counter family `x` is named

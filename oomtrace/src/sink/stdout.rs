@@ -6,6 +6,7 @@ use std::io::Write;
 use super::{Sink, SinkError};
 use crate::{
     cli::Format,
+    enrich::reported::ReasonMismatch,
     report::{Kill, KillerKind, OomDomain, Scope, Unreported},
     units::{Bytes, escape},
 };
@@ -38,6 +39,20 @@ impl<W: Write + Send> Sink for Stdout<W> {
         self.write(kill).map_err(SinkError::Stdout)
     }
 
+    fn reason_mismatch(&mut self, record: &ReasonMismatch) -> Result<(), SinkError> {
+        let write = |out: &mut W| -> std::io::Result<()> {
+            match self.format {
+                Format::Json => {
+                    serde_json::to_writer(&mut *out, record).map_err(std::io::Error::other)?
+                }
+                Format::Text => out.write_all(mismatch_line(record).as_bytes())?,
+            }
+            out.write_all(b"\n")?;
+            out.flush()
+        };
+        write(&mut self.out).map_err(SinkError::Stdout)
+    }
+
     fn unreported(&mut self, record: &Unreported) -> Result<(), SinkError> {
         let write = |out: &mut W| -> std::io::Result<()> {
             match self.format {
@@ -51,6 +66,23 @@ impl<W: Write + Send> Sink for Stdout<W> {
         };
         write(&mut self.out).map_err(SinkError::Stdout)
     }
+}
+
+/// The text form of a reason-mismatch record, on one line.
+pub fn mismatch_line(r: &ReasonMismatch) -> String {
+    let line = format!(
+        "{} {} REASON MISMATCH {}/{} container {}: Kubernetes says {} (exit code {}), the kernel: {} | {}",
+        r.time.as_deref().unwrap_or("?"),
+        r.node,
+        r.k8s.namespace.as_deref().unwrap_or("?"),
+        r.k8s.pod.as_deref().unwrap_or("?"),
+        r.k8s.container.as_deref().unwrap_or("?"),
+        r.k8s.reported_reason.as_deref().unwrap_or("?"),
+        r.exit_code,
+        r.kernel,
+        r.explanation
+    );
+    escape(&line).into_owned()
 }
 
 /// The text form of an unreported-kills record, on one line.

@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::{Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_holder, wait_rss};
+use crate::support::{
+    Agent, Memcg, i, killed_by_sigkill, run_hog, s, spawn_holder, spawn_in, wait_rss,
+};
 use serde_json::{Value, json};
 
 const NODE: &str = "oomtrace-test-node";
@@ -812,4 +814,88 @@ fn a_pod_evicted_for_memory_is_reported_once_with_the_kubelets_words() {
     );
     // The kubelet posts its own Evicted Event: none from the agent.
     assert!(api.events().is_empty(), "{:?}", api.events());
+}
+
+/// kubernetes#140716: the kernel OOM-kills only a child of the container's
+/// main process, the container ends later on SIGTERM, and the runtime still
+/// reports `OOMKilled` (any OOM kill in the container's cgroup counts). When
+/// the pod's status shows that termination, the agent writes one
+/// `reason_mismatch` record naming the kill it contradicts.
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn oomkilled_for_a_container_whose_main_process_survived_is_called_out() {
+    let (uid, cid) = ids(8);
+    let api = FakeApi::start(&[pod(&uid, &cid)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = kubeconfig(dir.path(), api.port);
+    let agent = Agent::start(&[
+        "--kube",
+        "--kubeconfig",
+        kc.to_str().expect("utf-8"),
+        "--node-name",
+        NODE,
+    ]);
+    api.wait_for("the pod watch", Duration::from_secs(20), |a| {
+        a.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+    });
+    let (_top, container) = kubelet_cgroup("mismatch", &uid, &cid);
+    // sh is the container's main process (its parent, this test, is outside
+    // the cgroup); dd, its child, is OOM-killed and sh goes on.
+    let dd = "dd if=/dev/zero of=/dev/null bs=128M count=1 status=none";
+    let mut main = spawn_in(&container, 0, &format!("sh -c '{dd}; exec sleep 2'"));
+    let kills = agent.events(1, Duration::from_secs(15), in_cgroup(&container.rel));
+    let _ = main.wait();
+    assert_eq!(kills.len(), 1, "the child's kill; stderr:\n{}", agent.log());
+    let kill = &kills[0];
+    assert_eq!(s(kill, &["victim", "comm"]), Some("dd"), "{kill}");
+    assert_eq!(kill["outcome"]["main_process"], false, "{kill}");
+    assert!(kill["k8s"]["reported_reason"].is_null(), "{kill}");
+    let incident = s(kill, &["incident"]).expect("incident").to_string();
+
+    // The kubelet's next status of the pod: this container instance ended
+    // with 143 (SIGTERM) and the runtime called it OOMKilled.
+    let mut p = pod(&uid, &cid);
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    p["status"]["containerStatuses"][0]["lastState"]["terminated"] = json!({
+        "containerID": format!("containerd://{cid}"),
+        "exitCode": 143,
+        "finishedAt": now,
+        "reason": "OOMKilled",
+        "startedAt": "2025-01-02T03:01:41Z"
+    });
+    let next = format!("{:0>64}", "1");
+    p["status"]["containerStatuses"][0]["containerID"] = json!(format!("containerd://{next}"));
+    p["status"]["containerStatuses"][0]["restartCount"] = json!(2);
+    api.change(p.clone());
+    // The same status again (the kubelet rewrites it): still one record.
+    api.change(p);
+    let mismatch = |v: &Value| s(v, &["kind"]) == Some("reason_mismatch");
+    let m = agent.events(1, Duration::from_secs(20), mismatch);
+    let more = agent.events(1, Duration::from_secs(3), mismatch);
+    let (_, log) = agent.stop();
+    assert_eq!(
+        m.len(),
+        1,
+        "requests:\n{}\nstderr:\n{log}",
+        api.requests().join("\n")
+    );
+    assert!(more.is_empty(), "said twice: {more:?}");
+    let m = &m[0];
+    eprintln!("reason_mismatch record: {m}");
+    assert_eq!(s(m, &["k8s", "reported_reason"]), Some("OOMKilled"), "{m}");
+    assert_eq!(s(m, &["k8s", "container_id"]), Some(cid.as_str()), "{m}");
+    assert_eq!(s(m, &["k8s", "namespace"]), Some("prod"), "{m}");
+    assert_eq!(s(m, &["k8s", "pod"]), Some("api-7f9c6d5b8-x2x9q"), "{m}");
+    assert_eq!(s(m, &["k8s", "container"]), Some("api"), "{m}");
+    assert_eq!(i(m, &["exit_code"]), Some(143), "{m}");
+    assert_eq!(s(m, &["kernel"]), Some("child_killed"), "{m}");
+    assert_eq!(m["incidents"], json!([incident]), "{m}");
+    assert!(
+        s(m, &["explanation"]).is_some_and(|x| x.starts_with(
+            "Kubernetes says OOMKilled (exit code 143) for container api of prod/api-7f9c6d5b8-x2x9q, but the kernel OOM-killed only a child process (dd (pid "
+        ) && x.contains("exited 143 on SIGTERM")),
+        "{m}"
+    );
 }
