@@ -489,3 +489,95 @@ fn without_the_kernel_log_the_oom_killers_sigkill_tells_a_kill_from_a_reap() {
     };
     crate::support::deaths::sigkill_confirmation_checks(&freezer);
 }
+
+/// Issue 9: a process that names itself `ESC[2Jx<newline>FAKE` and is then
+/// OOM-killed printed a raw escape sequence and three lines for one kill in
+/// `--format text`. The name is the kernel's (the shell writes it to its own
+/// /proc/self/comm and then holds 200 MB in a variable, so the renamed
+/// process itself is the victim); the text line escapes it and stays one line.
+#[test]
+#[ignore = "privileged: needs root, BPF and a memory cgroup; run by cargo xtask test"]
+fn a_hostile_process_name_is_one_escaped_text_line() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_oomtrace"))
+        .args(["--format", "text"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn oomtrace");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = agent.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let stderr = agent.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if l.contains("oomtrace: ready") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(60))
+        .expect("agent ready");
+    let cg = Memcg::unique("hostile-name");
+    cg.set_limit(32 << 20);
+    let script = format!(
+        "echo $$ > {} && printf '\\033[2Jx\\nFAKE' > /proc/self/comm && x=$(head -c 200000000 /dev/zero | tr '\\0' a)",
+        cg.dir().join("cgroup.procs").display()
+    );
+    let mut shell = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&script)
+        .spawn()
+        .expect("sh");
+    let pid = shell.id();
+    let status = shell.wait().expect("wait");
+    assert!(
+        killed_by_sigkill(&status),
+        "the renamed shell was not OOM-killed: {status:?}"
+    );
+    // Every line the agent writes for a while: the kill's, and nothing else
+    // of it (a raw newline in the name would make more lines).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ours = Vec::new();
+    let mut fake = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Ok(l) = lines.recv_timeout(left) else {
+            break;
+        };
+        assert!(
+            !l.chars().any(|c| c.is_control()),
+            "a control character reached the text output: {l:?}"
+        );
+        if l.starts_with("FAKE") {
+            fake.push(l.clone());
+        }
+        if l.contains(&format!("pid {pid} "))
+            || l.contains(&format!("({pid})"))
+            || l.contains(&format!(" {pid} "))
+        {
+            ours.push(l);
+        }
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(fake.is_empty(), "the name split a line: {fake:?}");
+    assert_eq!(
+        ours.len(),
+        1,
+        "one line for the kill of pid {pid}: {ours:?}"
+    );
+    assert!(
+        ours[0].contains("\\x1b[2Jx\\x0aFAKE"),
+        "the name is escaped on the line: {}",
+        ours[0]
+    );
+    eprintln!("{}", ours[0]);
+}
