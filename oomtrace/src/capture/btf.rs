@@ -778,13 +778,23 @@ impl Btf {
         {
             return ids.clone();
         }
+        // Bytes, not `str_at`: no UTF-8 check or NUL search per type (the
+        // scan runs once per name over 126k types, in debug builds and
+        // under qemu's emulation too). The same test: the bytes at the
+        // offset are `name` followed by the NUL.
+        let strings = self.data.get(self.strings.0..self.strings.1).unwrap_or(&[]);
+        let needle = name.as_bytes();
         let ids: Vec<u32> = self
             .types
             .iter()
             .enumerate()
             .skip(1)
             .filter(|(_, t)| t.name_off != 0)
-            .filter(|(_, t)| self.str_at(t.name_off).is_ok_and(|n| n == name))
+            .filter(|(_, t)| {
+                let at = t.name_off as usize;
+                strings.get(at..at.saturating_add(needle.len())) == Some(needle)
+                    && strings.get(at.saturating_add(needle.len())) == Some(&0)
+            })
             .map(|(id, _)| id as u32)
             .collect();
         if let Ok(mut cache) = self.by_name.lock() {

@@ -271,9 +271,17 @@ impl Agent {
             lines,
             stderr: log,
         };
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        // Under qemu's emulation (TCG, three guests on two cores) a debug
+        // agent's start-up (BTF, kallsyms, loading) takes tens of seconds.
+        let ready_within = if std::env::var_os("OOMTRACE_IN_VM").is_some() {
+            Duration::from_secs(180)
+        } else {
+            Duration::from_secs(60)
+        };
+        if ready_rx.recv_timeout(ready_within).is_err() {
             panic!(
-                "oomtrace did not print ready within 60 s; stderr:\n{}",
+                "oomtrace did not print ready within {} s; stderr:\n{}",
+                ready_within.as_secs(),
                 agent.log()
             );
         }
