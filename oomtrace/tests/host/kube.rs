@@ -193,6 +193,25 @@ fn kubelet_cgroup(tag: &str, uid: &str, cid: &str) -> (Memcg, Memcg) {
     (top, container)
 }
 
+/// An agent with `--kube` against `api`, once its pod watch is open (the
+/// watch is opened after the list: the cache holds the pods by then).
+fn start_watching(api: &FakeApi, dir: &Path) -> Agent {
+    let kc = kubeconfig(dir, api.port);
+    let agent = Agent::start(&[
+        "--kube",
+        "--kubeconfig",
+        kc.to_str().expect("utf-8"),
+        "--node-name",
+        NODE,
+    ]);
+    api.wait_for("the pod watch", Duration::from_secs(20), |a| {
+        a.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+    });
+    agent
+}
+
 fn in_cgroup(prefix: &str) -> impl Fn(&Value) -> bool + '_ {
     move |v| s(v, &["victim", "cgroup"]).is_some_and(|c| c.starts_with(prefix))
 }
@@ -203,20 +222,7 @@ fn a_kill_in_a_pod_posts_one_pod_event_and_carries_the_watched_metadata() {
     let (uid, cid) = ids(1);
     let api = FakeApi::start(&[pod(&uid, &cid)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = kubeconfig(dir.path(), api.port);
-    let agent = Agent::start(&[
-        "--kube",
-        "--kubeconfig",
-        kc.to_str().expect("utf-8"),
-        "--node-name",
-        NODE,
-    ]);
-    // The watch is opened after the list: the cache holds the pod by then.
-    api.wait_for("the pod watch", Duration::from_secs(20), |a| {
-        a.requests()
-            .iter()
-            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
-    });
+    let agent = start_watching(&api, dir.path());
     let (_top, container) = kubelet_cgroup("event", &uid, &cid);
     let (pid, status) = run_hog(&container, 500, 128);
     assert!(
@@ -726,19 +732,7 @@ fn a_pod_evicted_for_memory_is_reported_once_with_the_kubelets_words() {
     let (uid, cid) = ids(7);
     let api = FakeApi::start(&[pod(&uid, &cid)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = kubeconfig(dir.path(), api.port);
-    let agent = Agent::start(&[
-        "--kube",
-        "--kubeconfig",
-        kc.to_str().expect("utf-8"),
-        "--node-name",
-        NODE,
-    ]);
-    api.wait_for("the pod watch", Duration::from_secs(20), |a| {
-        a.requests()
-            .iter()
-            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
-    });
+    let agent = start_watching(&api, dir.path());
     let at = std::time::SystemTime::now() - Duration::from_secs(2);
     let evicted = evicted_pod(&uid, &cid, at);
     api.change(evicted.clone());
@@ -827,19 +821,7 @@ fn oomkilled_for_a_container_whose_main_process_survived_is_called_out() {
     let (uid, cid) = ids(8);
     let api = FakeApi::start(&[pod(&uid, &cid)]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let kc = kubeconfig(dir.path(), api.port);
-    let agent = Agent::start(&[
-        "--kube",
-        "--kubeconfig",
-        kc.to_str().expect("utf-8"),
-        "--node-name",
-        NODE,
-    ]);
-    api.wait_for("the pod watch", Duration::from_secs(20), |a| {
-        a.requests()
-            .iter()
-            .any(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
-    });
+    let agent = start_watching(&api, dir.path());
     let (_top, container) = kubelet_cgroup("mismatch", &uid, &cid);
     // sh is the container's main process (its parent, this test, is outside
     // the cgroup); dd, its child, is OOM-killed and sh goes on.
