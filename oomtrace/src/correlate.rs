@@ -359,7 +359,10 @@ impl Correlator {
     /// aside for a late kill line.
     fn finish(&mut self, p: Pending, _now: Instant, flushing: bool) -> Option<Correlated> {
         let killed = self.killed(&p);
-        if killed == Killed::No && !flushing {
+        // A mark the signal hook saw without the OOM killer's SIGKILL was
+        // not killed, whenever it ends (at shutdown too): no report.
+        let not_killed_for_sure = p.oom_sigkill == Some(false) && p.kmsg.killed.is_none();
+        if killed == Killed::No && (!flushing || not_killed_for_sure) {
             self.not_killed += 1;
             if self.unconfirmed.len() >= UNCONFIRMED_MAX {
                 self.unconfirmed.pop_front();

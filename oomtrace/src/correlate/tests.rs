@@ -324,6 +324,27 @@ fn marked(pid: u32, ktime_ns: u64, sigkill: bool, signal_hook: bool) -> [Input; 
 }
 
 #[test]
+fn at_shutdown_a_mark_without_the_oom_killers_sigkill_is_not_reported() {
+    // The kernel log is read too: a mark waits for its kill line.
+    let active = expect(true, true, true, false);
+    let mut c = Correlator::new(active, Duration::from_secs(5), 4096, "b".into());
+    let now = Instant::now();
+    // Already exiting when chosen (no SIGKILL of the OOM killer's), and a
+    // killed one, both still pending when the agent stops.
+    for input in marked(43, 2_000_000_000, false, true) {
+        assert!(c.push(input, now).is_empty());
+    }
+    for input in marked(44, 3_000_000_000, true, true) {
+        assert!(c.push(input, now).is_empty());
+    }
+    assert_eq!(c.pending_count(), 2, "both wait for their kill lines");
+    let flushed = c.flush();
+    assert_eq!(flushed.len(), 1, "only the killed one: {flushed:?}");
+    assert_eq!(flushed[0].kill.victim.pid, Some(44));
+    assert_eq!((c.not_killed, c.pending_count()), (1, 0));
+}
+
+#[test]
 fn without_the_kernel_log_the_oom_killers_sigkill_confirms_the_kill() {
     let active = expect(true, true, false, false);
     let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
