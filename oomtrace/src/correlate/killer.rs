@@ -148,6 +148,11 @@ pub fn kill_of(s: &KillerSignal, earlier: Option<&KillerSignal>) -> Kill {
             "victim memory (rss): /proc/<pid> was gone when the signal was checked".to_string(),
         );
     }
+    missing.push(
+        "outcome.main_process: the signal hook reads no lineage of its target (main process \
+         or child is told for the kernel's kills only)"
+            .to_string(),
+    );
     let comm = Some(sig.target_comm.clone())
         .filter(|c| !c.is_empty())
         .or_else(|| proc.map(|p| p.comm.clone()));
@@ -385,7 +390,7 @@ mod tests {
         );
         assert!(k.memcg.victim_usage_bytes.is_some(), "usage from the walk");
         assert_eq!(k.sources, ["signal_generate"]);
-        assert!(k.missing.is_empty(), "{:?}", k.missing);
+        assert_eq!(k.missing.len(), 1, "only main process or child: {:?}", k.missing);
         assert_eq!(k.incident, format!("b00t-{:x}", r[0].meta.ktime_ns));
         // Its fate again (a late duplicate) reports nothing.
         assert!(u.fate(VictimFate { pid, exited: true }, "b00t").is_none());
@@ -459,7 +464,17 @@ mod tests {
         let k = kill_of(&s, None);
         assert_eq!(k.victim.comm.as_deref(), Some("sleep"), "from the record");
         assert_eq!(k.victim.cgroup, None);
-        assert_eq!(k.missing.len(), 2, "{:?}", k.missing);
+        assert_eq!(k.missing.len(), 3, "{:?}", k.missing);
         assert!(k.missing[0].starts_with("victim cgroup"));
+        assert!(k.missing[2].starts_with("outcome.main_process"));
+    }
+
+    #[test]
+    fn a_killers_kill_says_main_process_or_child_is_unknown() {
+        let r = recorded();
+        let k = kill_of(&confirmed(&r[3]), None);
+        assert_eq!(k.outcome.main_process, None);
+        assert_eq!(k.missing.len(), 1, "{:?}", k.missing);
+        assert!(k.missing[0].starts_with("outcome.main_process"), "{:?}", k.missing);
     }
 }
