@@ -555,16 +555,20 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
             println!("              {st} {name} ({secs:.1} s)");
         }
         if fail > 0 {
-            println!(
-                "              console: {}",
-                runs_dir()?
-                    .join(format!("test-{}", kernel::sanitize(&r.name)))
-                    .join("console.log")
-                    .display()
-            );
+            println!("              console: {}", console_of(&r.name)?.display());
         }
         if fail > 0 || r.error.is_some() {
             failed += 1;
+        }
+    }
+    // Why each failed scenario failed, last: CI shows the end of the output.
+    for r in &results {
+        let console = fs::read_to_string(console_of(&r.name)?).unwrap_or_default();
+        for (_, name, _) in r.scenarios.iter().filter(|s| s.0 == "FAIL") {
+            println!("\n[{}] {name} failed:", r.name);
+            for l in failure_excerpt(&console, name) {
+                println!("[{}]   | {l}", r.name);
+            }
         }
     }
     if failed > 0 {
@@ -578,6 +582,70 @@ pub fn run_vm_tests(opts: &VmTestOpts) -> Result<()> {
         bail!("no kernel could be prepared for the VM tests");
     }
     Ok(())
+}
+
+/// The console log of the VM test run of kernel `name`.
+fn console_of(name: &str) -> Result<PathBuf> {
+    Ok(runs_dir()?
+        .join(format!("test-{}", kernel::sanitize(name)))
+        .join("console.log"))
+}
+
+/// Lines printed at most per failed scenario in the summary.
+const EXCERPT_LINES: usize = 14;
+/// Characters kept of each excerpt line (an assertion may embed a whole log).
+const EXCERPT_WIDTH: usize = 240;
+
+/// Why scenario `name` failed, from the guest's console: its test's panic
+/// message up to the backtrace, else the scenario's `error:` lines, else its
+/// last lines. The console's uptime stamps are dropped.
+fn failure_excerpt(console: &str, name: &str) -> Vec<String> {
+    let lines: Vec<&str> = console
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            match t.split_once(' ') {
+                Some((stamp, rest)) if stamp.parse::<f64>().is_ok() => rest,
+                _ => t,
+            }
+        })
+        .collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == format!("=== RUN {name}"))
+        .map_or(0, |i| i + 1);
+    let end = lines[start..]
+        .iter()
+        .position(|l| l.starts_with(&format!("FAIL {name} ")))
+        .map_or(lines.len(), |i| start + i);
+    let section = &lines[start..end];
+    let panic = section.iter().position(|l| l.contains("panicked at"));
+    let picked: Vec<&str> = if let Some(p) = panic {
+        section[p..]
+            .iter()
+            .take_while(|l| !l.starts_with("stack backtrace:") && !l.starts_with("note: run with"))
+            .copied()
+            .collect()
+    } else {
+        let errors: Vec<&str> = section
+            .iter()
+            .filter(|l| l.trim_start().starts_with("error:"))
+            .copied()
+            .collect();
+        if errors.is_empty() {
+            section[section.len().saturating_sub(EXCERPT_LINES)..].to_vec()
+        } else {
+            errors
+        }
+    };
+    picked
+        .into_iter()
+        .take(EXCERPT_LINES)
+        .map(|l| match l.char_indices().nth(EXCERPT_WIDTH) {
+            Some((i, _)) => format!("{}...", &l[..i]),
+            None => l.to_owned(),
+        })
+        .collect()
 }
 
 /// Debian packages the scenarios run inside the guests that share the
@@ -853,6 +921,36 @@ fn tool_missing_hint(tool: &str, package: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_scenarios_panic_is_excerpted_from_the_console() {
+        // A real 6.1 guest console: 68-earlyoom failed on a missing earlyoom.
+        let console = include_str!("testdata/console-failed-68-earlyoom.txt");
+        let got = failure_excerpt(console, "68-earlyoom");
+        assert_eq!(
+            got,
+            [
+                "thread 'vm_earlyoom_kill_is_reported_as_a_userspace_oom_kill_of_the_pod' (145) \
+                 panicked at oomtrace/tests/vm.rs:852:5:",
+                "/nonexistent/earlyoom is missing",
+            ]
+        );
+        // A scenario with no panic: its `error:` lines, else its last lines.
+        let shell = "  1.00 === RUN 00-smoke\n  1.10   kernel 6.1\n  1.20   error: no memory controller in cgroup v2\n  1.30 FAIL 00-smoke (exit 1, 0.3 s)\n";
+        assert_eq!(
+            failure_excerpt(shell, "00-smoke"),
+            ["  error: no memory controller in cgroup v2"]
+        );
+        let quiet =
+            "  1.00 === RUN 00-smoke\n  1.10   kernel 6.1\n  1.30 FAIL 00-smoke (exit 1, 0.3 s)\n";
+        assert_eq!(failure_excerpt(quiet, "00-smoke"), ["  kernel 6.1"]);
+        // Long lines are cut.
+        let long = format!(
+            "=== RUN x\nthread 't' panicked at a.rs:1:1:\n{}\n",
+            "y".repeat(1000)
+        );
+        assert_eq!(failure_excerpt(&long, "x")[1].len(), EXCERPT_WIDTH + 3);
+    }
 
     #[test]
     fn arm64_guests_need_a_static_build_and_run_their_scenarios() {
