@@ -112,16 +112,21 @@ impl Arch {
     }
 }
 
-/// `cargo SUBCOMMAND --target <arch's musl target>` in the workspace. For
-/// another architecture than the host's, C code (ring's) is compiled and the
-/// agent linked with Debian's cross gcc (installed by `cargo xtask setup`);
-/// Rust's musl targets bring their own C library, so the glibc cross
-/// compiler links a fully static binary. Variables already set win.
-pub fn cargo(arch: Arch, subcommand: &str) -> Command {
-    let target = arch.musl_target();
-    let mut c = cmd!("cargo", subcommand, "--target", target);
+/// `cargo SUBCOMMAND --target <musl target>...` in the workspace, for one or
+/// more architectures in one cargo run. For another architecture than the
+/// host's, C code (ring's) is compiled and the agent linked with Debian's
+/// cross gcc (installed by `cargo xtask setup`); Rust's musl targets bring
+/// their own C library, so the glibc cross compiler links a fully static
+/// binary. Variables already set win.
+pub fn cargo(arches: &[Arch], subcommand: &str) -> Command {
+    let mut c = cmd!("cargo", subcommand);
     c.current_dir(util::repo_root());
-    if Arch::host() != Some(arch) {
+    for &arch in arches {
+        let target = arch.musl_target();
+        c.args(["--target", target]);
+        if Arch::host() == Some(arch) {
+            continue;
+        }
         let t = target.replace('-', "_");
         let gcc = format!("{}-gcc", arch.gnu_triplet());
         for (key, value) in [
@@ -140,24 +145,64 @@ pub fn cargo(arch: Arch, subcommand: &str) -> Command {
     c
 }
 
-/// What [`build_static`] built.
+/// The Cargo profile of the static binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// `release`: what `cargo xtask image` publishes.
+    Release,
+    /// `test-image`: `release` at opt-level 1, what `cargo xtask test` builds
+    /// for the image test and the arm64 VM (defined here, with `--config`).
+    TestImage,
+}
+
+impl Profile {
+    /// The profile's name: the directory under `target/<triple>/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Release => "release",
+            Self::TestImage => "test-image",
+        }
+    }
+
+    /// The arguments that select (and for `test-image` define) it.
+    fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Release => &["--release"],
+            // The same code as `release` (no debug assertions, no debug
+            // info), optimised less: measured on 2 cores, a cold static
+            // arm64 build takes about half the CPU of `release`.
+            Self::TestImage => &[
+                "--config",
+                "profile.test-image.inherits=\"release\"",
+                "--config",
+                "profile.test-image.opt-level=1",
+                "--profile",
+                "test-image",
+            ],
+        }
+    }
+}
+
+/// What [`build_static`] built for one architecture.
 #[derive(Debug, Clone)]
 pub struct StaticBuild {
-    /// The release agent, `target/<musl target>/release/oomtrace`.
+    /// The static agent, `target/<musl target>/<profile>/oomtrace`.
     pub agent: PathBuf,
     /// The compiled tests/vm.rs, whose `CARGO_BIN_EXE_oomtrace` is `agent`.
     pub vm_tests: PathBuf,
 }
 
-/// Builds the static release agent for `arch` and, in the same cargo run,
-/// the VM test binary (tests/vm.rs). One run resolves the features once:
-/// a separate `cargo test` would add the dev-dependencies' features, change
-/// every shared crate's hash and build everything a second time. So the
-/// agent in the image is the very binary the arm64 VM tests run.
-pub fn build_static(arch: Arch) -> anyhow::Result<StaticBuild> {
-    let mut c = cargo(arch, "build");
-    c.args([
-        "--release",
+/// Builds the static agent and, in the same cargo run, the VM test binary
+/// (tests/vm.rs) for every architecture of `arches`, in one cargo run: one
+/// feature resolution (a separate `cargo test` would add the
+/// dev-dependencies' features, change every shared crate's hash and build
+/// everything a second time), the build scripts and proc-macros built once,
+/// and both cores busy while one target's last crates compile. So the agent
+/// in the image is the very binary the arm64 VM tests run. Returns the
+/// builds in the order of `arches`.
+pub fn build_static(arches: &[Arch], profile: Profile) -> anyhow::Result<Vec<(Arch, StaticBuild)>> {
+    let mut c = cargo(arches, "build");
+    c.args(profile.cargo_args()).args([
         "--package",
         "oomtrace",
         "--bin",
@@ -175,34 +220,72 @@ pub fn build_static(arch: Arch) -> anyhow::Result<StaticBuild> {
         .spawn()
         .with_context(|| format!("could not start `{shown}`"))?;
     let stdout = child.stdout.take().context("cargo's stdout")?;
-    let (mut agent, mut vm_tests) = (None, None);
+    let mut artifacts = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo's messages")?;
-        if let Some((name, test, exe)) = artifact(&line) {
-            match (name.as_str(), test) {
-                ("oomtrace", false) => agent = Some(exe),
-                ("vm", true) => vm_tests = Some(exe),
-                _ => {}
-            }
+        if let Some(a) = artifact(&line) {
+            artifacts.push(a);
         }
     }
     let status = child.wait()?;
     if !status.success() {
-        let hint = if Arch::host() == Some(arch) {
+        let cross: Vec<Arch> = arches
+            .iter()
+            .copied()
+            .filter(|&a| Arch::host() != Some(a))
+            .collect();
+        let hint = if cross.is_empty() {
             String::new()
         } else {
             format!(
                 " (cross compiling needs `rustup target add {}` and Debian's {}: `cargo xtask setup` installs both)",
-                arch.musl_target(),
-                arch.cross_gcc_package()
+                cross
+                    .iter()
+                    .map(|a| a.musl_target())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cross
+                    .iter()
+                    .map(|a| a.cross_gcc_package())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         bail!("`{shown}` failed ({}){hint}", util::describe(status));
     }
-    Ok(StaticBuild {
-        agent: agent.context("cargo reported no oomtrace binary")?,
-        vm_tests: vm_tests.context("cargo reported no tests/vm.rs binary")?,
-    })
+    arches
+        .iter()
+        .map(|&arch| {
+            let find = |name: &str, test: bool| {
+                artifacts
+                    .iter()
+                    .find(|(n, t, exe)| n == name && *t == test && built_for(exe, arch, profile))
+                    .map(|(_, _, exe)| exe.clone())
+            };
+            Ok((
+                arch,
+                StaticBuild {
+                    agent: find("oomtrace", false)
+                        .with_context(|| format!("cargo reported no {arch} oomtrace binary"))?,
+                    vm_tests: find("vm", true)
+                        .with_context(|| format!("cargo reported no {arch} tests/vm.rs binary"))?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Whether an executable lies in `<target dir>/<arch's musl target>/<profile>/`.
+fn built_for(exe: &Path, arch: Arch, profile: Profile) -> bool {
+    let mut dirs = exe.ancestors().skip(1).map(Path::file_name);
+    // `deps/` holds the test binaries.
+    let first = dirs.next().flatten();
+    let (p, t) = if first == Some(std::ffi::OsStr::new("deps")) {
+        (dirs.next().flatten(), dirs.next().flatten())
+    } else {
+        (first, dirs.next().flatten())
+    };
+    p == Some(profile.name().as_ref()) && t == Some(arch.musl_target().as_ref())
 }
 
 /// (target name, is a test, executable) of a `compiler-artifact` message.
@@ -339,7 +422,7 @@ mod tests {
             Some(Arch::Arm64) => Arch::Amd64,
             None => return,
         };
-        let c = cargo(other, "build");
+        let c = cargo(&[other], "build");
         let envs: Vec<(String, String)> = c
             .get_envs()
             .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
@@ -400,6 +483,57 @@ mod tests {
         let object = embedded_ebpf(&binary).expect("found");
         assert_eq!(object, KPROBES_ARM64);
         assert_eq!(embedded_ebpf(b"\x7fELF no object here"), None);
+    }
+
+    #[test]
+    fn both_architectures_build_in_one_cargo_run() {
+        let c = cargo(&Arch::ALL, "build");
+        let args: Vec<_> = c.get_args().collect();
+        assert_eq!(
+            args,
+            [
+                "build",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "--target",
+                "aarch64-unknown-linux-musl"
+            ]
+        );
+        // Only the other architecture gets the cross compiler.
+        let cross: Vec<String> = c
+            .get_envs()
+            .filter_map(|(k, _)| Some(k.to_str()?.to_owned()))
+            .filter(|k| k.starts_with("CC_"))
+            .collect();
+        if Arch::host() == Some(Arch::Amd64)
+            && env::var_os("CC_aarch64_unknown_linux_musl").is_none()
+        {
+            assert_eq!(cross, ["CC_aarch64_unknown_linux_musl"]);
+        }
+    }
+
+    #[test]
+    fn artifacts_are_told_apart_by_target_and_profile() {
+        // Paths of `cargo build --target x86_64-unknown-linux-musl --target
+        // aarch64-unknown-linux-musl --profile test-image` (cargo 1.95).
+        let agent = Path::new("/w/target/aarch64-unknown-linux-musl/test-image/oomtrace");
+        let test = Path::new("/w/target/x86_64-unknown-linux-musl/test-image/deps/vm-5b1e0c7d");
+        assert!(built_for(agent, Arch::Arm64, Profile::TestImage));
+        assert!(!built_for(agent, Arch::Amd64, Profile::TestImage));
+        assert!(!built_for(agent, Arch::Arm64, Profile::Release));
+        assert!(built_for(test, Arch::Amd64, Profile::TestImage));
+        assert!(!built_for(test, Arch::Arm64, Profile::TestImage));
+        assert!(built_for(
+            Path::new("/w/target/x86_64-unknown-linux-musl/release/oomtrace"),
+            Arch::Amd64,
+            Profile::Release
+        ));
+        assert_eq!(Profile::TestImage.name(), "test-image");
+        assert!(
+            Profile::TestImage
+                .cargo_args()
+                .ends_with(&["--profile", "test-image"])
+        );
     }
 
     #[test]

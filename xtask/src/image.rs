@@ -1,7 +1,8 @@
 //! `cargo xtask image`: the container image, for amd64 and arm64.
 //!
 //! For each architecture: the static musl agent ([`arch::build_static`],
-//! cross compiled for the other architecture), checked to be static, of
+//! all architectures in one cargo run, cross compiled for the other
+//! architecture; `--profile release` unless told otherwise), checked to be static, of
 //! that architecture and carrying an eBPF object built for it
 //! ([`arch::check_agent`]); then an image from the repository's `Dockerfile`
 //! with podman, tagged `<tag>-<arch>`; then a manifest list `<tag>` holding
@@ -14,7 +15,7 @@ use std::{fs, path::PathBuf, time::Instant};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    arch::{self, Arch},
+    arch::{self, Arch, Profile},
     cmd, setup, util,
 };
 
@@ -34,6 +35,16 @@ pub struct ImageArgs {
     /// store: "--root /var/tmp/x/storage --runroot /run/x --storage-driver vfs").
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     pub podman_args: String,
+    /// Cargo profile of the binaries: release (what is published), or
+    /// test-image (opt-level 1: about half the CPU; what `cargo xtask test`
+    /// builds, and passes to the image test through the variable).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "release",
+        env = "OOMTRACE_IMAGE_PROFILE"
+    )]
+    pub profile: Profile,
 }
 
 /// One architecture's image.
@@ -79,18 +90,24 @@ pub fn build(args: &ImageArgs) -> anyhow::Result<Vec<Built>> {
     let podman = Podman::new(&args.podman_args)?;
     let dockerfile = util::repo_root().join("Dockerfile");
     let contexts = util::target_dir().join("image");
+    let started = Instant::now();
+    let builds = arch::build_static(&arches, args.profile)?;
+    eprintln!(
+        "image: {} agent(s) built ({} profile) in {}",
+        builds.len(),
+        args.profile.name(),
+        util::human(started.elapsed())
+    );
     let mut built = Vec::new();
-    for &arch in &arches {
-        let started = Instant::now();
-        let agent = arch::build_static(arch)?.agent;
+    for (arch, build) in builds {
+        let agent = build.agent;
         let facts = arch::check_agent(arch, &agent)?;
         eprintln!(
-            "image: {arch}: {} ({:.1} MiB, static, eBPF object {} KiB; kprobes {} read pt_regs as on {arch}), built in {}",
+            "image: {arch}: {} ({:.1} MiB, static, eBPF object {} KiB; kprobes {} read pt_regs as on {arch})",
             agent.display(),
             facts.bytes as f64 / 1048576.0,
             facts.ebpf_bytes / 1024,
             facts.kprobes.join(", "),
-            util::human(started.elapsed())
         );
         // A build context of exactly the Dockerfile and the binary, this
         // run's own (two runs in one checkout must not share it).

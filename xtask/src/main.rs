@@ -147,6 +147,10 @@ mod tests {
             [crate::arch::Arch::Amd64, crate::arch::Arch::Arm64]
         );
         assert_eq!(args.tag, "ghcr.io/oomtrace/oomtrace:0.1.0");
+        if std::env::var_os("OOMTRACE_IMAGE_PROFILE").is_none() {
+            // What is published is the release build.
+            assert_eq!(args.profile, crate::arch::Profile::Release);
+        }
         let Ok(Cli {
             task: Task::Image(args),
         }) = Cli::try_parse_from([
@@ -158,12 +162,15 @@ mod tests {
             "localhost/o:1",
             "--podman-args",
             "--root /x --storage-driver vfs",
+            "--profile",
+            "test-image",
         ])
         else {
             panic!("`image --arch aarch64` did not parse");
         };
         assert_eq!(args.arches, [crate::arch::Arch::Arm64]);
         assert_eq!(args.podman_args, "--root /x --storage-driver vfs");
+        assert_eq!(args.profile, crate::arch::Profile::TestImage);
         assert!(Cli::try_parse_from(["xtask", "image", "--arch", "riscv64"]).is_err());
     }
 }

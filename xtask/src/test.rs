@@ -26,7 +26,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::ValueEnum;
 
-use crate::{arch, cmd, deploy_check, setup, util, vm};
+use crate::{
+    arch::{self, Arch, Profile, StaticBuild},
+    cmd, deploy_check, setup, util, vm,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
@@ -168,54 +171,70 @@ fn run_stage(stage: Stage, args: &TestArgs) -> anyhow::Result<Outcome> {
             );
             // Tests that need a tool `cargo xtask setup` installs fail rather than skip.
             c.env("OOMTRACE_REQUIRE_ALL", "1");
+            // The image test's static builds at opt-level 1 (about half the
+            // CPU of release); the arm64 VM of the vm stage reuses them.
+            c.env("OOMTRACE_IMAGE_PROFILE", Profile::TestImage.name());
             c.current_dir(&root);
             util::run(c)?;
         }
         Stage::Vm => {
             let mut opts = args.vm.clone();
-            for a in opts.arches().into_iter().filter(|&a| !vm::host_root(a)) {
-                let begun = Instant::now();
-                let build = arch::build_static(a)?;
-                let facts = arch::check_agent(a, &build.agent)?;
-                eprintln!(
-                    "test: static {a} agent ({:.1} MiB, eBPF object {} KiB whose kprobes {} read \
-                     pt_regs as on {a}) and tests/vm.rs built in {}",
-                    facts.bytes as f64 / 1048576.0,
-                    facts.ebpf_bytes / 1024,
-                    facts.kprobes.join(", "),
-                    util::human(begun.elapsed())
+            let foreign: Vec<Arch> = opts
+                .arches()
+                .into_iter()
+                .filter(|&a| !vm::host_root(a))
+                .collect();
+            if !foreign.is_empty() {
+                opts.builds = static_builds(&foreign)?;
+            }
+            if opts.arches().into_iter().any(vm::host_root) {
+                // The agent the scenarios run and tests/vm.rs (xtask/vm/lib.sh
+                // picks the newest build), as the unit stage built them:
+                // `cargo test` also builds target/debug/oomtrace for the
+                // integration tests. (`cargo build` would resolve features
+                // without the dev-dependencies' and rebuild part of the tree.)
+                let mut c = cmd!(
+                    "cargo",
+                    "test",
+                    "--package",
+                    "oomtrace",
+                    "--test",
+                    "vm",
+                    "--no-run"
                 );
-                opts.builds.push((a, build));
-            }
-            if !opts.arches().into_iter().any(vm::host_root) {
-                vm::run_vm_tests(&opts)?;
-                return Ok(Outcome::Passed);
-            }
-            if opts.oomtrace_bin.is_none() {
-                // The agent the scenarios run, fresh (after the unit stage the
-                // debug build is nearly free).
-                let mut c = cmd!("cargo", "build", "--package", "oomtrace");
                 c.current_dir(&root);
                 util::run(c)?;
-                opts.oomtrace_bin = Some(util::target_dir().join("debug/oomtrace"));
+                if opts.oomtrace_bin.is_none() {
+                    opts.oomtrace_bin = Some(util::target_dir().join("debug/oomtrace"));
+                }
             }
-            // The scenarios run the compiled tests/vm.rs binary inside the guests
-            // (xtask/vm/lib.sh picks the newest one).
-            let mut c = cmd!(
-                "cargo",
-                "test",
-                "--package",
-                "oomtrace",
-                "--test",
-                "vm",
-                "--no-run"
-            );
-            c.current_dir(&root);
-            util::run(c)?;
             vm::run_vm_tests(&opts)?;
         }
     }
     Ok(Outcome::Passed)
+}
+
+/// The static builds (profile `test-image`) of the agent and tests/vm.rs for
+/// `arches`, checked to be static and for their architecture.
+fn static_builds(arches: &[Arch]) -> anyhow::Result<Vec<(Arch, StaticBuild)>> {
+    let begun = Instant::now();
+    let builds = arch::build_static(arches, Profile::TestImage)?;
+    for (a, build) in &builds {
+        let facts = arch::check_agent(*a, &build.agent)?;
+        eprintln!(
+            "test: static {a} agent ({:.1} MiB, eBPF object {} KiB whose kprobes {} read \
+             pt_regs as on {a}) and tests/vm.rs",
+            facts.bytes as f64 / 1048576.0,
+            facts.ebpf_bytes / 1024,
+            facts.kprobes.join(", "),
+        );
+    }
+    eprintln!(
+        "test: static builds ({}) in {}",
+        Profile::TestImage.name(),
+        util::human(begun.elapsed())
+    );
+    Ok(builds)
 }
 
 /// The fuzz targets of `fuzz/Cargo.toml` and their seed corpora (besides the
@@ -276,74 +295,109 @@ fn files_in(dir: &Path) -> BTreeSet<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Builds every fuzz target once, then runs each for `secs` seconds. All
-/// targets run even when one fails; the reproducers of the failures are printed.
+/// Builds every fuzz target once, then runs each for `secs` seconds, as many
+/// at a time as there are CPUs (libFuzzer runs one thread). All targets run
+/// even when one fails; the reproducers of the failures are printed.
 fn fuzz(root: &Path, secs: u64) -> anyhow::Result<()> {
     util::run(fuzz_command(root, "build"))?;
-    let mut failed = Vec::new();
-    for &(target, seeds) in FUZZ_TARGETS {
-        let corpus = root.join("fuzz/corpus").join(target);
-        fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-        let artifacts = root.join("fuzz/artifacts").join(target);
-        let before = files_in(&artifacts);
-        let mut c = fuzz_command(root, "run");
-        c.arg(target).arg(&corpus);
-        for seed in seeds {
-            c.arg(root.join(seed));
+    let jobs = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, FUZZ_TARGETS.len());
+    eprintln!(
+        "fuzz: {} targets, {jobs} at a time, {secs} s each",
+        FUZZ_TARGETS.len()
+    );
+    let queue = std::sync::Mutex::new(FUZZ_TARGETS.iter());
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some(&(target, seeds)) = next else {
+                        break;
+                    };
+                    let ok = fuzz_target(root, target, seeds, secs).unwrap_or_else(|e| {
+                        eprintln!("fuzz: {target} could not run: {e:#}");
+                        false
+                    });
+                    if !ok && let Ok(mut f) = failed.lock() {
+                        f.push(target);
+                    }
+                }
+            });
         }
-        c.arg("--")
-            .arg(format!("-max_total_time={secs}"))
-            // A slow input is a failure too (an exponential search, a loop).
-            .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]);
-        let shown = util::display(&c);
-        eprintln!("$ {shown}");
-        let out = c
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("could not start `{shown}`"))?;
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let runs = log
-            .lines()
-            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
-            .map_or("?".to_owned(), |n| n.trim().to_owned());
-        if out.status.success() {
-            eprintln!(
-                "fuzz: {target:<10} {secs} s, {runs} runs, corpus {} inputs: no crash",
-                files_in(&corpus).len()
-            );
-            continue;
-        }
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        for line in tail.iter().rev() {
-            eprintln!("  {line}");
-        }
-        let new: Vec<PathBuf> = files_in(&artifacts).difference(&before).cloned().collect();
-        if new.is_empty() {
-            eprintln!(
-                "fuzz: {target} failed ({}) without writing a reproducer",
-                util::describe(out.status)
-            );
-        }
-        for artifact in &new {
-            eprintln!(
-                "fuzz: {target} FAILED: reproducer {}; run it again with:\n  \
-                 cd {} && AYA_BUILD_SKIP=1 cargo +nightly fuzz run --sanitizer none --debug-assertions {target} {}",
-                artifact.display(),
-                root.display(),
-                artifact.display()
-            );
-        }
-        failed.push(target);
-    }
+    });
+    let mut failed = failed.into_inner().unwrap_or_default();
     if !failed.is_empty() {
+        failed.sort_unstable();
         bail!(
             "fuzz target(s) {} failed: the reproducers are printed above",
             failed.join(", ")
         );
     }
     Ok(())
+}
+
+/// Runs one fuzz target for `secs` seconds; prints its result (and on a
+/// failure the end of its log and its reproducers) in one piece. Returns
+/// whether it passed.
+fn fuzz_target(root: &Path, target: &str, seeds: &[&str], secs: u64) -> anyhow::Result<bool> {
+    let corpus = root.join("fuzz/corpus").join(target);
+    fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let artifacts = root.join("fuzz/artifacts").join(target);
+    let before = files_in(&artifacts);
+    let mut c = fuzz_command(root, "run");
+    c.arg(target).arg(&corpus);
+    for seed in seeds {
+        c.arg(root.join(seed));
+    }
+    c.arg("--")
+        .arg(format!("-max_total_time={secs}"))
+        // A slow input is a failure too (an exponential search, a loop).
+        .args(["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"]);
+    let shown = util::display(&c);
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = log
+        .lines()
+        .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+        .map_or("?".to_owned(), |n| n.trim().to_owned());
+    if out.status.success() {
+        eprintln!(
+            "fuzz: {target:<10} {secs} s, {runs} runs, corpus {} inputs: no crash",
+            files_in(&corpus).len()
+        );
+        return Ok(true);
+    }
+    let mut report = format!("$ {shown}\n");
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    for line in tail.iter().rev() {
+        report.push_str(&format!("  {line}\n"));
+    }
+    let new: Vec<PathBuf> = files_in(&artifacts).difference(&before).cloned().collect();
+    if new.is_empty() {
+        report.push_str(&format!(
+            "fuzz: {target} failed ({}) without writing a reproducer\n",
+            util::describe(out.status)
+        ));
+    }
+    for artifact in &new {
+        report.push_str(&format!(
+            "fuzz: {target} FAILED: reproducer {}; run it again with:\n  \
+             cd {} && AYA_BUILD_SKIP=1 cargo +nightly fuzz run --sanitizer none --debug-assertions {target} {}\n",
+            artifact.display(),
+            root.display(),
+            artifact.display()
+        ));
+    }
+    eprint!("{report}");
+    Ok(false)
 }
