@@ -943,6 +943,7 @@ impl CorrelateStage {
             pid,
             killed_at: correlator.kill_time(pid),
             cgroup: correlator.known_cgroup(pid),
+            memory: correlator.memory_targets(pid),
         };
         let asked = self.lookup.as_ref().is_some_and(|l| l.request(request));
         if !asked {
