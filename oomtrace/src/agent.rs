@@ -51,9 +51,10 @@ use crate::{
         lookup::{LookupConfig, ProcLookup, Request},
         ring::Decoder,
     },
+    cgroupfs::CgroupFs,
     cli::TraceArgs,
     correlate::{Correlated, Correlator, Expect},
-    enrich::node::{self, CgroupFs},
+    enrich::node,
     enrich::podnames::PodNames,
     enrich::{
         Enricher, WallClock,

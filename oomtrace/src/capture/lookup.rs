@@ -26,7 +26,7 @@ use super::{
     Input,
     memstat::{self, MemoryTargets},
 };
-use crate::{enrich::node::CgroupFs, proc::victim_cgroup};
+use crate::{cgroupfs::CgroupFs, proc::victim_cgroup};
 
 /// Lookups waiting; beyond this a victim is reported without it.
 const QUEUE: usize = 1024;

@@ -17,7 +17,7 @@
 use std::{fs, path::Path};
 
 use crate::{
-    enrich::node::{CgroupFs, CgroupVersion},
+    cgroupfs::{CgroupFs, CgroupVersion},
     report::OomStat,
 };
 
