@@ -51,9 +51,10 @@ use crate::{
         lookup::{LookupConfig, ProcLookup, Request},
         ring::Decoder,
     },
+    cgroupfs::CgroupFs,
     cli::TraceArgs,
     correlate::{Correlated, Correlator, Expect},
-    enrich::node::{self, CgroupFs},
+    enrich::node,
     enrich::podnames::PodNames,
     enrich::{
         Enricher, WallClock,
@@ -122,7 +123,7 @@ impl Losses {
     }
 
     fn kernel_lost(&self) -> u64 {
-        self.kernel.as_ref().map_or(0, |s| s.snapshot().lost())
+        self.kernel.as_ref().map_or(0, |s| s.lost())
     }
 
     fn kmsg_lost(&self) -> u64 {
@@ -248,7 +249,7 @@ impl Running {
     ) -> Result<Self, AgentError> {
         let (stop_tx, stop) = watch::channel(false);
         let (input_tx, input_rx) = mpsc::channel::<Input>(4096);
-        let (out_tx, out_rx) = mpsc::channel::<ToOutput>(1024);
+        let (out_tx, out_rx) = mpsc::channel::<Vec<ToOutput>>(1024);
         sources.announce(metrics.as_deref(), &health);
         let Sources {
             probe,
@@ -781,7 +782,8 @@ struct CorrelateStage {
     /// Confirms the senders of listed signals (userspace OOM killers).
     killers: Option<KillerCheck>,
     snapshots: Option<NodeSnapshots>,
-    out: mpsc::Sender<ToOutput>,
+    /// Batches: what one input made ready.
+    out: mpsc::Sender<Vec<ToOutput>>,
     /// The kernel log's losses tell whether a missing kill line may be lost.
     losses: Losses,
     health: Arc<Health>,
@@ -942,6 +944,7 @@ impl CorrelateStage {
             pid,
             killed_at: correlator.kill_time(pid),
             cgroup: correlator.known_cgroup(pid),
+            memory: correlator.memory_targets(pid),
         };
         let asked = self.lookup.as_ref().is_some_and(|l| l.request(request));
         if !asked {
@@ -965,13 +968,10 @@ impl CorrelateStage {
         }
     }
 
+    /// Hands what one input made ready to the output thread in one message:
+    /// one wake-up of that thread, not one per kill line and kill.
     async fn send(&self, ready: Vec<ToOutput>) -> bool {
-        for c in ready {
-            if self.out.send(c).await.is_err() {
-                return false;
-            }
-        }
-        true
+        ready.is_empty() || self.out.send(ready).await.is_ok()
     }
 }
 
@@ -1017,40 +1017,45 @@ struct OutputStage {
 }
 
 impl OutputStage {
-    fn run(mut self, mut rx: mpsc::Receiver<ToOutput>) -> Written {
+    fn run(mut self, mut rx: mpsc::Receiver<Vec<ToOutput>>) -> Written {
         let mut written = Written::default();
-        while let Some(msg) = rx.blocking_recv() {
-            let result = match msg {
-                ToOutput::Kill(c) => self.kill(*c, &mut written),
-                ToOutput::KillLine(seq) => {
-                    self.continuity.ledger.opened(seq, Instant::now());
-                    Ok(())
+        'batches: while let Some(batch) = rx.blocking_recv() {
+            for msg in batch {
+                if let Err(err) = self.handle(msg, &mut written) {
+                    let _ = self.stop.send(true);
+                    written.error = Some(err);
+                    break 'batches;
                 }
-                ToOutput::Repeated(n) => {
-                    self.continuity.ledger.repeated(n);
-                    Ok(())
-                }
-                ToOutput::KillLineDone(seq) => {
-                    self.continuity.ledger.handled(seq);
-                    Ok(())
-                }
-                ToOutput::Terminated(t) => match self.book.termination(t, &self.enricher.node) {
-                    Some(m) => self.mismatch(&m),
-                    None => Ok(()),
-                },
-                ToOutput::Check { idle } => {
-                    self.health.beat(Stage::Output);
-                    self.check(idle, &mut written)
-                }
-            };
-            if let Err(err) = result {
-                let _ = self.stop.send(true);
-                written.error = Some(err);
-                break;
             }
         }
         self.continuity.sync(true);
         written
+    }
+
+    fn handle(&mut self, msg: ToOutput, written: &mut Written) -> Result<(), SinkError> {
+        match msg {
+            ToOutput::Kill(c) => self.kill(*c, written),
+            ToOutput::KillLine(seq) => {
+                self.continuity.ledger.opened(seq, Instant::now());
+                Ok(())
+            }
+            ToOutput::Repeated(n) => {
+                self.continuity.ledger.repeated(n);
+                Ok(())
+            }
+            ToOutput::KillLineDone(seq) => {
+                self.continuity.ledger.handled(seq);
+                Ok(())
+            }
+            ToOutput::Terminated(t) => match self.book.termination(t, &self.enricher.node) {
+                Some(m) => self.mismatch(&m),
+                None => Ok(()),
+            },
+            ToOutput::Check { idle } => {
+                self.health.beat(Stage::Output);
+                self.check(idle, written)
+            }
+        }
     }
 
     fn kill(&mut self, c: Correlated, written: &mut Written) -> Result<(), SinkError> {

@@ -44,7 +44,7 @@ use self::{
     pending::Pending,
 };
 use crate::{
-    capture::{Decision, Input, TaskSighting},
+    capture::{Decision, Input, TaskSighting, memstat::MemoryTargets},
     report::Kill,
 };
 
@@ -281,6 +281,14 @@ impl Correlator {
             p.decision.as_ref()?.chosen_memcg.as_ref()
         })?;
         walk.leaf().map(|l| l.path.clone())
+    }
+
+    /// What to read of where the memory was for the pending victim `pid`,
+    /// from what is known of it now.
+    pub fn memory_targets(&self, pid: u32) -> MemoryTargets {
+        self.newest(pid)
+            .map(|p| assemble::memory_targets(p, self.expect.kmsg))
+            .unwrap_or_default()
     }
 
     /// The kernel-log reader's count of lost records: a victim with no kill

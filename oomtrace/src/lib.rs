@@ -26,10 +26,12 @@
 //!   [`health`] make restarts, losses and dead sources visible.
 //! - [`cmd`]: `doctor` and `rank`.
 //! - [`report`] (the JSON contract), [`units`], [`proc`] (pinned `/proc` reads),
-//!   [`readcap`], [`kube`] (the API client), [`cli`].
+//!   [`cgroupfs`] (the memory controller's files, read by capture and
+//!   enrichment), [`readcap`], [`kube`] (the API client), [`cli`].
 
 pub mod agent;
 pub mod capture;
+pub mod cgroupfs;
 pub mod cli;
 pub mod cmd;
 pub mod correlate;

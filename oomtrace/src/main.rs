@@ -53,8 +53,13 @@ fn main() -> ExitCode {
             }
         }
         None => {
+            // One worker: the async tasks (ring draining, correlation, the
+            // metrics server, the pod watch) are light, and everything that
+            // blocks has a thread of its own. A second worker woke up to
+            // steal work at each input: 6.6 worker runs per kill in a storm,
+            // 4.1 with one (`cargo xtask bench`).
             let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(1)
                 .enable_all()
                 .build()
             {

@@ -14,9 +14,9 @@ use oomtrace::{
     capture::kmsg::{parse_oom_line, parse_record},
     capture::tracefs::{MarkVictimLayout, parse_format},
     capture::{Input, KmsgSighting, ring::Decoder},
+    cgroupfs::{CgroupFs, CgroupVersion},
     cli::Format,
     correlate::{Correlator, Expect},
-    enrich::node::{CgroupFs, CgroupVersion},
     enrich::podnames::PodNames,
     enrich::{
         Enricher, WallClock,

@@ -24,7 +24,7 @@ use std::{
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Storms without and with the agent, alternating.
     #[arg(long, default_value_t = 5)]
     signal_rounds: usize,
+    /// Run this agent binary instead of building the release one (to compare
+    /// two builds on the same machine state).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
     /// Extra arguments for the agent (e.g. `--no-bpf`).
     #[arg(last = true)]
     agent_args: Vec<String>,
@@ -105,6 +109,107 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz.max(1.0)
 }
 
+/// One event as the bench read it.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    /// The victim's pid.
+    pid: u32,
+    at: Instant,
+    /// The event names the victim's cgroup.
+    named: bool,
+    /// From the kill (the event's `time`) to the event's arrival.
+    since_kill: Option<Duration>,
+}
+
+/// The wall-clock time of an RFC 3339 UTC timestamp with milliseconds, as
+/// the agent writes it (`2025-12-02T21:17:00.123Z`).
+fn rfc3339_millis(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|v| v.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|v| v.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = ((days * 86_400 + hh * 3_600 + mm * 60 + ss) * 1_000) + ms;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).ok()?))
+}
+
+/// One thread's figures from `/proc/<pid>/task/<tid>/schedstat`: time on a
+/// CPU and waiting for one (ns, exact, unlike the 10 ms ticks of `stat`),
+/// and how often it ran.
+#[derive(Debug, Clone, Default)]
+struct ThreadTimes {
+    name: String,
+    on_cpu_ns: u64,
+    waiting_ns: u64,
+    runs: u64,
+}
+
+/// Every thread of `pid`, by tid.
+fn thread_times(pid: u32) -> Vec<(u32, ThreadTimes)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u32, ThreadTimes)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let name = fs::read_to_string(e.path().join("comm")).ok()?;
+            let stat = fs::read_to_string(e.path().join("schedstat")).ok()?;
+            let mut f = stat
+                .split_whitespace()
+                .map(|v| v.parse::<u64>().unwrap_or(0));
+            let t = ThreadTimes {
+                name: name.trim().to_string(),
+                on_cpu_ns: f.next()?,
+                waiting_ns: f.next()?,
+                runs: f.next()?,
+            };
+            Some((tid, t))
+        })
+        .collect();
+    out.sort_by_key(|(tid, _)| *tid);
+    out
+}
+
+/// What each thread (threads of one name summed) spent between `before`
+/// and `after`, busiest first.
+fn thread_deltas(before: &[(u32, ThreadTimes)], after: &[(u32, ThreadTimes)]) -> Vec<ThreadTimes> {
+    let mut by_name: Vec<ThreadTimes> = Vec::new();
+    for (tid, a) in after {
+        let b = before
+            .iter()
+            .find(|(t, _)| t == tid)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default();
+        let d = ThreadTimes {
+            name: a.name.clone(),
+            on_cpu_ns: a.on_cpu_ns.saturating_sub(b.on_cpu_ns),
+            waiting_ns: a.waiting_ns.saturating_sub(b.waiting_ns),
+            runs: a.runs.saturating_sub(b.runs),
+        };
+        match by_name.iter_mut().find(|t| t.name == d.name) {
+            Some(t) => {
+                t.on_cpu_ns += d.on_cpu_ns;
+                t.waiting_ns += d.waiting_ns;
+                t.runs += d.runs;
+            }
+            None => by_name.push(d),
+        }
+    }
+    by_name.sort_by_key(|t| std::cmp::Reverse(t.on_cpu_ns));
+    by_name
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -118,11 +223,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<i32> {
         bail!("the benchmark loads eBPF programs and causes OOM kills: run it as root");
     }
     setup::setup()?;
-    let root = util::repo_root();
-    let mut c = cmd!("cargo", "build", "--release", "--package", "oomtrace");
-    c.current_dir(&root);
-    util::run(c)?;
-    let bin = util::target_dir().join("release/oomtrace");
+    let bin = match &args.agent_bin {
+        Some(bin) => bin.clone(),
+        None => {
+            let mut c = cmd!("cargo", "build", "--release", "--package", "oomtrace");
+            c.current_dir(util::repo_root());
+            util::run(c)?;
+            util::target_dir().join("release/oomtrace")
+        }
+    };
     let code = if args.no_kills {
         0
     } else {
@@ -167,8 +276,7 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
     let agent_pid = agent.id();
-    // (victim pid, arrival, whether the event names the victim's cgroup)
-    let arrivals: Arc<Mutex<Vec<(u32, Instant, bool)>>> = Arc::default();
+    let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
     let stdout = agent.stdout.take().context("agent stdout")?;
     let arr = Arc::clone(&arrivals);
     let tag = cg
@@ -188,7 +296,16 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
                 && let Some(pid) = v["victim"]["pid"].as_u64()
                 && let Ok(mut a) = arr.lock()
             {
-                a.push((pid as u32, Instant::now(), named));
+                let since_kill = v["time"]
+                    .as_str()
+                    .and_then(rfc3339_millis)
+                    .and_then(|t| SystemTime::now().duration_since(t).ok());
+                a.push(Arrival {
+                    pid: pid as u32,
+                    at: Instant::now(),
+                    named,
+                    since_kill,
+                });
             }
         }
     });
@@ -212,6 +329,7 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
         .context("the agent did not become ready")?;
     let rss_idle = status_kib(agent_pid, "VmRSS:");
     let cpu_idle = cpu_seconds(agent_pid);
+    let threads_idle = thread_times(agent_pid);
 
     let before = oom_kills(&cg, v2);
     let procs = cg.join("cgroup.procs");
@@ -247,6 +365,7 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
     let rss_now = status_kib(agent_pid, "VmRSS:");
     let rss_peak = status_kib(agent_pid, "VmHWM:");
     let cpu_busy = cpu_seconds(agent_pid) - cpu_idle;
+    let threads = thread_deltas(&threads_idle, &thread_times(agent_pid));
     // SAFETY: plain syscall on our child.
     unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
     let _ = agent.wait();
@@ -256,20 +375,22 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
     let all = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     let arrivals: Vec<_> = all
         .iter()
-        .filter(|(pid, _, _)| deaths.iter().any(|(p, _)| p == pid))
+        .filter(|a| deaths.iter().any(|(p, _)| *p == a.pid))
         .copied()
         .collect();
-    let named = arrivals.iter().filter(|a| a.2).count();
+    let named = arrivals.iter().filter(|a| a.named).count();
     let mut delays: Vec<Duration> = arrivals
         .iter()
-        .filter_map(|(pid, at, _)| {
+        .filter_map(|a| {
             deaths
                 .iter()
-                .find(|(p, _)| p == pid)
-                .map(|(_, died)| at.saturating_duration_since(*died))
+                .find(|(p, _)| *p == a.pid)
+                .map(|(_, died)| a.at.saturating_duration_since(*died))
         })
         .collect();
     delays.sort();
+    let mut since_kill: Vec<Duration> = arrivals.iter().filter_map(|a| a.since_kill).collect();
+    since_kill.sort();
     let exit_line = log
         .lock()
         .map(|l| {
@@ -303,6 +424,12 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
         delays.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     println!(
+        "  kill -> event delay    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (from the event's time, the kernel's timestamp of the kill cut to the millisecond: up to 1 ms more)",
+        percentile(&since_kill, 0.5).as_secs_f64() * 1e3,
+        percentile(&since_kill, 0.99).as_secs_f64() * 1e3,
+        since_kill.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
         "  agent RSS              idle {} MiB, after {} MiB, peak {} MiB",
         rss_idle / 1024,
         rss_now / 1024,
@@ -314,6 +441,16 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
         arrivals.len(),
         cpu_busy * 1e3 / arrivals.len().max(1) as f64
     );
+    let per_kill = |ns: u64| ns as f64 / 1e3 / arrivals.len().max(1) as f64;
+    for t in threads.iter().filter(|t| t.runs > 0) {
+        println!(
+            "    {:<16} {:4.0} us on CPU, {:4.0} us waiting for a CPU, {:4.1} runs per kill",
+            t.name,
+            per_kill(t.on_cpu_ns),
+            per_kill(t.waiting_ns),
+            t.runs as f64 / arrivals.len().max(1) as f64
+        );
+    }
     Ok(if arrivals.len() == counted { 0 } else { 1 })
 }
 
@@ -478,4 +615,25 @@ fn signal_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<()> {
         row("SIGKILL + reap of a child", args.signal_kills, |s| s.kills);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_as_the_agent_writes_it() {
+        // `date -u -d 2025-12-02T21:17:00.123Z +%s%3N`
+        let t = rfc3339_millis("2025-12-02T21:17:00.123Z").expect("parses");
+        assert_eq!(
+            t.duration_since(SystemTime::UNIX_EPOCH).ok(),
+            Some(Duration::from_millis(1_764_710_220_123))
+        );
+        let leap = rfc3339_millis("2024-02-29T00:00:00.000Z").expect("parses");
+        assert_eq!(
+            leap.duration_since(SystemTime::UNIX_EPOCH).ok(),
+            Some(Duration::from_secs(1_709_164_800))
+        );
+        assert_eq!(rfc3339_millis("2025-12-02 21:17:00"), None);
+    }
 }

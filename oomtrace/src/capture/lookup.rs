@@ -8,7 +8,8 @@
 //! records that are waiting to be drained.
 //!
 //! The same thread reads where the memory was ([`super::memstat`]): the
-//! `memory.stat` of the victim's cgroup and its ancestors and the node's
+//! `memory.stat` of the cgroup whose limit was hit (or, when that is not
+//! known yet, of the victim's cgroup and its ancestors) and the node's
 //! meminfo, as close to the kill as the agent can (the victim's anonymous
 //! memory is freed within milliseconds of the kill; tmpfs pages stay).
 
@@ -21,8 +22,11 @@ use std::{
 
 use tokio::sync::mpsc::Sender;
 
-use super::{Input, memstat};
-use crate::{enrich::node::CgroupFs, proc::victim_cgroup};
+use super::{
+    Input,
+    memstat::{self, MemoryTargets},
+};
+use crate::{cgroupfs::CgroupFs, proc::victim_cgroup};
 
 /// Lookups waiting; beyond this a victim is reported without it.
 const QUEUE: usize = 1024;
@@ -42,6 +46,8 @@ pub struct Request {
     pub killed_at: Option<Duration>,
     /// The victim's cgroup when a record already named it (tp_btf's walk).
     pub cgroup: Option<String>,
+    /// What to read of where the memory was.
+    pub memory: MemoryTargets,
 }
 
 /// What the thread looks up.
@@ -68,7 +74,7 @@ impl ProcLookup {
                         .flatten();
                     let memory = cfg.memory.as_ref().map(|cgfs| {
                         let cgroup = r.cgroup.as_deref().or(from_proc.as_deref());
-                        memstat::read(cgfs, &cfg.proc_root, cgroup)
+                        memstat::read(cgfs, &cfg.proc_root, &r.memory, cgroup)
                     });
                     if cfg.cgroups
                         && inputs

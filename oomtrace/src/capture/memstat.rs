@@ -1,7 +1,13 @@
 //! Where the memory was when a kill happened: the `memory.stat` of the
-//! victim's cgroup and of each ancestor (one of them is the cgroup whose
-//! limit was hit), and the node's `/proc/meminfo`, read by the lookup
-//! thread as soon as the victim is first seen ([`super::lookup`]).
+//! cgroup whose limit was hit, or the node's `/proc/meminfo`, read by the
+//! lookup thread as soon as the victim is first seen ([`super::lookup`]).
+//! What is read follows what the correlator knows by then
+//! ([`MemoryTargets`]): only the OOM cgroup (or the node) when a decision
+//! or the kernel's summary named it; the cgroup the walk shows at its limit
+//! and the node (the kill line, still to come, may say node-level); else
+//! the victim's cgroup, every ancestor and the node. Each cgroup read costs
+//! (on cgroup v1 a `memory.stat` sums its whole subtree), and a storm reads
+//! for every kill.
 //!
 //! Every figure covers the cgroup's whole subtree: cgroup v2 `memory.stat`
 //! is hierarchical; on v1 the plain keys count the cgroup's own pages only,
@@ -11,7 +17,7 @@
 use std::{fs, path::Path};
 
 use crate::{
-    enrich::node::{CgroupFs, CgroupVersion},
+    cgroupfs::{CgroupFs, CgroupVersion},
     report::OomStat,
 };
 
@@ -46,21 +52,59 @@ impl MemoryAtKill {
     }
 }
 
-/// Reads `cgroup` and its ancestors (not the root) and the node.
-pub fn read(cgfs: &CgroupFs, proc_root: &Path, cgroup: Option<&str>) -> MemoryAtKill {
+/// What to read for one victim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryTargets {
+    /// The cgroups to read; `None` when which limit was hit is not known
+    /// yet: then the victim's cgroup and every ancestor below the root.
+    pub cgroups: Option<Vec<String>>,
+    /// Read `/proc/meminfo`: the kill may be node-level.
+    pub node: bool,
+}
+
+impl Default for MemoryTargets {
+    /// Nothing known: everything that may be asked for.
+    fn default() -> Self {
+        Self {
+            cgroups: None,
+            node: true,
+        }
+    }
+}
+
+/// Reads what `targets` names; `victim_cgroup` is the victim's cgroup, for
+/// targets that leave the cgroups open.
+pub fn read(
+    cgfs: &CgroupFs,
+    proc_root: &Path,
+    targets: &MemoryTargets,
+    victim_cgroup: Option<&str>,
+) -> MemoryAtKill {
     let mut cgroups = Vec::new();
-    let mut path = cgroup.unwrap_or("").trim_end_matches('/');
-    while !path.is_empty() && cgroups.len() < MAX_LEVELS {
+    let mut read_into = |path: &str| {
         if let Some(stat) = read_cgroup(cgfs, path) {
             cgroups.push(CgroupStat {
                 path: path.to_string(),
                 stat,
             });
         }
-        path = path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    };
+    match &targets.cgroups {
+        Some(paths) => paths.iter().for_each(|p| read_into(p)),
+        None => {
+            let mut path = victim_cgroup.unwrap_or("").trim_end_matches('/');
+            let mut levels = 0;
+            while !path.is_empty() && levels < MAX_LEVELS {
+                read_into(path);
+                levels += 1;
+                path = path.rsplit_once('/').map_or("", |(parent, _)| parent);
+            }
+        }
     }
-    let node = fs::read_to_string(proc_root.join("meminfo"))
-        .ok()
+    let node = targets
+        .node
+        .then(|| fs::read_to_string(proc_root.join("meminfo")).ok())
+        .flatten()
         .map(|t| from_meminfo(&t));
     MemoryAtKill { cgroups, node }
 }
@@ -225,11 +269,45 @@ mod tests {
             root: cg,
             version: CgroupVersion::V2,
         };
-        let m = read(&cgfs, dir.path(), Some("/pod/ctr"));
+        let unknown = MemoryTargets::default();
+        let m = read(&cgfs, dir.path(), &unknown, Some("/pod/ctr"));
         let paths: Vec<&str> = m.cgroups.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(paths, ["/pod/ctr", "/pod"]);
         assert_eq!(m.of("/pod/").and_then(|s| s.shmem_bytes), Some(24 << 20));
         assert!(m.node.is_some_and(|n| n.shmem_bytes == Some(8_872 * 1024)));
-        assert_eq!(read(&cgfs, dir.path(), None).cgroups, []);
+        assert_eq!(read(&cgfs, dir.path(), &unknown, None).cgroups, []);
+    }
+
+    #[test]
+    fn a_known_limit_reads_that_cgroup_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cg = dir.path().join("cg");
+        let v2 = sample("vm-6.1.v2-tmpfs.memory.stat");
+        for p in ["pod", "pod/ctr"] {
+            fs::create_dir_all(cg.join(p)).expect("mkdir");
+            fs::write(cg.join(p).join("memory.stat"), &v2).expect("write");
+        }
+        fs::write(dir.path().join("meminfo"), sample("host-6.18.meminfo.txt")).expect("write");
+        let cgfs = CgroupFs {
+            root: cg,
+            version: CgroupVersion::V2,
+        };
+        // The pod's limit was hit (decision or summary): not the container, not the node.
+        let pod = MemoryTargets {
+            cgroups: Some(vec!["/pod".to_string()]),
+            node: false,
+        };
+        let m = read(&cgfs, dir.path(), &pod, Some("/pod/ctr"));
+        let paths: Vec<&str> = m.cgroups.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["/pod"]);
+        assert_eq!(m.node, None);
+        // Node-level: the node only.
+        let node = MemoryTargets {
+            cgroups: Some(Vec::new()),
+            node: true,
+        };
+        let m = read(&cgfs, dir.path(), &node, Some("/pod/ctr"));
+        assert_eq!(m.cgroups, []);
+        assert!(m.node.is_some_and(|n| n.anon_bytes == Some(132_680 * 1024)));
     }
 }

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::{
     capture::probe::{CHAIN, Hook, KernelSupport, Probe, ProbeConfig},
+    cgroupfs::CgroupFs,
     cli::{DoctorArgs, Format, TraceArgs},
-    enrich::node::CgroupFs,
 };
 
 #[derive(Debug, Serialize)]

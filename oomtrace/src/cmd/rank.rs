@@ -39,8 +39,9 @@ use serde::Serialize;
 use crate::units::{Bytes, escape};
 
 use crate::{
+    cgroupfs::{self, CgroupFs, CgroupVersion},
     enrich::identity::{self, Level},
-    enrich::node::{self, CgroupFs, CgroupVersion},
+    enrich::node,
     enrich::podnames::PodNames,
     proc::{self, Pinned},
     report::K8s,
@@ -506,23 +507,23 @@ fn scope_of(
     let global_swappiness = || {
         fs::read_to_string(proc_root.join("sys/vm/swappiness"))
             .ok()
-            .and_then(|t| node::parse_u64(&t))
+            .and_then(|t| cgroupfs::parse_u64(&t))
             .unwrap_or(60)
     };
     let (swap_allowance, swappiness) = match cgfs.version {
         // Without swap accounting there is no memsw file: all of the swap counts.
         CgroupVersion::V1 => (
             read("memory.memsw.limit_in_bytes")
-                .and_then(|t| node::parse_limit_v1(&t))
+                .and_then(|t| cgroupfs::parse_limit_v1(&t))
                 .map(|memsw| memsw.saturating_sub(limit_bytes) / page),
             read("memory.swappiness")
-                .and_then(|t| node::parse_u64(&t))
+                .and_then(|t| cgroupfs::parse_u64(&t))
                 .unwrap_or_else(global_swappiness),
         ),
         // cgroup v2 has no per-cgroup swappiness: the kernel uses vm.swappiness.
         CgroupVersion::V2 => (
             read("memory.swap.max")
-                .and_then(|t| node::parse_limit_v2(&t))
+                .and_then(|t| cgroupfs::parse_limit_v2(&t))
                 .map(|b| b / page),
             global_swappiness(),
         ),
@@ -949,12 +950,13 @@ mod tests {
     #[test]
     fn the_kernels_maximum_of_a_memory_cgroup() {
         let page = 4096;
-        let limit = node::parse_limit_v1(&data("host-6.18.v1-swap.memory.limit_in_bytes"))
+        let limit = cgroupfs::parse_limit_v1(&data("host-6.18.v1-swap.memory.limit_in_bytes"))
             .expect("64M")
             / page;
-        let memsw = node::parse_limit_v1(&data("host-6.18.v1-swap.memory.memsw.limit_in_bytes"))
-            .expect("96M")
-            / page;
+        let memsw =
+            cgroupfs::parse_limit_v1(&data("host-6.18.v1-swap.memory.memsw.limit_in_bytes"))
+                .expect("96M")
+                / page;
         let swappiness: u64 = data("host-6.18.v1-swap.memory.swappiness")
             .trim()
             .parse()
@@ -972,15 +974,16 @@ mod tests {
         assert_eq!(memcg_max_pages(limit, Some(memsw - limit), 0, gib), limit);
         // Unlimited memsw (the root's value) or no swap accounting: all of the swap.
         assert_eq!(
-            node::parse_limit_v1(&data("host-6.18.v1-root.memory.memsw.limit_in_bytes")),
+            cgroupfs::parse_limit_v1(&data("host-6.18.v1-root.memory.memsw.limit_in_bytes")),
             None
         );
         assert_eq!(memcg_max_pages(limit, None, 60, gib), limit + gib);
         // This host has no swap: the limit.
         assert_eq!(memcg_max_pages(limit, None, 60, 0), limit);
         // v2: memory.swap.max "max" is unlimited; a number caps the swap.
-        let v2_limit = node::parse_limit_v2(&data("v2-limited.memory.max")).expect("512M") / page;
-        let swap_max = node::parse_limit_v2(&data("v2-unlimited.memory.max"));
+        let v2_limit =
+            cgroupfs::parse_limit_v2(&data("v2-limited.memory.max")).expect("512M") / page;
+        let swap_max = cgroupfs::parse_limit_v2(&data("v2-unlimited.memory.max"));
         assert_eq!(memcg_max_pages(v2_limit, swap_max, 60, gib), 131_072 + gib);
         assert_eq!(memcg_max_pages(v2_limit, Some(0), 60, gib), 131_072);
         // `oc->totalpages` is never 0.

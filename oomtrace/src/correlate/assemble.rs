@@ -9,9 +9,9 @@ use super::{
     verdict::{self, Evidence},
 };
 use crate::{
-    capture::TaskSighting,
+    capture::{TaskSighting, memstat::MemoryTargets},
     correlate::walk::Walk,
-    report::{Kill, Memcg, OomStat, Outcome, Scope, Trigger, Victim},
+    report::{Kill, Memcg, OomStat, Outcome, Scope, Trigger, VerdictSource, Victim},
 };
 
 impl Correlator {
@@ -249,6 +249,39 @@ fn memcg(
         );
     }
     memcg
+}
+
+/// What the lookup thread should read of where the memory was, from what
+/// is known of `p` when it is asked (see [`crate::capture::memstat`]): the
+/// verdict as it stands. An exact one (the decision, the kernel's summary)
+/// names the one cgroup or the node; one inferred from the walk names the
+/// cgroup at its limit, and the node too, since the kill line (on its way)
+/// can still say the node ran out. Without either, everything.
+pub(super) fn memory_targets(p: &Pending, kmsg_expected: bool) -> MemoryTargets {
+    let walk = victim_walk(p, None);
+    let v = verdict::decide(&Evidence {
+        decision: p.decision.as_deref(),
+        summary: p.kmsg.summary.as_ref(),
+        task_in: p.kmsg.task_in.as_ref(),
+        kill_line: p.kmsg.killed.as_ref().and_then(|k| k.scope),
+        walk: walk.as_ref(),
+        kmsg_expected,
+    });
+    let exact = matches!(
+        v.source,
+        Some(VerdictSource::OomControl | VerdictSource::Kmsg)
+    );
+    match (v.scope, v.oom_cgroup) {
+        (Some(Scope::Cgroup), Some(cgroup)) => MemoryTargets {
+            cgroups: Some(vec![cgroup]),
+            node: !exact,
+        },
+        (Some(Scope::Node), _) if exact || walk.is_some() => MemoryTargets {
+            cgroups: Some(Vec::new()),
+            node: true,
+        },
+        _ => MemoryTargets::default(),
+    }
 }
 
 /// Where the memory was: the OOM cgroup's figures (its whole subtree), or

@@ -725,3 +725,112 @@ fn once_the_kernel_log_reader_ended_a_mark_is_reported_without_a_kill_line() {
         k.missing
     );
 }
+
+#[test]
+fn the_memory_read_at_the_kill_follows_what_is_known_of_the_limit() {
+    use crate::capture::memstat::MemoryTargets;
+    let active = expect(true, true, true, false);
+    let now = Instant::now();
+    // The walk alone: the pod is at its limit; the kill line may still say
+    // the node ran out, so the node is read too.
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let pod = walk(&[
+        ("ctr", 1_000, UNLIMITED),
+        ("pod", 8_192, 8_192),
+        ("", 90_000, UNLIMITED),
+    ]);
+    c.push(tp_victim(100, 1_000), now);
+    c.push(btf_victim(100, 1_000, pod), now);
+    assert_eq!(
+        c.memory_targets(100),
+        MemoryTargets {
+            cgroups: Some(vec!["/pod".into()]),
+            node: true
+        }
+    );
+    // Nothing at its limit: the node.
+    let free = walk(&[("ctr", 1_000, UNLIMITED), ("", 90_000, UNLIMITED)]);
+    c.push(btf_victim(101, 2_000, free), now);
+    assert_eq!(
+        c.memory_targets(101),
+        MemoryTargets {
+            cgroups: Some(Vec::new()),
+            node: true
+        }
+    );
+    // Nothing known of the victim: everything.
+    assert_eq!(c.memory_targets(4242), MemoryTargets::default());
+    c.push(tp_victim(102, 3_000), now);
+    assert_eq!(c.memory_targets(102), MemoryTargets::default());
+
+    // The kernel's summary names the cgroup (a real one, from the host): that
+    // cgroup only, whatever the walk says.
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let summary = kmsg_inputs(HOST)
+        .into_iter()
+        .find(|i| {
+            matches!(
+                i,
+                Input::Kmsg(KmsgSighting {
+                    line: OomLine::Summary { .. },
+                    ..
+                })
+            )
+        })
+        .expect("a summary line");
+    let Input::Kmsg(KmsgSighting { ts_usec, .. }) = &summary else {
+        unreachable!("a kernel log input")
+    };
+    let ktime = ts_usec * 1000;
+    let victim = walk(&[("kmsgsample", 100, 8_192), ("", 90_000, UNLIMITED)]);
+    c.push(tp_victim(9240, ktime), now);
+    c.push(btf_victim(9240, ktime, victim), now);
+    c.push(summary, now);
+    assert_eq!(
+        c.memory_targets(9240),
+        MemoryTargets {
+            cgroups: Some(vec!["/kmsgsample".into()]),
+            node: false
+        }
+    );
+}
+
+#[test]
+fn a_node_level_decision_reads_the_node_only() {
+    use crate::capture::memstat::MemoryTargets;
+    let active = expect(true, true, false, true);
+    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let now = Instant::now();
+    let chosen = walk(&[("grp", 12_800, 12_800), ("", 90_000, UNLIMITED)]);
+    let mut d = Decision {
+        header: header(KIND_DECISION, size_of::<Decision>(), 500, 7),
+        flags: DECISION_HAS_CHOSEN,
+        constraint: 0,
+        order: 0,
+        gfp_mask: 0xcc0,
+        totalpages: 1 << 20,
+        chosen_points: 7_000,
+        chosen_pid: 100,
+        chosen_tgid: 100,
+        chosen_comm: [0; 16],
+        chosen_adj: 0,
+        _pad: 0,
+        chosen_start_time_ns: 0,
+        chosen_lineage: oomtrace_common::Lineage::zeroed(),
+        domain: walk(&[]),
+        chosen_memcg: chosen,
+        trigger_memcg: chosen,
+    };
+    d.chosen_comm[..2].copy_from_slice(b"dd");
+    c.push(decode(&d), now);
+    c.push(tp_input(100, 600, 7, dd_fields()), now);
+    // The walk says the cgroup is at its limit; the decision (no memcg) says
+    // the node ran out, and wins.
+    assert_eq!(
+        c.memory_targets(100),
+        MemoryTargets {
+            cgroups: Some(Vec::new()),
+            node: true
+        }
+    );
+}

@@ -28,11 +28,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use self::{
-    identity::Identity, kube::PodMetadata, node::CgroupFs, podnames::PodNames,
-    snapshots::NodeSnapshots,
-};
+use self::{identity::Identity, kube::PodMetadata, podnames::PodNames, snapshots::NodeSnapshots};
 use crate::{
+    cgroupfs::CgroupFs,
     correlate::Correlated,
     report::{Kill, OomDomain, Scope},
 };

@@ -12,7 +12,7 @@
 
 use std::{fs, io, path::Path};
 
-use crate::enrich::node::{CgroupFs, CgroupVersion};
+use crate::cgroupfs::{CgroupFs, CgroupVersion};
 
 /// SIGKILL's bit in the `SigPnd`/`ShdPnd` masks of `/proc/<pid>/status`.
 const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
@@ -27,7 +27,7 @@ pub fn survivors(cgfs: &CgroupFs, proc_root: &Path, cgroup: &str, victim: u32) -
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
-    let live = crate::enrich::node::parse_procs(&text)
+    let live = crate::cgroupfs::parse_procs(&text)
         .into_iter()
         .filter(|&pid| pid != victim)
         .filter(|pid| {

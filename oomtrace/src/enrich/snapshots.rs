@@ -25,8 +25,9 @@ use tracing::warn;
 use crate::{
     capture::kmsg::OomLine,
     capture::{Input, KmsgSighting},
+    cgroupfs::CgroupFs,
     enrich::identity::{self, Level},
-    enrich::node::{self, CgroupFs},
+    enrich::node,
     enrich::podnames::PodNames,
     report::NodeMemory,
 };
