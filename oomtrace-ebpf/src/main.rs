@@ -144,63 +144,84 @@ fn read_name(what: u32) -> &'static str {
     }
 }
 
-/// The kernel reads of one hook run: how many failed.
+/// The kernel reads of one hook run: how many failed, and what the first
+/// failed read was for (an `R_*` code).
 ///
-/// What the first failed read was for (an `R_*` code) is parked in the
-/// per-CPU [`STAT_READ_WHAT`] slot rather than carried along: the log line
-/// picks its name by that code, and a code the verifier could follow from
-/// each read to the log would make every read's outcome a separate path for
-/// it to explore (over a million instructions for the cgroup walk). A value
-/// loaded back from a map is just "some number" to the verifier.
-struct Reads {
-    failed: u32,
-}
+/// Both are kept in the per-CPU [`STAT_READ_WHAT`] slot (the count in the
+/// high 32 bits, the code in the low ones), not in a variable carried along
+/// the program: a count or a code the verifier could follow from each read
+/// to the log line would make every read's outcome a separate state for it
+/// to explore (over a million instructions for the cgroup walk), and the log
+/// line's code is verified again for every state that reaches it. A value
+/// loaded back from a map is just "some number" to the verifier, so the
+/// paths meet again after each read.
+struct Reads;
 
 impl Reads {
+    /// Starts a run's tally (clearing what a run that never reached
+    /// [`Reads::finish`] may have left).
     #[inline(always)]
-    const fn new() -> Self {
-        Self { failed: 0 }
+    fn new() -> Self {
+        if let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT) {
+            // SAFETY: a per-CPU slot (see `add`).
+            unsafe { *slot = 0 };
+        }
+        Self
     }
 
     #[inline(always)]
     fn fail(&mut self, what: u32) {
-        if self.failed == 0
-            && let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT)
-        {
+        if let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT) {
             // SAFETY: a per-CPU slot (see `add`).
-            unsafe { *slot = u64::from(what) };
+            unsafe {
+                let v = *slot;
+                *slot = if v == 0 {
+                    (1 << 32) | u64::from(what)
+                } else {
+                    v + (1 << 32)
+                };
+            }
         }
-        self.failed += 1;
     }
 
     /// Counts this run's failed reads and logs them, rate-limited (debug).
     #[inline(always)]
     fn finish(&self, hook: &'static str) {
-        if self.failed == 0 {
+        let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT) else {
+            return;
+        };
+        // SAFETY: a per-CPU slot (see `add`).
+        let tally = unsafe { core::ptr::replace(slot, 0) };
+        if tally == 0 {
             return;
         }
-        add(STAT_READ_ERRORS, u64::from(self.failed));
+        let failed = tally >> 32;
+        add(STAT_READ_ERRORS, failed);
         let runs = count(STAT_READ_FAILED_RUNS);
         if is_power_of_two(runs) {
-            let first = STATS.get(STAT_READ_WHAT).copied().unwrap_or(0) as u32;
             debug!(
                 &(),
                 target: LOG_TARGET,
                 "{}: {} kernel reads failed, the first of {}; {} runs with failed reads on this cpu (logged at powers of two)",
                 hook,
-                self.failed,
-                read_name(first),
+                failed,
+                read_name(tally as u32),
                 runs
             );
         }
     }
 }
 
+/// The struct offsets the loader wrote into [`OFFSETS`], read in place: a
+/// copy on the stack would take 152 of the 512 bytes a program and the
+/// subprograms it calls (the log lines, `memset`) share on kernels before
+/// 6.8, which round each frame up to 32 bytes.
 #[inline(always)]
-fn offsets() -> KernelOffsets {
-    // SAFETY: a plain global in .rodata; read_volatile keeps the compiler from
-    // folding in the zeroed initialiser the loader replaces.
-    unsafe { read_volatile(&OFFSETS) }
+fn offsets() -> &'static KernelOffsets {
+    // SAFETY: a plain global in .rodata. Hiding the pointer's origin keeps the
+    // compiler from folding in the zeroed initialiser the loader replaces;
+    // the verifier still sees loads from the frozen .rodata map (constants).
+    unsafe { &*core::hint::black_box(addr_of!(OFFSETS)) }
 }
 
 #[inline(always)]
@@ -572,7 +593,7 @@ fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
         (*ev).flags = 0;
         (*ev)._pad = 0;
         (*ev).oom_score_adj = 0;
-        if let Some(adj) = oom_score_adj(&mut reads, &o, task) {
+        if let Some(adj) = oom_score_adj(&mut reads, o, task) {
             (*ev).oom_score_adj = adj;
             (*ev).flags |= VICTIM_HAS_ADJ;
         }
@@ -583,9 +604,9 @@ fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
         {
             (*ev).flags |= VICTIM_OOM_SIGKILL;
         }
-        let css = task_memcg_css(&mut reads, &o, task);
-        lineage(&mut reads, &o, task, css, addr_of_mut!((*ev).lineage));
-        walk(&mut reads, &o, css, addr_of_mut!((*ev).memcg));
+        let css = task_memcg_css(&mut reads, o, task);
+        lineage(&mut reads, o, task, css, addr_of_mut!((*ev).lineage));
+        walk(&mut reads, o, css, addr_of_mut!((*ev).memcg));
     }
     entry.submit(0);
     reads.finish(hook);
@@ -664,12 +685,12 @@ fn decision(oc: *const u8) -> u32 {
         (*ev).chosen_points = read::<i64>(r, R_OOM_CONTROL, oc, o.oc_chosen_points).unwrap_or(0);
         let memcg: *const u8 = read(r, R_OOM_CONTROL, oc, o.oc_memcg).unwrap_or(core::ptr::null());
         if memcg.is_null() {
-            walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).domain));
+            walk(r, o, core::ptr::null(), addr_of_mut!((*ev).domain));
         } else {
             (*ev).flags |= DECISION_HAS_MEMCG;
             walk(
                 r,
-                &o,
+                o,
                 memcg.wrapping_add(o.memcg_css as usize),
                 addr_of_mut!((*ev).domain),
             );
@@ -693,16 +714,16 @@ fn decision(oc: *const u8) -> u32 {
                 .unwrap_or([0; COMM_LEN]);
             (*ev).chosen_start_time_ns =
                 read::<u64>(r, R_TASK_START_TIME, chosen, o.task_start_time).unwrap_or(0);
-            (*ev).chosen_adj = oom_score_adj(r, &o, chosen).unwrap_or(0);
-            let css = task_memcg_css(r, &o, chosen);
-            lineage(r, &o, chosen, css, addr_of_mut!((*ev).chosen_lineage));
-            walk(r, &o, css, addr_of_mut!((*ev).chosen_memcg));
+            (*ev).chosen_adj = oom_score_adj(r, o, chosen).unwrap_or(0);
+            let css = task_memcg_css(r, o, chosen);
+            lineage(r, o, chosen, css, addr_of_mut!((*ev).chosen_lineage));
+            walk(r, o, css, addr_of_mut!((*ev).chosen_memcg));
         } else {
-            walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
+            walk(r, o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
         }
         let current = generated::bpf_get_current_task() as *const u8;
-        let css = task_memcg_css(r, &o, current);
-        walk(r, &o, css, addr_of_mut!((*ev).trigger_memcg));
+        let css = task_memcg_css(r, o, current);
+        walk(r, o, css, addr_of_mut!((*ev).trigger_memcg));
     }
     entry.submit(0);
     reads.finish(HOOK_DECISION);
@@ -796,7 +817,8 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
     if sig == SIGKILL && info == 1 {
         // SAFETY: a probe read.
         let tid = unsafe {
-            read::<i32>(&mut Reads::new(), R_TASK_PID, task, offsets().task_pid).unwrap_or(0)
+            bpf_probe_read_kernel(task.wrapping_add(offsets().task_pid as usize).cast::<i32>())
+                .unwrap_or(0)
         };
         note_kernel_sigkill(tid as u32);
     }
@@ -841,12 +863,12 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
         (*ev).target_start_time_ns =
             read::<u64>(r, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
         (*ev).target_oom_score_adj = 0;
-        if let Some(adj) = oom_score_adj(r, &o, task) {
+        if let Some(adj) = oom_score_adj(r, o, task) {
             (*ev).target_oom_score_adj = adj;
             (*ev).flags |= SIGNAL_HAS_ADJ;
         }
-        let css = task_memcg_css(r, &o, task);
-        walk(r, &o, css, addr_of_mut!((*ev).memcg));
+        let css = task_memcg_css(r, o, task);
+        walk(r, o, css, addr_of_mut!((*ev).memcg));
         debug!(
             &(),
             target: LOG_TARGET,
