@@ -20,14 +20,14 @@
 
 use core::{
     ffi::c_void,
-    mem::size_of,
+    mem::{MaybeUninit, offset_of, size_of},
     ptr::{addr_of, addr_of_mut, read_volatile},
 };
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
@@ -283,6 +283,69 @@ unsafe fn read<T>(reads: &mut Reads, what: u32, base: *const u8, off: u32) -> Op
     }
 }
 
+/// Reads `base->comm` (at `off`) straight into `dst`, a field of a reserved
+/// record: the kernel zeroes `dst` itself when the read fails, and a NULL
+/// `base` gets zeros too (see [`zero_words`] for why not `[0; 16]`).
+#[inline(always)]
+unsafe fn read_comm(
+    reads: &mut Reads,
+    what: u32,
+    dst: *mut [u8; COMM_LEN],
+    base: *const u8,
+    off: u32,
+) {
+    if base.is_null() || off == u32::MAX {
+        // SAFETY: `dst` is a 16-byte, 4-aligned field of a reserved record.
+        unsafe { zero_words::<{ COMM_LEN / 4 }>(dst.cast()) };
+        return;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one fails
+    // and zero-fills the 16 bytes of `dst`.
+    let rc = unsafe {
+        generated::bpf_probe_read_kernel(
+            dst.cast::<c_void>(),
+            COMM_LEN as u32,
+            base.wrapping_add(off as usize).cast::<c_void>(),
+        )
+    };
+    if rc != 0 {
+        reads.fail(what);
+    }
+}
+
+// The fields written by `read_comm` and `zero_words` are 4-aligned in
+// their records (which the ring buffer places at 8-aligned addresses).
+const _: () = assert!(
+    offset_of!(Header, trigger_comm) % 4 == 0
+        && offset_of!(Decision, chosen_comm) % 4 == 0
+        && offset_of!(Decision, chosen_lineage) % 4 == 0
+        && offset_of!(BtfVictim, comm) % 4 == 0
+        && offset_of!(BtfVictim, lineage) % 4 == 0
+        && offset_of!(Signal, target_comm) % 4 == 0
+        && offset_of!(Lineage, parent_comm) % 4 == 0
+        && size_of::<Lineage>() % 4 == 0
+);
+
+/// Zeroes `N` 32-bit words at `p`, one store each. An assignment of a
+/// zeroed array or struct (`[0; 16]`, `Lineage::zeroed()`) compiles to a
+/// call of a byte-wise `memset` subprogram, and on kernels before 6.4 every
+/// call into a subprogram makes the verifier's precision tracking give up
+/// (all scalars become precise, so fewer paths merge): the programs that
+/// walk cgroups verified several times longer. Volatile stores keep LLVM
+/// from merging them back into a `memset`.
+///
+/// # Safety
+/// `p` is 4-aligned and `4 * N` bytes of it are writable.
+#[inline(always)]
+unsafe fn zero_words<const N: usize>(p: *mut u8) {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller's promise.
+        unsafe { core::ptr::write_volatile(p.cast::<u32>().add(i), 0) };
+        i += 1;
+    }
+}
+
 #[inline(always)]
 fn fill_header(h: &mut Header, kind: u16, len: usize) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -294,7 +357,17 @@ fn fill_header(h: &mut Header, kind: u16, len: usize) {
     h.cpu = unsafe { bpf_get_smp_processor_id() };
     h.trigger_tid = pid_tgid as u32;
     h.trigger_tgid = (pid_tgid >> 32) as u32;
-    h.trigger_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Zeroed first: from 5.18 to 6.3 the helper copies with strscpy, which
+    // leaves the bytes after the NUL as they were (stale ring-buffer data).
+    // SAFETY: `trigger_comm` is a 16-byte, 4-aligned field; the helper
+    // writes at most its 16 bytes.
+    unsafe {
+        zero_words::<{ COMM_LEN / 4 }>(addr_of_mut!(h.trigger_comm).cast());
+        generated::bpf_get_current_comm(
+            addr_of_mut!(h.trigger_comm).cast::<c_void>(),
+            COMM_LEN as u32,
+        )
+    };
     h._pad = 0;
 }
 
@@ -394,7 +467,7 @@ unsafe fn lineage(
     // SAFETY: `out` points into a reserved ring-buffer record; kernel reads
     // go through bpf_probe_read_kernel.
     unsafe {
-        *out = Lineage::zeroed();
+        zero_words::<{ size_of::<Lineage>() / 4 }>(out.cast());
         let Some(leader) = read::<*const u8>(reads, R_TASK_GROUP_LEADER, task, o.task_group_leader)
         else {
             return;
@@ -425,8 +498,13 @@ unsafe fn lineage(
         else {
             return;
         };
-        (*out).parent_comm = read::<[u8; COMM_LEN]>(reads, R_TASK_COMM, parent, o.task_comm)
-            .unwrap_or([0; COMM_LEN]);
+        read_comm(
+            reads,
+            R_TASK_COMM,
+            addr_of_mut!((*out).parent_comm),
+            parent,
+            o.task_comm,
+        );
         (*out).ppid = read::<i32>(reads, R_TASK_TGID, pleader, o.task_tgid).unwrap_or(0) as u32;
         // The parent is in the same namespace when its pid reaches this
         // level in the same namespace; else it is outside (an ancestor's).
@@ -585,8 +663,13 @@ fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
         fill_header(&mut (*ev).header, kind, size_of::<BtfVictim>());
         (*ev).pid = read::<i32>(&mut reads, R_TASK_PID, task, o.task_pid).unwrap_or(0) as u32;
         (*ev).tgid = read::<i32>(&mut reads, R_TASK_TGID, task, o.task_tgid).unwrap_or(0) as u32;
-        (*ev).comm = read::<[u8; COMM_LEN]>(&mut reads, R_TASK_COMM, task, o.task_comm)
-            .unwrap_or([0; COMM_LEN]);
+        read_comm(
+            &mut reads,
+            R_TASK_COMM,
+            addr_of_mut!((*ev).comm),
+            task,
+            o.task_comm,
+        );
         (*ev).start_time_ns =
             read::<u64>(&mut reads, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
         (*ev).uid = uid;
@@ -701,17 +784,22 @@ fn decision(oc: *const u8) -> u32 {
         let chosen_ok = !chosen.is_null() && chosen as usize != usize::MAX;
         (*ev).chosen_pid = 0;
         (*ev).chosen_tgid = 0;
-        (*ev).chosen_comm = [0; COMM_LEN];
+        zero_words::<{ COMM_LEN / 4 }>(addr_of_mut!((*ev).chosen_comm).cast());
         (*ev).chosen_adj = 0;
         (*ev).chosen_start_time_ns = 0;
-        (*ev).chosen_lineage = Lineage::zeroed();
+        zero_words::<{ size_of::<Lineage>() / 4 }>(addr_of_mut!((*ev).chosen_lineage).cast());
         if chosen_ok {
             (*ev).flags |= DECISION_HAS_CHOSEN;
             (*ev).chosen_pid = read::<i32>(r, R_TASK_PID, chosen, o.task_pid).unwrap_or(0) as u32;
             (*ev).chosen_tgid =
                 read::<i32>(r, R_TASK_TGID, chosen, o.task_tgid).unwrap_or(0) as u32;
-            (*ev).chosen_comm = read::<[u8; COMM_LEN]>(r, R_TASK_COMM, chosen, o.task_comm)
-                .unwrap_or([0; COMM_LEN]);
+            read_comm(
+                r,
+                R_TASK_COMM,
+                addr_of_mut!((*ev).chosen_comm),
+                chosen,
+                o.task_comm,
+            );
             (*ev).chosen_start_time_ns =
                 read::<u64>(r, R_TASK_START_TIME, chosen, o.task_start_time).unwrap_or(0);
             (*ev).chosen_adj = oom_score_adj(r, o, chosen).unwrap_or(0);
@@ -754,16 +842,25 @@ pub fn kprobe_oom_kill_process(ctx: ProbeContext) -> u32 {
 }
 
 /// Whether the sender (`current`) is named in [`KILLERS`]: an exact match of
-/// the kernel's 16-byte, NUL-padded `comm` (`bpf_get_current_comm` pads it
-/// with zeros, and the agent pads the names the same way).
+/// the kernel's 16-byte `comm`, NUL-padded (the buffer is zeroed before
+/// `bpf_get_current_comm`, which from 5.18 to 6.3 does not pad it), and the
+/// agent pads the names the same way.
 #[inline(always)]
 fn sender_listed() -> bool {
-    let mut comm = [0u64; 2];
-    // SAFETY: the helper writes at most 16 bytes into `comm`.
-    let rc = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast::<c_void>(), 16) };
+    // Zeroed by word stores, not `[0u64; 2]`: that is a call of `memset` on
+    // every SIGKILL/SIGTERM of the node (see `zero_words`).
+    let mut comm = MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: `comm` is 16 bytes on the stack, 8-aligned; the helper writes
+    // at most 16 bytes after the NUL-padding zeros.
+    let rc = unsafe {
+        zero_words::<4>(comm.as_mut_ptr().cast());
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast::<c_void>(), 16)
+    };
     if rc != 0 {
         return false;
     }
+    // SAFETY: zeroed, then written by the helper.
+    let comm = unsafe { comm.assume_init() };
     // SAFETY: plain globals in .rodata (see `offsets`); `KillerNames` is
     // 8-aligned, so each 16-byte name is two aligned u64 loads.
     let count = unsafe { read_volatile(addr_of!(KILLERS.count)) } as usize;
@@ -858,8 +955,13 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
         (*ev)._pad = 0;
         (*ev).target_pid = read::<i32>(r, R_TASK_PID, task, o.task_pid).unwrap_or(0) as u32;
         (*ev).target_tgid = read::<i32>(r, R_TASK_TGID, task, o.task_tgid).unwrap_or(0) as u32;
-        (*ev).target_comm =
-            read::<[u8; COMM_LEN]>(r, R_TASK_COMM, task, o.task_comm).unwrap_or([0; COMM_LEN]);
+        read_comm(
+            r,
+            R_TASK_COMM,
+            addr_of_mut!((*ev).target_comm),
+            task,
+            o.task_comm,
+        );
         (*ev).target_start_time_ns =
             read::<u64>(r, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
         (*ev).target_oom_score_adj = 0;
@@ -963,13 +1065,13 @@ pub fn tp_signal_generate(ctx: TracePointContext) -> u32 {
             (*ev).group = field(layout.group);
             (*ev).result = field(layout.result);
         }
-        (*ev).target_comm = match ctx.read_at::<[u8; COMM_LEN]>(layout.comm as usize) {
-            Ok(c) => c,
-            Err(_) => {
-                r.fail(R_TP_RECORD);
-                [0; COMM_LEN]
-            }
-        };
+        read_comm(
+            r,
+            R_TP_RECORD,
+            addr_of_mut!((*ev).target_comm),
+            ctx.as_ptr().cast_const().cast::<u8>(),
+            layout.comm,
+        );
         (*ev).flags = 0;
         (*ev)._pad = 0;
         (*ev).target_tgid = 0;
