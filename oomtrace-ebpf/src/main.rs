@@ -112,36 +112,75 @@ const R_PID_LEVEL: u32 = 23;
 const R_UPID: u32 = 24;
 const R_TASK_CHILDREN: u32 = 25;
 
+/// Width of a name in [`READ_NAMES`].
+const READ_NAME_LEN: usize = 32;
+
+/// What each `R_*` code reads (indexed by the code; 0 is unknown), padded
+/// with spaces to one width. The log line takes its name from here rather
+/// than from a `match` with a string per code: strings of different lengths
+/// give the log line's writer a different size and offsets on each arm,
+/// which the verifier follows one by one to the end (about 190,000
+/// instructions for each program with the line, against 6,000 to 50,000
+/// for the programs themselves); a name of one width is one path.
+static READ_NAMES: [[u8; READ_NAME_LEN]; R_COUNT] = read_names();
+
+/// One past the highest `R_*` code.
+const R_COUNT: usize = R_TASK_CHILDREN as usize + 1;
+
+const fn read_names() -> [[u8; READ_NAME_LEN]; R_COUNT] {
+    let mut t = [pad("?"); R_COUNT];
+    t[R_TASK_PID as usize] = pad("task_struct.pid");
+    t[R_TASK_TGID as usize] = pad("task_struct.tgid");
+    t[R_TASK_COMM as usize] = pad("task_struct.comm");
+    t[R_TASK_START_TIME as usize] = pad("task_struct.start_time");
+    t[R_TASK_SIGNAL as usize] = pad("task_struct.signal");
+    t[R_OOM_SCORE_ADJ as usize] = pad("signal_struct.oom_score_adj");
+    t[R_TASK_CGROUPS as usize] = pad("task_struct.cgroups");
+    t[R_CSS_SET_SUBSYS as usize] = pad("css_set.subsys[memory]");
+    t[R_MEMCG_USAGE as usize] = pad("mem_cgroup.memory.usage");
+    t[R_MEMCG_MAX as usize] = pad("mem_cgroup.memory.max");
+    t[R_CSS_CGROUP as usize] = pad("cgroup_subsys_state.cgroup");
+    t[R_CGROUP_KN as usize] = pad("cgroup.kn");
+    t[R_KN_ID as usize] = pad("kernfs_node.id");
+    t[R_KN_NAME as usize] = pad("kernfs_node.name");
+    t[R_CSS_PARENT as usize] = pad("cgroup_subsys_state.parent");
+    t[R_OOM_CONTROL as usize] = pad("oom_control");
+    t[R_SIGINFO as usize] = pad("kernel_siginfo");
+    t[R_TP_RECORD as usize] = pad("the tracepoint record");
+    t[R_PROBE_ARG as usize] = pad("the probed function's argument");
+    t[R_TASK_GROUP_LEADER as usize] = pad("task_struct.group_leader");
+    t[R_TASK_REAL_PARENT as usize] = pad("task_struct.real_parent");
+    t[R_TASK_THREAD_PID as usize] = pad("task_struct.thread_pid");
+    t[R_PID_LEVEL as usize] = pad("pid.level");
+    t[R_UPID as usize] = pad("pid.numbers[level]");
+    t[R_TASK_CHILDREN as usize] = pad("task_struct.children");
+    t
+}
+
+/// `name` padded with spaces to [`READ_NAME_LEN`] bytes (a build error if longer).
+const fn pad(name: &str) -> [u8; READ_NAME_LEN] {
+    let bytes = name.as_bytes();
+    assert!(bytes.len() <= READ_NAME_LEN, "a read name is too long");
+    let mut out = [b' '; READ_NAME_LEN];
+    let mut i = 0;
+    while i < bytes.len() {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// The padded name of what the `R_*` code `what` reads.
 #[inline(always)]
 fn read_name(what: u32) -> &'static str {
-    match what {
-        R_TASK_PID => "task_struct.pid",
-        R_TASK_TGID => "task_struct.tgid",
-        R_TASK_COMM => "task_struct.comm",
-        R_TASK_START_TIME => "task_struct.start_time",
-        R_TASK_SIGNAL => "task_struct.signal",
-        R_OOM_SCORE_ADJ => "signal_struct.oom_score_adj",
-        R_TASK_CGROUPS => "task_struct.cgroups",
-        R_CSS_SET_SUBSYS => "css_set.subsys[memory]",
-        R_MEMCG_USAGE => "mem_cgroup.memory.usage",
-        R_MEMCG_MAX => "mem_cgroup.memory.max",
-        R_CSS_CGROUP => "cgroup_subsys_state.cgroup",
-        R_CGROUP_KN => "cgroup.kn",
-        R_KN_ID => "kernfs_node.id",
-        R_KN_NAME => "kernfs_node.name",
-        R_CSS_PARENT => "cgroup_subsys_state.parent",
-        R_OOM_CONTROL => "oom_control",
-        R_SIGINFO => "kernel_siginfo",
-        R_TP_RECORD => "the tracepoint record",
-        R_PROBE_ARG => "the probed function's argument",
-        R_TASK_GROUP_LEADER => "task_struct.group_leader",
-        R_TASK_REAL_PARENT => "task_struct.real_parent",
-        R_TASK_THREAD_PID => "task_struct.thread_pid",
-        R_PID_LEVEL => "pid.level",
-        R_UPID => "pid.numbers[level]",
-        R_TASK_CHILDREN => "task_struct.children",
-        _ => "?",
-    }
+    let i = what as usize;
+    let name = if i < READ_NAMES.len() {
+        &READ_NAMES[i]
+    } else {
+        &READ_NAMES[0]
+    };
+    // SAFETY: every name is ASCII (`pad` of string literals).
+    unsafe { core::str::from_utf8_unchecked(name) }
 }
 
 /// The kernel reads of one hook run: how many failed, and what the first
@@ -202,11 +241,11 @@ impl Reads {
             debug!(
                 &(),
                 target: LOG_TARGET,
-                "{}: {} kernel reads failed, the first of {}; {} runs with failed reads on this cpu (logged at powers of two)",
+                "{}: {} kernel reads failed; {} runs with failed reads on this cpu (logged at powers of two); the first failed read was of {}",
                 hook,
                 failed,
-                read_name(tally as u32),
-                runs
+                runs,
+                read_name(tally as u32)
             );
         }
     }
