@@ -253,7 +253,7 @@ impl Reads {
 
 /// The struct offsets the loader wrote into [`OFFSETS`], read in place: a
 /// copy on the stack would take 152 of the 512 bytes a program and the
-/// subprograms it calls (the log lines, `memset`) share on kernels before
+/// subprograms it calls (aya-log's writer and its `memcpy`) share on kernels before
 /// 6.8, which round each frame up to 32 bytes.
 #[inline(always)]
 fn offsets() -> &'static KernelOffsets {
