@@ -20,14 +20,14 @@
 
 use core::{
     ffi::c_void,
-    mem::size_of,
+    mem::{MaybeUninit, offset_of, size_of},
     ptr::{addr_of, addr_of_mut, read_volatile},
 };
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{btf_tracepoint, fentry, kprobe, map, tracepoint},
@@ -112,95 +112,155 @@ const R_PID_LEVEL: u32 = 23;
 const R_UPID: u32 = 24;
 const R_TASK_CHILDREN: u32 = 25;
 
+/// Width of a name in [`READ_NAMES`].
+const READ_NAME_LEN: usize = 32;
+
+/// What each `R_*` code reads (indexed by the code; 0 is unknown), padded
+/// with spaces to one width. The log line takes its name from here rather
+/// than from a `match` with a string per code: strings of different lengths
+/// give the log line's writer a different size and offsets on each arm,
+/// which the verifier follows one by one to the end (about 190,000
+/// instructions for each program with the line, against 6,000 to 50,000
+/// for the programs themselves); a name of one width is one path.
+static READ_NAMES: [[u8; READ_NAME_LEN]; R_COUNT] = read_names();
+
+/// One past the highest `R_*` code.
+const R_COUNT: usize = R_TASK_CHILDREN as usize + 1;
+
+const fn read_names() -> [[u8; READ_NAME_LEN]; R_COUNT] {
+    let mut t = [pad("?"); R_COUNT];
+    t[R_TASK_PID as usize] = pad("task_struct.pid");
+    t[R_TASK_TGID as usize] = pad("task_struct.tgid");
+    t[R_TASK_COMM as usize] = pad("task_struct.comm");
+    t[R_TASK_START_TIME as usize] = pad("task_struct.start_time");
+    t[R_TASK_SIGNAL as usize] = pad("task_struct.signal");
+    t[R_OOM_SCORE_ADJ as usize] = pad("signal_struct.oom_score_adj");
+    t[R_TASK_CGROUPS as usize] = pad("task_struct.cgroups");
+    t[R_CSS_SET_SUBSYS as usize] = pad("css_set.subsys[memory]");
+    t[R_MEMCG_USAGE as usize] = pad("mem_cgroup.memory.usage");
+    t[R_MEMCG_MAX as usize] = pad("mem_cgroup.memory.max");
+    t[R_CSS_CGROUP as usize] = pad("cgroup_subsys_state.cgroup");
+    t[R_CGROUP_KN as usize] = pad("cgroup.kn");
+    t[R_KN_ID as usize] = pad("kernfs_node.id");
+    t[R_KN_NAME as usize] = pad("kernfs_node.name");
+    t[R_CSS_PARENT as usize] = pad("cgroup_subsys_state.parent");
+    t[R_OOM_CONTROL as usize] = pad("oom_control");
+    t[R_SIGINFO as usize] = pad("kernel_siginfo");
+    t[R_TP_RECORD as usize] = pad("the tracepoint record");
+    t[R_PROBE_ARG as usize] = pad("the probed function's argument");
+    t[R_TASK_GROUP_LEADER as usize] = pad("task_struct.group_leader");
+    t[R_TASK_REAL_PARENT as usize] = pad("task_struct.real_parent");
+    t[R_TASK_THREAD_PID as usize] = pad("task_struct.thread_pid");
+    t[R_PID_LEVEL as usize] = pad("pid.level");
+    t[R_UPID as usize] = pad("pid.numbers[level]");
+    t[R_TASK_CHILDREN as usize] = pad("task_struct.children");
+    t
+}
+
+/// `name` padded with spaces to [`READ_NAME_LEN`] bytes (a build error if longer).
+const fn pad(name: &str) -> [u8; READ_NAME_LEN] {
+    let bytes = name.as_bytes();
+    assert!(bytes.len() <= READ_NAME_LEN, "a read name is too long");
+    let mut out = [b' '; READ_NAME_LEN];
+    let mut i = 0;
+    while i < bytes.len() {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
+/// The padded name of what the `R_*` code `what` reads.
 #[inline(always)]
 fn read_name(what: u32) -> &'static str {
-    match what {
-        R_TASK_PID => "task_struct.pid",
-        R_TASK_TGID => "task_struct.tgid",
-        R_TASK_COMM => "task_struct.comm",
-        R_TASK_START_TIME => "task_struct.start_time",
-        R_TASK_SIGNAL => "task_struct.signal",
-        R_OOM_SCORE_ADJ => "signal_struct.oom_score_adj",
-        R_TASK_CGROUPS => "task_struct.cgroups",
-        R_CSS_SET_SUBSYS => "css_set.subsys[memory]",
-        R_MEMCG_USAGE => "mem_cgroup.memory.usage",
-        R_MEMCG_MAX => "mem_cgroup.memory.max",
-        R_CSS_CGROUP => "cgroup_subsys_state.cgroup",
-        R_CGROUP_KN => "cgroup.kn",
-        R_KN_ID => "kernfs_node.id",
-        R_KN_NAME => "kernfs_node.name",
-        R_CSS_PARENT => "cgroup_subsys_state.parent",
-        R_OOM_CONTROL => "oom_control",
-        R_SIGINFO => "kernel_siginfo",
-        R_TP_RECORD => "the tracepoint record",
-        R_PROBE_ARG => "the probed function's argument",
-        R_TASK_GROUP_LEADER => "task_struct.group_leader",
-        R_TASK_REAL_PARENT => "task_struct.real_parent",
-        R_TASK_THREAD_PID => "task_struct.thread_pid",
-        R_PID_LEVEL => "pid.level",
-        R_UPID => "pid.numbers[level]",
-        R_TASK_CHILDREN => "task_struct.children",
-        _ => "?",
-    }
+    let i = what as usize;
+    let name = if i < READ_NAMES.len() {
+        &READ_NAMES[i]
+    } else {
+        &READ_NAMES[0]
+    };
+    // SAFETY: every name is ASCII (`pad` of string literals).
+    unsafe { core::str::from_utf8_unchecked(name) }
 }
 
-/// The kernel reads of one hook run: how many failed.
+/// The kernel reads of one hook run: how many failed, and what the first
+/// failed read was for (an `R_*` code).
 ///
-/// What the first failed read was for (an `R_*` code) is parked in the
-/// per-CPU [`STAT_READ_WHAT`] slot rather than carried along: the log line
-/// picks its name by that code, and a code the verifier could follow from
-/// each read to the log would make every read's outcome a separate path for
-/// it to explore (over a million instructions for the cgroup walk). A value
-/// loaded back from a map is just "some number" to the verifier.
-struct Reads {
-    failed: u32,
-}
+/// Both are kept in the per-CPU [`STAT_READ_WHAT`] slot (the count in the
+/// high 32 bits, the code in the low ones), not in a variable carried along
+/// the program: a count or a code the verifier could follow from each read
+/// to the log line would make every read's outcome a separate state for it
+/// to explore (over a million instructions for the cgroup walk), and the log
+/// line's code is verified again for every state that reaches it. A value
+/// loaded back from a map is just "some number" to the verifier, so the
+/// paths meet again after each read.
+struct Reads;
 
 impl Reads {
+    /// Starts a run's tally (clearing what a run that never reached
+    /// [`Reads::finish`] may have left).
     #[inline(always)]
-    const fn new() -> Self {
-        Self { failed: 0 }
+    fn new() -> Self {
+        if let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT) {
+            // SAFETY: a per-CPU slot (see `add`).
+            unsafe { *slot = 0 };
+        }
+        Self
     }
 
     #[inline(always)]
     fn fail(&mut self, what: u32) {
-        if self.failed == 0
-            && let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT)
-        {
+        if let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT) {
             // SAFETY: a per-CPU slot (see `add`).
-            unsafe { *slot = u64::from(what) };
+            unsafe {
+                let v = *slot;
+                *slot = if v == 0 {
+                    (1 << 32) | u64::from(what)
+                } else {
+                    v + (1 << 32)
+                };
+            }
         }
-        self.failed += 1;
     }
 
     /// Counts this run's failed reads and logs them, rate-limited (debug).
     #[inline(always)]
     fn finish(&self, hook: &'static str) {
-        if self.failed == 0 {
+        let Some(slot) = STATS.get_ptr_mut(STAT_READ_WHAT) else {
+            return;
+        };
+        // SAFETY: a per-CPU slot (see `add`).
+        let tally = unsafe { core::ptr::replace(slot, 0) };
+        if tally == 0 {
             return;
         }
-        add(STAT_READ_ERRORS, u64::from(self.failed));
+        let failed = tally >> 32;
+        add(STAT_READ_ERRORS, failed);
         let runs = count(STAT_READ_FAILED_RUNS);
         if is_power_of_two(runs) {
-            let first = STATS.get(STAT_READ_WHAT).copied().unwrap_or(0) as u32;
             debug!(
                 &(),
                 target: LOG_TARGET,
-                "{}: {} kernel reads failed, the first of {}; {} runs with failed reads on this cpu (logged at powers of two)",
+                "{}: {} kernel reads failed; {} runs with failed reads on this cpu (logged at powers of two); the first failed read was of {}",
                 hook,
-                self.failed,
-                read_name(first),
-                runs
+                failed,
+                runs,
+                read_name(tally as u32)
             );
         }
     }
 }
 
+/// The struct offsets the loader wrote into [`OFFSETS`], read in place: a
+/// copy on the stack would take 152 of the 512 bytes a program and the
+/// subprograms it calls (aya-log's writer and its `memcpy`) share on kernels before
+/// 6.8, which round each frame up to 32 bytes.
 #[inline(always)]
-fn offsets() -> KernelOffsets {
-    // SAFETY: a plain global in .rodata; read_volatile keeps the compiler from
-    // folding in the zeroed initialiser the loader replaces.
-    unsafe { read_volatile(&OFFSETS) }
+fn offsets() -> &'static KernelOffsets {
+    // SAFETY: a plain global in .rodata. Hiding the pointer's origin keeps the
+    // compiler from folding in the zeroed initialiser the loader replaces;
+    // the verifier still sees loads from the frozen .rodata map (constants).
+    unsafe { &*core::hint::black_box(addr_of!(OFFSETS)) }
 }
 
 #[inline(always)]
@@ -262,6 +322,69 @@ unsafe fn read<T>(reads: &mut Reads, what: u32, base: *const u8, off: u32) -> Op
     }
 }
 
+/// Reads `base->comm` (at `off`) straight into `dst`, a field of a reserved
+/// record: the kernel zeroes `dst` itself when the read fails, and a NULL
+/// `base` gets zeros too (see [`zero_words`] for why not `[0; 16]`).
+#[inline(always)]
+unsafe fn read_comm(
+    reads: &mut Reads,
+    what: u32,
+    dst: *mut [u8; COMM_LEN],
+    base: *const u8,
+    off: u32,
+) {
+    if base.is_null() || off == u32::MAX {
+        // SAFETY: `dst` is a 16-byte, 4-aligned field of a reserved record.
+        unsafe { zero_words::<{ COMM_LEN / 4 }>(dst.cast()) };
+        return;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one fails
+    // and zero-fills the 16 bytes of `dst`.
+    let rc = unsafe {
+        generated::bpf_probe_read_kernel(
+            dst.cast::<c_void>(),
+            COMM_LEN as u32,
+            base.wrapping_add(off as usize).cast::<c_void>(),
+        )
+    };
+    if rc != 0 {
+        reads.fail(what);
+    }
+}
+
+// The fields written by `read_comm` and `zero_words` are 4-aligned in
+// their records (which the ring buffer places at 8-aligned addresses).
+const _: () = assert!(
+    offset_of!(Header, trigger_comm) % 4 == 0
+        && offset_of!(Decision, chosen_comm) % 4 == 0
+        && offset_of!(Decision, chosen_lineage) % 4 == 0
+        && offset_of!(BtfVictim, comm) % 4 == 0
+        && offset_of!(BtfVictim, lineage) % 4 == 0
+        && offset_of!(Signal, target_comm) % 4 == 0
+        && offset_of!(Lineage, parent_comm) % 4 == 0
+        && size_of::<Lineage>() % 4 == 0
+);
+
+/// Zeroes `N` 32-bit words at `p`, one store each. An assignment of a
+/// zeroed array or struct (`[0; 16]`, `Lineage::zeroed()`) compiles to a
+/// call of a byte-wise `memset` subprogram, and on kernels before 6.4 every
+/// call into a subprogram makes the verifier's precision tracking give up
+/// (all scalars become precise, so fewer paths merge): the programs that
+/// walk cgroups verified several times longer. Volatile stores keep LLVM
+/// from merging them back into a `memset`.
+///
+/// # Safety
+/// `p` is 4-aligned and `4 * N` bytes of it are writable.
+#[inline(always)]
+unsafe fn zero_words<const N: usize>(p: *mut u8) {
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller's promise.
+        unsafe { core::ptr::write_volatile(p.cast::<u32>().add(i), 0) };
+        i += 1;
+    }
+}
+
 #[inline(always)]
 fn fill_header(h: &mut Header, kind: u16, len: usize) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -273,7 +396,17 @@ fn fill_header(h: &mut Header, kind: u16, len: usize) {
     h.cpu = unsafe { bpf_get_smp_processor_id() };
     h.trigger_tid = pid_tgid as u32;
     h.trigger_tgid = (pid_tgid >> 32) as u32;
-    h.trigger_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Zeroed first: from 5.18 to 6.3 the helper copies with strscpy, which
+    // leaves the bytes after the NUL as they were (stale ring-buffer data).
+    // SAFETY: `trigger_comm` is a 16-byte, 4-aligned field; the helper
+    // writes at most its 16 bytes.
+    unsafe {
+        zero_words::<{ COMM_LEN / 4 }>(addr_of_mut!(h.trigger_comm).cast());
+        generated::bpf_get_current_comm(
+            addr_of_mut!(h.trigger_comm).cast::<c_void>(),
+            COMM_LEN as u32,
+        )
+    };
     h._pad = 0;
 }
 
@@ -373,7 +506,7 @@ unsafe fn lineage(
     // SAFETY: `out` points into a reserved ring-buffer record; kernel reads
     // go through bpf_probe_read_kernel.
     unsafe {
-        *out = Lineage::zeroed();
+        zero_words::<{ size_of::<Lineage>() / 4 }>(out.cast());
         let Some(leader) = read::<*const u8>(reads, R_TASK_GROUP_LEADER, task, o.task_group_leader)
         else {
             return;
@@ -404,8 +537,13 @@ unsafe fn lineage(
         else {
             return;
         };
-        (*out).parent_comm = read::<[u8; COMM_LEN]>(reads, R_TASK_COMM, parent, o.task_comm)
-            .unwrap_or([0; COMM_LEN]);
+        read_comm(
+            reads,
+            R_TASK_COMM,
+            addr_of_mut!((*out).parent_comm),
+            parent,
+            o.task_comm,
+        );
         (*out).ppid = read::<i32>(reads, R_TASK_TGID, pleader, o.task_tgid).unwrap_or(0) as u32;
         // The parent is in the same namespace when its pid reaches this
         // level in the same namespace; else it is outside (an ancestor's).
@@ -564,15 +702,20 @@ fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
         fill_header(&mut (*ev).header, kind, size_of::<BtfVictim>());
         (*ev).pid = read::<i32>(&mut reads, R_TASK_PID, task, o.task_pid).unwrap_or(0) as u32;
         (*ev).tgid = read::<i32>(&mut reads, R_TASK_TGID, task, o.task_tgid).unwrap_or(0) as u32;
-        (*ev).comm = read::<[u8; COMM_LEN]>(&mut reads, R_TASK_COMM, task, o.task_comm)
-            .unwrap_or([0; COMM_LEN]);
+        read_comm(
+            &mut reads,
+            R_TASK_COMM,
+            addr_of_mut!((*ev).comm),
+            task,
+            o.task_comm,
+        );
         (*ev).start_time_ns =
             read::<u64>(&mut reads, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
         (*ev).uid = uid;
         (*ev).flags = 0;
         (*ev)._pad = 0;
         (*ev).oom_score_adj = 0;
-        if let Some(adj) = oom_score_adj(&mut reads, &o, task) {
+        if let Some(adj) = oom_score_adj(&mut reads, o, task) {
             (*ev).oom_score_adj = adj;
             (*ev).flags |= VICTIM_HAS_ADJ;
         }
@@ -583,9 +726,9 @@ fn victim(task: *const u8, uid: u32, kind: u16, hook: &'static str) -> bool {
         {
             (*ev).flags |= VICTIM_OOM_SIGKILL;
         }
-        let css = task_memcg_css(&mut reads, &o, task);
-        lineage(&mut reads, &o, task, css, addr_of_mut!((*ev).lineage));
-        walk(&mut reads, &o, css, addr_of_mut!((*ev).memcg));
+        let css = task_memcg_css(&mut reads, o, task);
+        lineage(&mut reads, o, task, css, addr_of_mut!((*ev).lineage));
+        walk(&mut reads, o, css, addr_of_mut!((*ev).memcg));
     }
     entry.submit(0);
     reads.finish(hook);
@@ -664,12 +807,12 @@ fn decision(oc: *const u8) -> u32 {
         (*ev).chosen_points = read::<i64>(r, R_OOM_CONTROL, oc, o.oc_chosen_points).unwrap_or(0);
         let memcg: *const u8 = read(r, R_OOM_CONTROL, oc, o.oc_memcg).unwrap_or(core::ptr::null());
         if memcg.is_null() {
-            walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).domain));
+            walk(r, o, core::ptr::null(), addr_of_mut!((*ev).domain));
         } else {
             (*ev).flags |= DECISION_HAS_MEMCG;
             walk(
                 r,
-                &o,
+                o,
                 memcg.wrapping_add(o.memcg_css as usize),
                 addr_of_mut!((*ev).domain),
             );
@@ -680,29 +823,34 @@ fn decision(oc: *const u8) -> u32 {
         let chosen_ok = !chosen.is_null() && chosen as usize != usize::MAX;
         (*ev).chosen_pid = 0;
         (*ev).chosen_tgid = 0;
-        (*ev).chosen_comm = [0; COMM_LEN];
+        zero_words::<{ COMM_LEN / 4 }>(addr_of_mut!((*ev).chosen_comm).cast());
         (*ev).chosen_adj = 0;
         (*ev).chosen_start_time_ns = 0;
-        (*ev).chosen_lineage = Lineage::zeroed();
+        zero_words::<{ size_of::<Lineage>() / 4 }>(addr_of_mut!((*ev).chosen_lineage).cast());
         if chosen_ok {
             (*ev).flags |= DECISION_HAS_CHOSEN;
             (*ev).chosen_pid = read::<i32>(r, R_TASK_PID, chosen, o.task_pid).unwrap_or(0) as u32;
             (*ev).chosen_tgid =
                 read::<i32>(r, R_TASK_TGID, chosen, o.task_tgid).unwrap_or(0) as u32;
-            (*ev).chosen_comm = read::<[u8; COMM_LEN]>(r, R_TASK_COMM, chosen, o.task_comm)
-                .unwrap_or([0; COMM_LEN]);
+            read_comm(
+                r,
+                R_TASK_COMM,
+                addr_of_mut!((*ev).chosen_comm),
+                chosen,
+                o.task_comm,
+            );
             (*ev).chosen_start_time_ns =
                 read::<u64>(r, R_TASK_START_TIME, chosen, o.task_start_time).unwrap_or(0);
-            (*ev).chosen_adj = oom_score_adj(r, &o, chosen).unwrap_or(0);
-            let css = task_memcg_css(r, &o, chosen);
-            lineage(r, &o, chosen, css, addr_of_mut!((*ev).chosen_lineage));
-            walk(r, &o, css, addr_of_mut!((*ev).chosen_memcg));
+            (*ev).chosen_adj = oom_score_adj(r, o, chosen).unwrap_or(0);
+            let css = task_memcg_css(r, o, chosen);
+            lineage(r, o, chosen, css, addr_of_mut!((*ev).chosen_lineage));
+            walk(r, o, css, addr_of_mut!((*ev).chosen_memcg));
         } else {
-            walk(r, &o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
+            walk(r, o, core::ptr::null(), addr_of_mut!((*ev).chosen_memcg));
         }
         let current = generated::bpf_get_current_task() as *const u8;
-        let css = task_memcg_css(r, &o, current);
-        walk(r, &o, css, addr_of_mut!((*ev).trigger_memcg));
+        let css = task_memcg_css(r, o, current);
+        walk(r, o, css, addr_of_mut!((*ev).trigger_memcg));
     }
     entry.submit(0);
     reads.finish(HOOK_DECISION);
@@ -733,16 +881,25 @@ pub fn kprobe_oom_kill_process(ctx: ProbeContext) -> u32 {
 }
 
 /// Whether the sender (`current`) is named in [`KILLERS`]: an exact match of
-/// the kernel's 16-byte, NUL-padded `comm` (`bpf_get_current_comm` pads it
-/// with zeros, and the agent pads the names the same way).
+/// the kernel's 16-byte `comm`, NUL-padded (the buffer is zeroed before
+/// `bpf_get_current_comm`, which from 5.18 to 6.3 does not pad it), and the
+/// agent pads the names the same way.
 #[inline(always)]
 fn sender_listed() -> bool {
-    let mut comm = [0u64; 2];
-    // SAFETY: the helper writes at most 16 bytes into `comm`.
-    let rc = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast::<c_void>(), 16) };
+    // Zeroed by word stores, not `[0u64; 2]`: that is a call of `memset` on
+    // every SIGKILL/SIGTERM of the node (see `zero_words`).
+    let mut comm = MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: `comm` is 16 bytes on the stack, 8-aligned; the helper writes
+    // at most 16 bytes after the NUL-padding zeros.
+    let rc = unsafe {
+        zero_words::<4>(comm.as_mut_ptr().cast());
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast::<c_void>(), 16)
+    };
     if rc != 0 {
         return false;
     }
+    // SAFETY: zeroed, then written by the helper.
+    let comm = unsafe { comm.assume_init() };
     // SAFETY: plain globals in .rodata (see `offsets`); `KillerNames` is
     // 8-aligned, so each 16-byte name is two aligned u64 loads.
     let count = unsafe { read_volatile(addr_of!(KILLERS.count)) } as usize;
@@ -796,7 +953,8 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
     if sig == SIGKILL && info == 1 {
         // SAFETY: a probe read.
         let tid = unsafe {
-            read::<i32>(&mut Reads::new(), R_TASK_PID, task, offsets().task_pid).unwrap_or(0)
+            bpf_probe_read_kernel(task.wrapping_add(offsets().task_pid as usize).cast::<i32>())
+                .unwrap_or(0)
         };
         note_kernel_sigkill(tid as u32);
     }
@@ -836,17 +994,22 @@ pub fn btf_signal_generate(ctx: BtfTracePointContext) -> i32 {
         (*ev)._pad = 0;
         (*ev).target_pid = read::<i32>(r, R_TASK_PID, task, o.task_pid).unwrap_or(0) as u32;
         (*ev).target_tgid = read::<i32>(r, R_TASK_TGID, task, o.task_tgid).unwrap_or(0) as u32;
-        (*ev).target_comm =
-            read::<[u8; COMM_LEN]>(r, R_TASK_COMM, task, o.task_comm).unwrap_or([0; COMM_LEN]);
+        read_comm(
+            r,
+            R_TASK_COMM,
+            addr_of_mut!((*ev).target_comm),
+            task,
+            o.task_comm,
+        );
         (*ev).target_start_time_ns =
             read::<u64>(r, R_TASK_START_TIME, task, o.task_start_time).unwrap_or(0);
         (*ev).target_oom_score_adj = 0;
-        if let Some(adj) = oom_score_adj(r, &o, task) {
+        if let Some(adj) = oom_score_adj(r, o, task) {
             (*ev).target_oom_score_adj = adj;
             (*ev).flags |= SIGNAL_HAS_ADJ;
         }
-        let css = task_memcg_css(r, &o, task);
-        walk(r, &o, css, addr_of_mut!((*ev).memcg));
+        let css = task_memcg_css(r, o, task);
+        walk(r, o, css, addr_of_mut!((*ev).memcg));
         debug!(
             &(),
             target: LOG_TARGET,
@@ -941,13 +1104,13 @@ pub fn tp_signal_generate(ctx: TracePointContext) -> u32 {
             (*ev).group = field(layout.group);
             (*ev).result = field(layout.result);
         }
-        (*ev).target_comm = match ctx.read_at::<[u8; COMM_LEN]>(layout.comm as usize) {
-            Ok(c) => c,
-            Err(_) => {
-                r.fail(R_TP_RECORD);
-                [0; COMM_LEN]
-            }
-        };
+        read_comm(
+            r,
+            R_TP_RECORD,
+            addr_of_mut!((*ev).target_comm),
+            ctx.as_ptr().cast_const().cast::<u8>(),
+            layout.comm,
+        );
         (*ev).flags = 0;
         (*ev)._pad = 0;
         (*ev).target_tgid = 0;
