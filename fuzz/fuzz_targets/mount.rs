@@ -7,7 +7,7 @@
 use std::os::unix::ffi::OsStrExt as _;
 
 use libfuzzer_sys::fuzz_target;
-use oomtrace::enrich::node::{CgroupFs, unescape_mount_path};
+use oomtrace::cgroupfs::{CgroupFs, unescape_mount_path};
 
 fuzz_target!(|data: &[u8]| {
     oomtrace_fuzz::stack_overflow_is_a_crash();
