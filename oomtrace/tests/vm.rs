@@ -223,7 +223,11 @@ fn vm_node_level_oom_kills_the_burstable_pod_below_its_limit() {
     // It grows until the kernel kills the Burstable pod (its 40 MiB are
     // freed) and then holds what it has, so it is not the next victim and
     // the node context of the kill shows who ate the memory.
-    let mut hog = spawn_grower_until_killed(&hog_cg, 0, mem_available_mib() + 64, bpid);
+    // Its cap is more than the guest has, so the kernel must kill before
+    // the hog stops growing (with MemAvailable + 64 MiB, one run saw no
+    // kill in 180 s: MemAvailable is an estimate, and a hog that stops
+    // short of the node's real limit waits forever).
+    let mut hog = spawn_grower_until_killed(&hog_cg, 0, mem_available_mib() + 1024, bpid);
     let e = agent.events(1, Duration::from_secs(180), for_pid(bpid));
     let _ = hog.kill();
     let _ = hog.wait();
