@@ -390,7 +390,12 @@ mod tests {
         );
         assert!(k.memcg.victim_usage_bytes.is_some(), "usage from the walk");
         assert_eq!(k.sources, ["signal_generate"]);
-        assert_eq!(k.missing.len(), 1, "only main process or child: {:?}", k.missing);
+        assert_eq!(
+            k.missing.len(),
+            1,
+            "only main process or child: {:?}",
+            k.missing
+        );
         assert_eq!(k.incident, format!("b00t-{:x}", r[0].meta.ktime_ns));
         // Its fate again (a late duplicate) reports nothing.
         assert!(u.fate(VictimFate { pid, exited: true }, "b00t").is_none());
@@ -475,6 +480,10 @@ mod tests {
         let k = kill_of(&confirmed(&r[3]), None);
         assert_eq!(k.outcome.main_process, None);
         assert_eq!(k.missing.len(), 1, "{:?}", k.missing);
-        assert!(k.missing[0].starts_with("outcome.main_process"), "{:?}", k.missing);
+        assert!(
+            k.missing[0].starts_with("outcome.main_process"),
+            "{:?}",
+            k.missing
+        );
     }
 }
