@@ -43,7 +43,7 @@ use tracing::{info, warn};
 
 use self::continuity::Continuity;
 use crate::{
-    capture::kmsg::{KmsgError, KmsgOom, KmsgStats, OomLine},
+    capture::kmsg::{KillLinesDue, KmsgError, KmsgOom, KmsgStats, OomLine},
     capture::probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
     capture::{
         Input, KmsgSighting,
@@ -262,9 +262,9 @@ impl Running {
             continuity,
             ..
         } = sources;
-        let (kmsg_rx, kmsg_stop, kmsg_thread) = match kmsg {
-            Some(k) => (Some(k.rx), Some(k.stop), Some(k.thread)),
-            None => (None, None, None),
+        let (kmsg_rx, kmsg_stop, kmsg_thread, kill_lines_due) = match kmsg {
+            Some(k) => (Some(k.rx), Some(k.stop), Some(k.thread), k.due),
+            None => (None, None, None, None),
         };
         let losses = Losses {
             kernel: probe.as_ref().and_then(|p| p.stats.clone()),
@@ -275,6 +275,7 @@ impl Running {
                 decoder,
                 record_dir: args.record_dir.clone(),
                 recorded: 0,
+                kill_lines_due,
             };
             tokio::spawn(drain_ring(
                 ring,
@@ -515,6 +516,8 @@ struct KmsgSource {
     /// Asks the reader to read up to the last record and end.
     stop: Arc<AtomicBool>,
     thread: thread::JoinHandle<Result<(), KmsgError>>,
+    /// Where the ring reader announces victims whose kill lines are due.
+    due: Option<KillLinesDue>,
 }
 
 /// The loaded eBPF programs (kept alive while the agent runs) and their counters.
@@ -547,9 +550,20 @@ impl Sources {
             let stop = Arc::new(AtomicBool::new(false));
             let started = continuity
                 .open_kmsg(args, Arc::clone(&kmsg_stats))
-                .and_then(|(reader, replay)| reader.spawn(replay, tx, Arc::clone(&stop)));
+                .and_then(|(reader, replay)| {
+                    let due = reader.kill_lines_due();
+                    Ok((reader.spawn(replay, tx, Arc::clone(&stop))?, due))
+                });
             match started {
-                Ok(thread) => (Some(KmsgSource { rx, stop, thread }), String::new()),
+                Ok((thread, due)) => (
+                    Some(KmsgSource {
+                        rx,
+                        stop,
+                        thread,
+                        due,
+                    }),
+                    String::new(),
+                ),
                 Err(e) => {
                     warn!("kernel log unavailable: {e}");
                     (None, e.to_string())
@@ -708,6 +722,7 @@ struct RingReader {
     decoder: Decoder,
     record_dir: Option<std::path::PathBuf>,
     recorded: u64,
+    kill_lines_due: Option<KillLinesDue>,
 }
 
 impl RingReader {
@@ -715,11 +730,27 @@ impl RingReader {
         while let Some(item) = ring.next() {
             self.record(&item);
             match self.decoder.decode(&item) {
-                Ok(input) => batch.push(input),
+                Ok(input) => {
+                    self.announce(&input);
+                    batch.push(input)
+                }
                 Err(e) => warn!(
                     "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
                 ),
             }
+        }
+    }
+
+    /// A victim's `mark_victim` comes just before the kernel logs its kill
+    /// line: the kmsg reader is told to look for it now.
+    fn announce(&self, input: &Input) {
+        let pid = match input {
+            Input::Tracepoint(s) => s.pid(),
+            Input::TpBtf(s) => s.pid,
+            _ => return,
+        };
+        if let Some(due) = &self.kill_lines_due {
+            due.announce(pid);
         }
     }
 

@@ -53,6 +53,14 @@ use tokio::sync::mpsc::Sender;
 const READ_BUF: usize = 8192;
 /// How long an idle reader waits in `poll()` before it looks at its stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the reader looks for a kill line that is due ([`KillLinesDue`]).
+const DUE_POLL: Duration = Duration::from_micros(250);
+/// How long the reader looks for a due kill line before it waits for the
+/// kernel's wake-up again (which comes once the console printed the line).
+const DUE_WINDOW: Duration = Duration::from_millis(50);
+/// How many kill lines already read are remembered, so that a victim
+/// announced after its line was read is not looked for.
+const RECENT_KILLS: usize = 256;
 
 /// Errors of the `/dev/kmsg` reader.
 #[derive(Debug, thiserror::Error)]
@@ -814,11 +822,113 @@ pub struct Backlog {
     pub last_seq: Option<u64>,
 }
 
+/// Tells the reader thread that the kernel is about to log a victim's kill
+/// line, so that it reads the line as soon as the kernel stores it.
+///
+/// The kernel stores a record at once but wakes `/dev/kmsg` readers only
+/// after the console has printed it (`vprintk_emit()`: `console_unlock()`
+/// before `wake_up_klogd()`). The kill line is `KERN_ERR`, which a default
+/// console log level prints: on a serial console that takes about 50 µs per
+/// byte, 10 ms or more for one kill line, while the record can be read some
+/// 15 µs after it was written. The eBPF `mark_victim` hooks run just before
+/// `__oom_kill_process()` prints the line: they announce the victim here,
+/// and the reader then reads every [`DUE_POLL`] until the line is in (or
+/// [`DUE_WINDOW`] has passed), instead of waiting to be woken.
+#[derive(Clone)]
+pub struct KillLinesDue(Arc<DueInner>);
+
+struct DueInner {
+    /// An eventfd the reader `poll()`s beside the log.
+    wake: std::os::fd::OwnedFd,
+    pids: std::sync::Mutex<Vec<u32>>,
+}
+
+impl KillLinesDue {
+    fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; a valid descriptor is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let wake = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(Self(Arc::new(DueInner {
+            wake,
+            pids: Default::default(),
+        })))
+    }
+
+    /// The kernel is killing `pid`: its kill line is due.
+    pub fn announce(&self, pid: u32) {
+        if let Ok(mut pids) = self.0.pids.lock() {
+            pids.push(pid);
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full
+        // counter (EAGAIN) still leaves the reader woken.
+        unsafe { libc::write(self.0.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// The victims announced since the last call.
+    fn take(&self) -> Vec<u32> {
+        let mut count = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer; EAGAIN (nothing
+        // announced) leaves it alone.
+        unsafe {
+            libc::read(
+                self.0.wake.as_raw_fd(),
+                count.as_mut_ptr().cast(),
+                count.len(),
+            )
+        };
+        self.0
+            .pids
+            .lock()
+            .map(|mut pids| std::mem::take(&mut *pids))
+            .unwrap_or_default()
+    }
+}
+
+/// The reader thread's view of the kill lines due: announced victims whose
+/// line has not been read, and the victims whose line was read last.
+#[derive(Default)]
+struct DueLines {
+    due: Vec<(u32, Instant)>,
+    recent: std::collections::VecDeque<u32>,
+}
+
+impl DueLines {
+    /// A kill line of `pid` was read.
+    fn read(&mut self, pid: u32) {
+        self.due.retain(|(p, _)| *p != pid);
+        if self.recent.len() == RECENT_KILLS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(pid);
+    }
+
+    /// Takes the newly announced victims and says how long to wait for the
+    /// next record: [`DUE_POLL`] while a line is due, else `idle`.
+    fn next_wait(&mut self, announced: Vec<u32>, now: Instant, idle: Duration) -> Duration {
+        for pid in announced {
+            if !self.recent.contains(&pid) {
+                self.due.push((pid, now + DUE_WINDOW));
+            }
+        }
+        self.due.retain(|(_, until)| *until > now);
+        match self.due.is_empty() {
+            true => idle,
+            false => DUE_POLL,
+        }
+    }
+}
+
 /// An open kernel log (normally `/dev/kmsg`), read without blocking.
 pub struct Reader {
     file: File,
     stats: Arc<KmsgStats>,
     prev_seq: Option<u64>,
+    due: Option<KillLinesDue>,
 }
 
 impl Reader {
@@ -839,11 +949,25 @@ impl Reader {
                     source,
                 })?;
         }
+        let due = KillLinesDue::new()
+            .inspect_err(|e| {
+                tracing::debug!(
+                    "no eventfd ({e}): kill lines are read when the kernel wakes the reader"
+                )
+            })
+            .ok();
         Ok(Self {
             file,
             stats,
             prev_seq: None,
+            due,
         })
+    }
+
+    /// Where to announce the victims whose kill lines are due, so that the
+    /// reader looks for them at once ([`KillLinesDue`]).
+    pub fn kill_lines_due(&self) -> Option<KillLinesDue> {
+        self.due.clone()
     }
 
     /// Reads every record the kernel holds now, up to the last one, and
@@ -892,6 +1016,7 @@ impl Reader {
             file,
             stats,
             mut prev_seq,
+            due,
         } = self;
         std::thread::Builder::new()
             .name("kmsg".into())
@@ -902,19 +1027,31 @@ impl Reader {
                     }
                 }
                 let fd = file.as_raw_fd();
+                let lines = std::cell::RefCell::new(DueLines::default());
                 let result = read_loop(
                     &file,
                     &stats,
                     &mut prev_seq,
                     |record| match kernel_oom_line(record, &stats) {
-                        Some(oom) => tx.blocking_send(oom).is_ok(),
+                        Some(oom) => {
+                            if let OomLine::Killed { pid: Some(pid), .. } = oom.line {
+                                lines.borrow_mut().read(pid);
+                            }
+                            tx.blocking_send(oom).is_ok()
+                        }
                         None => !tx.is_closed(),
                     },
                     || {
                         if stop.load(Ordering::Relaxed) || tx.is_closed() {
                             return false;
                         }
-                        wait_readable(fd, IDLE_POLL);
+                        let announced = due.as_ref().map(KillLinesDue::take).unwrap_or_default();
+                        let wait =
+                            lines
+                                .borrow_mut()
+                                .next_wait(announced, Instant::now(), IDLE_POLL);
+                        let wake = due.as_ref().map(|d| d.0.wake.as_raw_fd());
+                        wait_readable(fd, wake, wait);
                         true
                     },
                 );
@@ -927,17 +1064,23 @@ impl Reader {
     }
 }
 
-/// Waits until `fd` has a record to read, or `timeout`.
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
+/// Waits until `fd` has a record to read, `wake` (an eventfd) was written,
+/// or `timeout`.
+fn wait_readable(fd: std::os::fd::RawFd, wake: Option<std::os::fd::RawFd>, timeout: Duration) {
+    let pollfd = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for the duration of the call. An error or a
-    // timeout only means the caller reads (and finds EAGAIN) again.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+    let mut pfds = [pollfd(fd), pollfd(wake.unwrap_or(-1))];
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: two valid pollfds (a negative fd is ignored) and a timespec,
+    // live for the duration of the call. An error or a timeout only means
+    // the caller reads (and finds EAGAIN) again.
+    unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, &timeout, std::ptr::null()) };
 }
 
 /// The OOM-killer line of a record the kernel wrote, counted in `stats`.
@@ -1902,6 +2045,65 @@ mod tests {
                 let _ = parse_oom_line(&String::from_utf8_lossy(&m));
             }
         }
+    }
+
+    #[test]
+    fn kmsg_due_kill_lines_are_looked_for_until_read_or_too_late() {
+        let t0 = Instant::now();
+        let mut lines = DueLines::default();
+        assert_eq!(lines.next_wait(vec![], t0, IDLE_POLL), IDLE_POLL);
+        // Both mark_victim programs announce the victim: one line is due.
+        assert_eq!(lines.next_wait(vec![41, 41], t0, IDLE_POLL), DUE_POLL);
+        lines.read(41);
+        assert_eq!(
+            lines.next_wait(vec![], t0, IDLE_POLL),
+            IDLE_POLL,
+            "its kill line was read"
+        );
+        // Announced after its line was read (a slow ring reader): not due.
+        assert_eq!(lines.next_wait(vec![41], t0, IDLE_POLL), IDLE_POLL);
+        // A mark without a kill line (a victim already exiting) is looked
+        // for only within the window.
+        assert_eq!(lines.next_wait(vec![42], t0, IDLE_POLL), DUE_POLL);
+        let later = t0 + DUE_WINDOW / 2;
+        assert_eq!(lines.next_wait(vec![], later, IDLE_POLL), DUE_POLL);
+        let late = t0 + DUE_WINDOW;
+        assert_eq!(lines.next_wait(vec![], late, IDLE_POLL), IDLE_POLL);
+        // Only the last RECENT_KILLS lines are remembered.
+        for pid in 1000..1000 + RECENT_KILLS as u32 {
+            lines.read(pid);
+        }
+        assert_eq!(lines.next_wait(vec![41], late, IDLE_POLL), DUE_POLL);
+        assert_eq!(lines.next_wait(vec![1000 + 5], late, IDLE_POLL), DUE_POLL);
+        lines.read(41);
+        assert_eq!(lines.next_wait(vec![], late, IDLE_POLL), IDLE_POLL);
+    }
+
+    #[test]
+    fn kmsg_announced_victims_wake_the_reader() {
+        let due = KillLinesDue::new().unwrap();
+        assert!(due.take().is_empty());
+        due.announce(7);
+        due.announce(8);
+        let mut pfd = libc::pollfd {
+            fd: due.0.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no wait.
+        assert_eq!(
+            unsafe { libc::poll(&mut pfd, 1, 0) },
+            1,
+            "the eventfd is readable"
+        );
+        assert_eq!(due.take(), [7, 8]);
+        pfd.revents = 0;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::poll(&mut pfd, 1, 0) },
+            0,
+            "taken: no longer readable"
+        );
     }
 
     #[test]
