@@ -276,6 +276,7 @@ impl Running {
                 record_dir: args.record_dir.clone(),
                 recorded: 0,
                 kill_lines_due,
+                announced: None,
             };
             tokio::spawn(drain_ring(
                 ring,
@@ -326,6 +327,7 @@ impl Running {
             killers,
             snapshots: context.snapshots.clone(),
             out: out_tx,
+            held: Vec::new(),
             losses: losses.clone(),
             health: Arc::clone(&health),
             kmsg_stop: kmsg_stop.clone(),
@@ -723,6 +725,8 @@ struct RingReader {
     record_dir: Option<std::path::PathBuf>,
     recorded: u64,
     kill_lines_due: Option<KillLinesDue>,
+    /// The victim announced last.
+    announced: Option<u32>,
 }
 
 impl RingReader {
@@ -743,14 +747,18 @@ impl RingReader {
 
     /// A victim's `mark_victim` comes just before the kernel logs its kill
     /// line: the kmsg reader is told to look for it now.
-    fn announce(&self, input: &Input) {
+    /// Both `mark_victim` programs see each victim: it is announced once.
+    fn announce(&mut self, input: &Input) {
         let pid = match input {
             Input::Tracepoint(s) => s.pid(),
             Input::TpBtf(s) => s.pid,
             _ => return,
         };
-        if let Some(due) = &self.kill_lines_due {
+        if let Some(due) = &self.kill_lines_due
+            && self.announced != Some(pid)
+        {
             due.announce(pid);
+            self.announced = Some(pid);
         }
     }
 
@@ -801,6 +809,16 @@ enum ToOutput {
     Check { idle: bool },
 }
 
+impl ToOutput {
+    /// Ledger bookkeeping only: nothing is written for it.
+    fn is_marker(&self) -> bool {
+        matches!(
+            self,
+            Self::KillLine(_) | Self::KillLineDone(_) | Self::Repeated(_)
+        )
+    }
+}
+
 /// How often the correlation stage sends [`ToOutput::Check`].
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long the stop waits for the kernel log reader to read up to the
@@ -815,6 +833,8 @@ struct CorrelateStage {
     snapshots: Option<NodeSnapshots>,
     /// Batches: what one input made ready.
     out: mpsc::Sender<Vec<ToOutput>>,
+    /// Ledger markers waiting for the next batch ([`Self::send`]).
+    held: Vec<ToOutput>,
     /// The kernel log's losses tell whether a missing kill line may be lost.
     losses: Losses,
     health: Arc<Health>,
@@ -871,7 +891,7 @@ impl CorrelateStage {
                 _ = check.tick() => vec![ToOutput::Check { idle: correlator.pending_count() == 0 }],
                 _ = stop.wait_for(|s| *s) => break,
             };
-            if !self.send(ready).await {
+            if !self.send(ready, false).await {
                 return;
             }
         }
@@ -911,7 +931,7 @@ impl CorrelateStage {
                 .into_iter()
                 .map(|c| ToOutput::Kill(Box::new(c))),
         );
-        self.send(ready).await;
+        self.send(ready, true).await;
     }
 
     fn push(&mut self, correlator: &mut Correlator, input: Input) -> Vec<ToOutput> {
@@ -1001,8 +1021,18 @@ impl CorrelateStage {
 
     /// Hands what one input made ready to the output thread in one message:
     /// one wake-up of that thread, not one per kill line and kill.
-    async fn send(&self, ready: Vec<ToOutput>) -> bool {
-        ready.is_empty() || self.out.send(ready).await.is_ok()
+    /// Sends what `ready` holds to the output thread. Ledger markers alone
+    /// (a kill line read, whose kill is still pending) wait for the next
+    /// batch, in order, unless `flush`: one wake-up of the output thread
+    /// per kill instead of two in a storm.
+    async fn send(&mut self, ready: Vec<ToOutput>, flush: bool) -> bool {
+        if !flush && ready.iter().all(ToOutput::is_marker) {
+            self.held.extend(ready);
+            return true;
+        }
+        let mut batch = std::mem::take(&mut self.held);
+        batch.extend(ready);
+        batch.is_empty() || self.out.send(batch).await.is_ok()
     }
 }
 

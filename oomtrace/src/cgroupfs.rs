@@ -7,6 +7,7 @@
 //! Cgroup paths are given the way the kernel prints them (`/proc/<pid>/cgroup`,
 //! `oom_memcg=`): relative to the memory controller's mount, with a leading `/`.
 
+use crate::readcap::read_kernel_text;
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -133,7 +134,7 @@ impl CgroupFs {
     }
 
     fn read(&self, path: &str, file: &str) -> Option<String> {
-        fs::read_to_string(self.dir(path).join(file)).ok()
+        read_kernel_text(self.dir(path).join(file)).ok()
     }
 
     /// Memory charged to the cgroup and its descendants, in bytes

@@ -1028,6 +1028,8 @@ impl Reader {
                 }
                 let fd = file.as_raw_fd();
                 let lines = std::cell::RefCell::new(DueLines::default());
+                // Whether victims were announced: their eventfd was readable.
+                let woken = std::cell::Cell::new(false);
                 let result = read_loop(
                     &file,
                     &stats,
@@ -1045,13 +1047,16 @@ impl Reader {
                         if stop.load(Ordering::Relaxed) || tx.is_closed() {
                             return false;
                         }
-                        let announced = due.as_ref().map(KillLinesDue::take).unwrap_or_default();
+                        let announced = match (&due, woken.get()) {
+                            (Some(due), true) => due.take(),
+                            _ => Vec::new(),
+                        };
                         let wait =
                             lines
                                 .borrow_mut()
                                 .next_wait(announced, Instant::now(), IDLE_POLL);
                         let wake = due.as_ref().map(|d| d.0.wake.as_raw_fd());
-                        wait_readable(fd, wake, wait);
+                        woken.set(wait_readable(fd, wake, wait));
                         true
                     },
                 );
@@ -1065,8 +1070,12 @@ impl Reader {
 }
 
 /// Waits until `fd` has a record to read, `wake` (an eventfd) was written,
-/// or `timeout`.
-fn wait_readable(fd: std::os::fd::RawFd, wake: Option<std::os::fd::RawFd>, timeout: Duration) {
+/// or `timeout`; returns whether `wake` was written.
+fn wait_readable(
+    fd: std::os::fd::RawFd,
+    wake: Option<std::os::fd::RawFd>,
+    timeout: Duration,
+) -> bool {
     let pollfd = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -1080,7 +1089,8 @@ fn wait_readable(fd: std::os::fd::RawFd, wake: Option<std::os::fd::RawFd>, timeo
     // SAFETY: two valid pollfds (a negative fd is ignored) and a timespec,
     // live for the duration of the call. An error or a timeout only means
     // the caller reads (and finds EAGAIN) again.
-    unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, &timeout, std::ptr::null()) };
+    let ready = unsafe { libc::ppoll(pfds.as_mut_ptr(), 2, &timeout, std::ptr::null()) };
+    ready > 0 && pfds[1].revents & libc::POLLIN != 0
 }
 
 /// The OOM-killer line of a record the kernel wrote, counted in `stats`.

@@ -14,7 +14,8 @@
 //! so the `total_*` keys are read. `file_bytes` is the page cache as the
 //! kernel counts it, tmpfs and shared memory (`shmem_bytes`) included.
 
-use std::{fs, path::Path};
+use crate::readcap::read_kernel_text;
+use std::path::Path;
 
 use crate::{
     cgroupfs::{CgroupFs, CgroupVersion},
@@ -103,7 +104,7 @@ pub fn read(
     }
     let node = targets
         .node
-        .then(|| fs::read_to_string(proc_root.join("meminfo")).ok())
+        .then(|| read_kernel_text(proc_root.join("meminfo")).ok())
         .flatten()
         .map(|t| from_meminfo(&t));
     MemoryAtKill { cgroups, node }
@@ -112,12 +113,12 @@ pub fn read(
 /// One cgroup's figures; `None` when its `memory.stat` cannot be read.
 pub fn read_cgroup(cgfs: &CgroupFs, path: &str) -> Option<OomStat> {
     let dir = cgfs.dir(path);
-    let text = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let text = read_kernel_text(dir.join("memory.stat")).ok()?;
     Some(match cgfs.version {
         CgroupVersion::V2 => from_v2(&text),
         CgroupVersion::V1 => {
             let read = |file: &str| {
-                fs::read_to_string(dir.join(file))
+                read_kernel_text(dir.join(file))
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
             };
@@ -201,6 +202,8 @@ pub fn from_meminfo(text: &str) -> OomStat {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/node");

@@ -10,7 +10,8 @@
 //! Processes with a SIGKILL still pending (the victim, other victims of a
 //! group kill, a frozen task) and zombies are not counted either.
 
-use std::{fs, io, path::Path};
+use crate::readcap::read_kernel_text;
+use std::{io, path::Path};
 
 use crate::cgroupfs::{CgroupFs, CgroupVersion};
 
@@ -22,7 +23,7 @@ const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 /// cgroup is gone (the runtime removes a container's cgroup when its last
 /// process exits).
 pub fn survivors(cgfs: &CgroupFs, proc_root: &Path, cgroup: &str, victim: u32) -> io::Result<u32> {
-    let text = match fs::read_to_string(cgfs.dir(cgroup).join("cgroup.procs")) {
+    let text = match read_kernel_text(cgfs.dir(cgroup).join("cgroup.procs")) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
@@ -32,7 +33,7 @@ pub fn survivors(cgfs: &CgroupFs, proc_root: &Path, cgroup: &str, victim: u32) -
         .filter(|&pid| pid != victim)
         .filter(|pid| {
             // A process gone since the list was read is no survivor.
-            fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+            read_kernel_text(proc_root.join(pid.to_string()).join("status"))
                 .is_ok_and(|s| !dying(&s))
         })
         .count();
@@ -71,7 +72,7 @@ pub fn oom_group_set(cgfs: &CgroupFs, victim_cgroup: &str, oom_cgroup: Option<&s
     let stop = oom_cgroup.unwrap_or("/").trim_end_matches('/');
     let mut path = victim_cgroup.trim_end_matches('/');
     loop {
-        let set = fs::read_to_string(cgfs.dir(path).join("memory.oom.group"))
+        let set = read_kernel_text(cgfs.dir(path).join("memory.oom.group"))
             .is_ok_and(|v| v.trim() == "1");
         if set {
             return true;
@@ -89,6 +90,8 @@ pub fn oom_group_set(cgfs: &CgroupFs, victim_cgroup: &str, oom_cgroup: Option<&s
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use std::fs;
 
     use super::*;
 
