@@ -259,12 +259,7 @@ pub fn parse_procs(text: &str) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    fn data(name: &str) -> String {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/node")
-            .join(name);
-        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::testdata::node as data;
 
     fn write(dir: &Path, file: &str, text: &str) {
         fs::create_dir_all(dir).expect("mkdir");

@@ -45,4 +45,6 @@ pub mod readcap;
 pub mod report;
 pub mod sink;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testdata;
 pub mod units;

@@ -295,12 +295,7 @@ mod tests {
 
     use super::*;
 
-    fn data(name: &str) -> String {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/node")
-            .join(name);
-        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::testdata::node as data;
 
     /// A real `/proc/<pid>/stat` of a sleeping process on the 6.18 host.
     const STAT: &str = include_str!("../tests/data/node/host-6.18.proc-sleep.stat");

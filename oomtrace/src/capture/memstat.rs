@@ -206,11 +206,7 @@ mod tests {
 
     use super::*;
 
-    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/node");
-
-    fn sample(name: &str) -> String {
-        fs::read_to_string(format!("{DATA}/{name}")).expect("sample")
-    }
+    use crate::testdata::node as sample;
 
     #[test]
     fn v1_counts_the_subtree_and_the_tmpfs() {
@@ -258,8 +254,9 @@ mod tests {
         assert_eq!(from_meminfo("not meminfo"), OomStat::default());
     }
 
-    #[test]
-    fn the_victims_cgroup_and_its_ancestors_are_read() {
+    /// A cgroup v2 tree `/pod/ctr` of real `memory.stat` files (24 MiB of
+    /// tmpfs each) and a real node's `meminfo`, in a tempdir.
+    fn pod_and_container() -> (tempfile::TempDir, CgroupFs) {
         let dir = tempfile::tempdir().expect("tmp");
         let cg = dir.path().join("cg");
         let v2 = sample("vm-6.1.v2-tmpfs.memory.stat");
@@ -272,6 +269,12 @@ mod tests {
             root: cg,
             version: CgroupVersion::V2,
         };
+        (dir, cgfs)
+    }
+
+    #[test]
+    fn the_victims_cgroup_and_its_ancestors_are_read() {
+        let (dir, cgfs) = pod_and_container();
         let unknown = MemoryTargets::default();
         let m = read(&cgfs, dir.path(), &unknown, Some("/pod/ctr"));
         let paths: Vec<&str> = m.cgroups.iter().map(|c| c.path.as_str()).collect();
@@ -283,18 +286,7 @@ mod tests {
 
     #[test]
     fn a_known_limit_reads_that_cgroup_only() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cg = dir.path().join("cg");
-        let v2 = sample("vm-6.1.v2-tmpfs.memory.stat");
-        for p in ["pod", "pod/ctr"] {
-            fs::create_dir_all(cg.join(p)).expect("mkdir");
-            fs::write(cg.join(p).join("memory.stat"), &v2).expect("write");
-        }
-        fs::write(dir.path().join("meminfo"), sample("host-6.18.meminfo.txt")).expect("write");
-        let cgfs = CgroupFs {
-            root: cg,
-            version: CgroupVersion::V2,
-        };
+        let (dir, cgfs) = pod_and_container();
         // The pod's limit was hit (decision or summary): not the container, not the node.
         let pod = MemoryTargets {
             cgroups: Some(vec!["/pod".to_string()]),

@@ -881,12 +881,7 @@ mod tests {
 
     use super::*;
 
-    fn data(name: &str) -> String {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/node")
-            .join(name);
-        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::testdata::node as data;
 
     /// totalpages of this host when the samples were taken (no swap, 4 KiB pages).
     fn host_totalpages() -> u64 {

@@ -175,6 +175,22 @@ fn tp_victim(pid: u32, ktime_ns: u64) -> Input {
     tp_input(pid, ktime_ns, pid, dd_fields())
 }
 
+/// A victim in `/parent/child`, killed at `/parent`'s limit.
+fn parent_at_limit() -> CgroupWalk {
+    walk(&[
+        ("child", 1_000, UNLIMITED),
+        ("parent", 8_190, 8_192),
+        ("", 90_000, UNLIMITED),
+    ])
+}
+
+/// A correlator expecting the tracepoint, tp_btf and the kernel log
+/// (not the decision hook), waiting 500 ms for missing sources.
+fn every_source_but_the_decision() -> Correlator {
+    let active = expect(true, true, true, false);
+    Correlator::new(active, Duration::from_millis(500), 4096, "b".into())
+}
+
 #[test]
 fn the_kernel_log_alone_gives_the_verdict_of_a_real_memcg_kill() {
     let mut c = Correlator::new(
@@ -204,8 +220,7 @@ fn the_kernel_log_alone_gives_the_verdict_of_a_real_memcg_kill() {
 
 #[test]
 fn every_source_of_one_kill_makes_one_event_and_no_duplicate() {
-    let active = expect(true, true, true, false);
-    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let mut c = every_source_but_the_decision();
     let now = Instant::now();
     let kmsg = first_kill(kmsg_inputs(HOST));
     let (pid, ts_usec) = kill_line(&kmsg);
@@ -247,14 +262,9 @@ fn kill_line(inputs: &[Input]) -> (u32, u64) {
 fn a_mark_no_kill_line_confirms_is_no_kill_until_the_kill_line_comes() {
     // mark_victim also fires for a task that was already exiting: the OOM
     // killer marks and reaps it, prints no kill line and sends no SIGKILL.
-    let active = expect(true, true, true, false);
-    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let mut c = every_source_but_the_decision();
     let now = Instant::now();
-    let w = walk(&[
-        ("child", 1_000, UNLIMITED),
-        ("parent", 8_190, 8_192),
-        ("", 90_000, UNLIMITED),
-    ]);
+    let w = parent_at_limit();
     let bpf = 5_000_000_000;
     assert!(c.push(tp_victim(42, bpf), now).is_empty());
     assert!(c.push(btf_victim(42, bpf + 1_000, w), now).is_empty());
@@ -289,11 +299,7 @@ fn a_mark_no_kill_line_confirms_is_no_kill_until_the_kill_line_comes() {
 /// with the signal hook attached (`signal_hook`): `sigkill` says whether the
 /// OOM killer's own SIGKILL came just before the mark (`VICTIM_OOM_SIGKILL`).
 fn marked(pid: u32, ktime_ns: u64, sigkill: bool, signal_hook: bool) -> [Input; 2] {
-    let w = walk(&[
-        ("child", 1_000, UNLIMITED),
-        ("parent", 8_190, 8_192),
-        ("", 90_000, UNLIMITED),
-    ]);
+    let w = parent_at_limit();
     let flag = if sigkill { VICTIM_OOM_SIGKILL } else { 0 };
     let btf = BtfVictim {
         flags: VICTIM_HAS_ADJ | flag,
@@ -394,16 +400,11 @@ fn without_the_kernel_log_the_oom_killers_sigkill_confirms_the_kill() {
 
 #[test]
 fn a_kill_missing_a_source_is_emitted_after_the_wait_with_what_is_missing() {
-    let active = expect(true, true, true, false);
-    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let mut c = every_source_but_the_decision();
     let now = Instant::now();
     // The kernel log lost records while this victim was pending (its ring
     // wrapped): its kill line may be among them, so it is reported, unconfirmed.
-    let w = walk(&[
-        ("child", 1_000, UNLIMITED),
-        ("parent", 8_190, 8_192),
-        ("", 90_000, UNLIMITED),
-    ]);
+    let w = parent_at_limit();
     assert!(c.push(tp_victim(42, 1_000), now).is_empty());
     assert!(c.push(btf_victim(42, 1_001, w), now).is_empty());
     c.note_kmsg_losses(17, now);
@@ -668,8 +669,7 @@ fn a_reused_pid_is_another_kill_and_a_late_source_is_not() {
 fn a_kill_line_long_after_its_bpf_records_makes_one_report() {
     // The kmsg reader stalled for 30 s: the BPF records waited, were set
     // aside as not (yet) shown killed, and the kill line revives them.
-    let active = expect(true, true, true, false);
-    let mut c = Correlator::new(active, Duration::from_millis(500), 4096, "b".into());
+    let mut c = every_source_but_the_decision();
     let now = Instant::now();
     let w = walk(&[("app", 8_192, 8_192), ("", 90_000, UNLIMITED)]);
     let bpf = 7_000_000_000;

@@ -258,12 +258,7 @@ mod tests {
     use super::*;
     use crate::cgroupfs::CgroupVersion;
 
-    fn data(name: &str) -> String {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/node")
-            .join(name);
-        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
+    use crate::testdata::node as data;
 
     #[test]
     fn meminfo_from_this_host() {

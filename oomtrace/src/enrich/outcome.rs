@@ -95,10 +95,8 @@ mod tests {
 
     use super::*;
 
-    const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/proc");
-
     fn sample(name: &str) -> String {
-        fs::read_to_string(format!("{DATA}/{name}")).expect("sample")
+        crate::testdata::read("proc", name)
     }
 
     #[test]
