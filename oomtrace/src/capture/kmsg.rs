@@ -31,6 +31,9 @@
 //! can read the backlog the kernel holds up to its end
 //! ([`Reader::read_backlog`], restart replay) and, when asked to stop, read
 //! on up to the last record written before it ends ([`Reader::spawn`]).
+//! When the eBPF side has seen a victim, the reader looks for its kill line
+//! every 250 µs rather than waiting for the kernel's late wake-up
+//! ([`KillLinesDue`]).
 
 use std::{
     fs::{File, OpenOptions},
