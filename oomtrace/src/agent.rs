@@ -327,7 +327,7 @@ impl Running {
             killers,
             snapshots: context.snapshots.clone(),
             out: out_tx,
-            held: Vec::new(),
+            batcher: Batcher::default(),
             losses: losses.clone(),
             health: Arc::clone(&health),
             kmsg_stop: kmsg_stop.clone(),
@@ -833,8 +833,7 @@ struct CorrelateStage {
     snapshots: Option<NodeSnapshots>,
     /// Batches: what one input made ready.
     out: mpsc::Sender<Vec<ToOutput>>,
-    /// Ledger markers waiting for the next batch ([`Self::send`]).
-    held: Vec<ToOutput>,
+    batcher: Batcher,
     /// The kernel log's losses tell whether a missing kill line may be lost.
     losses: Losses,
     health: Arc<Health>,
@@ -1019,20 +1018,39 @@ impl CorrelateStage {
         }
     }
 
-    /// Hands what one input made ready to the output thread in one message:
-    /// one wake-up of that thread, not one per kill line and kill.
-    /// Sends what `ready` holds to the output thread. Ledger markers alone
-    /// (a kill line read, whose kill is still pending) wait for the next
-    /// batch, in order, unless `flush`: one wake-up of the output thread
-    /// per kill instead of two in a storm.
+    /// Hands what one input made ready to the output thread in one message
+    /// ([`Batcher`]); `flush` at the stop.
     async fn send(&mut self, ready: Vec<ToOutput>, flush: bool) -> bool {
+        match self.batcher.batch(ready, flush) {
+            Some(batch) => self.out.send(batch).await.is_ok(),
+            None => true,
+        }
+    }
+}
+
+/// Makes the output thread's messages: one per input that made something
+/// ready, so one wake-up of that thread, not one per kill line and kill.
+/// Ledger markers alone (a kill line was read, its kill is still pending)
+/// wait for the next batch, in order: one wake-up per kill instead of two
+/// in a storm. A [`ToOutput::Check`] goes every second, so a marker waits
+/// a second at most (a kill line stays open for 10 minutes before the
+/// ledger gives up on it).
+#[derive(Default)]
+struct Batcher {
+    held: Vec<ToOutput>,
+}
+
+impl Batcher {
+    /// The message for `ready`, if one is due; `flush` sends whatever is
+    /// held.
+    fn batch(&mut self, ready: Vec<ToOutput>, flush: bool) -> Option<Vec<ToOutput>> {
         if !flush && ready.iter().all(ToOutput::is_marker) {
             self.held.extend(ready);
-            return true;
+            return None;
         }
         let mut batch = std::mem::take(&mut self.held);
         batch.extend(ready);
-        batch.is_empty() || self.out.send(batch).await.is_ok()
+        (!batch.is_empty()).then_some(batch)
     }
 }
 
@@ -1243,4 +1261,52 @@ pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(batch: Option<Vec<ToOutput>>) -> Option<Vec<String>> {
+        let kind = |m: &ToOutput| match m {
+            ToOutput::Kill(_) => "kill".to_string(),
+            ToOutput::KillLine(seq) => format!("line {seq}"),
+            ToOutput::KillLineDone(seq) => format!("done {seq}"),
+            ToOutput::Repeated(n) => format!("repeated {n}"),
+            ToOutput::Terminated(_) => "terminated".to_string(),
+            ToOutput::Check { .. } => "check".to_string(),
+        };
+        batch.map(|b| b.iter().map(kind).collect())
+    }
+
+    #[test]
+    fn ledger_markers_wait_for_the_next_batch_in_order() {
+        let mut b = Batcher::default();
+        assert_eq!(kinds(b.batch(vec![], false)), None);
+        assert_eq!(kinds(b.batch(vec![ToOutput::KillLine(5)], false)), None);
+        assert_eq!(
+            kinds(b.batch(
+                vec![ToOutput::Repeated(2), ToOutput::KillLineDone(6)],
+                false
+            )),
+            None
+        );
+        assert_eq!(
+            kinds(b.batch(vec![ToOutput::Check { idle: false }], false)),
+            Some(vec![
+                "line 5".into(),
+                "repeated 2".into(),
+                "done 6".into(),
+                "check".into()
+            ]),
+            "held markers go first, in the order they came"
+        );
+        assert_eq!(kinds(b.batch(vec![], false)), None, "nothing held any more");
+        assert_eq!(
+            kinds(b.batch(vec![ToOutput::KillLineDone(7)], true)),
+            Some(vec!["done 7".into()]),
+            "the stop sends markers alone"
+        );
+        assert_eq!(kinds(b.batch(vec![], true)), None);
+    }
 }
