@@ -357,10 +357,19 @@ fn a_sigkill_in_the_middle_of_a_kill_storm_loses_and_repeats_nothing() {
     let lost: i64 = unreported.iter().filter_map(|u| i(u, &["count"])).sum();
     let all: Vec<i64> = pids(&run1).into_iter().chain(pids(&run2)).collect();
     let unique: HashSet<i64> = all.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        all.len(),
-        "a kill reported twice across the crash"
+    // The one repeat the design allows (README, "Limits"): the SIGKILL
+    // landed after the agent wrote a kill and before it saved the state
+    // (a few hundred microseconds, longer when the output thread waits for
+    // a CPU): that kill is the last one run 1 wrote, and run 2 replays it.
+    let twice = all.len() - unique.len();
+    let last_of_run1 = pids(&run1).last().copied();
+    assert!(
+        twice == 0
+            || (twice == 1
+                && run2.iter().any(|e| {
+                    e["replayed"] == Value::Bool(true) && i(e, &["victim", "pid"]) == last_of_run1
+                })),
+        "{twice} kills reported twice across the crash (only run 1's last kill, {last_of_run1:?}, may be, replayed)"
     );
     assert!(
         unique.iter().all(|p| hogs.contains(p)),
@@ -375,10 +384,10 @@ fn a_sigkill_in_the_middle_of_a_kill_storm_loses_and_repeats_nothing() {
         "a first start replays nothing"
     );
     assert_eq!(
-        all.len() as i64 + lost,
+        unique.len() as i64 + lost,
         counted as i64,
         "reported {} (run 1 {}, run 2 {}, {replayed} replayed) + unreported {lost} != kernel count {counted}; stderr:\n{log2}",
-        all.len(),
+        unique.len(),
         run1.len(),
         run2.len()
     );
@@ -387,7 +396,7 @@ fn a_sigkill_in_the_middle_of_a_kill_storm_loses_and_repeats_nothing() {
         "kills made while the agent was down were replayed"
     );
     eprintln!(
-        "storm: {counted} kills in {elapsed:?}, agent SIGKILLed after {CRASH_AT}; run 1 reported {}, run 2 reported {} ({replayed} replayed), {lost} counted unreported, 0 twice",
+        "storm: {counted} kills in {elapsed:?}, agent SIGKILLed after {CRASH_AT}; run 1 reported {}, run 2 reported {} ({replayed} replayed), {lost} counted unreported, {twice} twice",
         run1.len(),
         run2.len()
     );
