@@ -15,7 +15,7 @@ use std::{
 /// takes one `read()` and the one that finds its end. Growing from empty, as
 /// `std::fs::read_to_string` does, starts at 32 bytes and doubles: 8 to 10
 /// `read()` calls for a 1.5 KiB `/proc/<pid>/status` (37 per kill in a
-/// 300-kill `cargo xtask bench`, 10 with this).
+/// 300-kill `cargo xtask bench`, 15 with this, all files together).
 const FIRST_READ: u64 = 8192;
 
 /// Reads all of `path`, failing with [`io::ErrorKind::FileTooLarge`] when it
