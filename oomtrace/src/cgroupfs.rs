@@ -7,11 +7,12 @@
 //! Cgroup paths are given the way the kernel prints them (`/proc/<pid>/cgroup`,
 //! `oom_memcg=`): relative to the memory controller's mount, with a leading `/`.
 
-use crate::readcap::read_kernel_text;
 use std::{
-    fs,
+    fs, io,
     path::{Path, PathBuf},
 };
+
+use crate::readcap::read_kernel_text;
 
 /// Which cgroup hierarchy holds the memory controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,8 +134,14 @@ impl CgroupFs {
         }
     }
 
+    /// One file of a cgroup (`memory.stat`, `cgroup.procs`, ...), read in
+    /// as few `read()` calls as it takes.
+    pub fn file(&self, path: &str, file: &str) -> io::Result<String> {
+        read_kernel_text(self.dir(path).join(file))
+    }
+
     fn read(&self, path: &str, file: &str) -> Option<String> {
-        read_kernel_text(self.dir(path).join(file)).ok()
+        self.file(path, file).ok()
     }
 
     /// Memory charged to the cgroup and its descendants, in bytes

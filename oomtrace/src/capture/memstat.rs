@@ -14,11 +14,11 @@
 //! so the `total_*` keys are read. `file_bytes` is the page cache as the
 //! kernel counts it, tmpfs and shared memory (`shmem_bytes`) included.
 
-use crate::readcap::read_kernel_text;
 use std::path::Path;
 
 use crate::{
     cgroupfs::{CgroupFs, CgroupVersion},
+    readcap::read_kernel_text,
     report::OomStat,
 };
 
@@ -112,13 +112,12 @@ pub fn read(
 
 /// One cgroup's figures; `None` when its `memory.stat` cannot be read.
 pub fn read_cgroup(cgfs: &CgroupFs, path: &str) -> Option<OomStat> {
-    let dir = cgfs.dir(path);
-    let text = read_kernel_text(dir.join("memory.stat")).ok()?;
+    let text = cgfs.file(path, "memory.stat").ok()?;
     Some(match cgfs.version {
         CgroupVersion::V2 => from_v2(&text),
         CgroupVersion::V1 => {
             let read = |file: &str| {
-                read_kernel_text(dir.join(file))
+                cgfs.file(path, file)
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
             };

@@ -502,7 +502,7 @@ fn scope_of(
     };
     let mem = node::read_meminfo(proc_root)?;
     let total_swap = mem.swap_total_bytes.unwrap_or(0) / page;
-    let read = |file: &str| fs::read_to_string(cgfs.dir(cgroup).join(file)).ok();
+    let read = |file: &str| cgfs.file(cgroup, file).ok();
     // The kernel's default when the sysctl cannot be read.
     let global_swappiness = || {
         fs::read_to_string(proc_root.join("sys/vm/swappiness"))
@@ -656,7 +656,7 @@ fn mark_oom_groups(entries: &mut [RankEntry], cgfs: &CgroupFs, oom_cgroup: &str)
     let mut flag: HashMap<String, bool> = HashMap::new();
     let mut is_set = |path: &str| {
         *flag.entry(path.to_owned()).or_insert_with(|| {
-            fs::read_to_string(cgfs.dir(path).join("memory.oom.group"))
+            cgfs.file(path, "memory.oom.group")
                 .is_ok_and(|t| t.trim() == "1")
         })
     };

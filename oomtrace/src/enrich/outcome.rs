@@ -10,10 +10,12 @@
 //! Processes with a SIGKILL still pending (the victim, other victims of a
 //! group kill, a frozen task) and zombies are not counted either.
 
-use crate::readcap::read_kernel_text;
 use std::{io, path::Path};
 
-use crate::cgroupfs::{CgroupFs, CgroupVersion};
+use crate::{
+    cgroupfs::{CgroupFs, CgroupVersion},
+    readcap::read_kernel_text,
+};
 
 /// SIGKILL's bit in the `SigPnd`/`ShdPnd` masks of `/proc/<pid>/status`.
 const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
@@ -23,7 +25,7 @@ const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 /// cgroup is gone (the runtime removes a container's cgroup when its last
 /// process exits).
 pub fn survivors(cgfs: &CgroupFs, proc_root: &Path, cgroup: &str, victim: u32) -> io::Result<u32> {
-    let text = match read_kernel_text(cgfs.dir(cgroup).join("cgroup.procs")) {
+    let text = match cgfs.file(cgroup, "cgroup.procs") {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
@@ -72,7 +74,8 @@ pub fn oom_group_set(cgfs: &CgroupFs, victim_cgroup: &str, oom_cgroup: Option<&s
     let stop = oom_cgroup.unwrap_or("/").trim_end_matches('/');
     let mut path = victim_cgroup.trim_end_matches('/');
     loop {
-        let set = read_kernel_text(cgfs.dir(path).join("memory.oom.group"))
+        let set = cgfs
+            .file(path, "memory.oom.group")
             .is_ok_and(|v| v.trim() == "1");
         if set {
             return true;
