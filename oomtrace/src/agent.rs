@@ -48,7 +48,7 @@ use crate::{
     capture::{
         Input, KmsgSighting,
         killer::{KillerCheck, KillerStats},
-        lookup::{LookupConfig, ProcLookup, Request},
+        lookup::{self, LookupConfig, Request},
         ring::Decoder,
     },
     cgroupfs::CgroupFs,
@@ -290,23 +290,11 @@ impl Running {
         // Where the memory was is read for every kill when the memory
         // controller is known; the cgroup from /proc only without tp_btf.
         expect.memory = context.cgfs.is_some();
-        let lookup = match expect.proc || expect.memory {
-            true => Some(
-                ProcLookup::spawn(
-                    LookupConfig {
-                        proc_root: args.paths.proc_root.clone(),
-                        cgroups: expect.proc,
-                        memory: context.cgfs.clone(),
-                    },
-                    input_tx.clone(),
-                )
-                .map_err(|source| AgentError::Thread {
-                    what: "/proc lookup",
-                    source,
-                })?,
-            ),
-            false => None,
-        };
+        let lookup = (expect.proc || expect.memory).then(|| LookupConfig {
+            proc_root: args.paths.proc_root.clone(),
+            cgroups: expect.proc,
+            memory: context.cgfs.clone(),
+        });
         let killers =
             match active.contains(&Hook::TpBtfSignal) || active.contains(&Hook::TracepointSignal) {
                 true => Some(
@@ -324,6 +312,7 @@ impl Running {
         let mut correlator = Correlator::new(expect, args.wait_ms, units::page_size(), boot_id());
         let mut stage = CorrelateStage {
             lookup,
+            lookups: Vec::new(),
             killers,
             snapshots: context.snapshots.clone(),
             out: out_tx,
@@ -485,9 +474,17 @@ fn sinks(
         sinks.push(sink);
         poster
     });
-    sinks.push(Stdout::new(args.format(), io::stdout()));
+    // Each record is serialised into the buffer and written with one
+    // write() at its flush: straight into `io::stdout()`, serde_json's
+    // small writes each take stdout's lock, and its 1 KiB line buffer
+    // splits a kill's JSON in two write()s.
+    let out = io::BufWriter::with_capacity(STDOUT_BUFFER, io::stdout());
+    sinks.push(Stdout::new(args.format(), out));
     (sinks, poster)
 }
+
+/// Bigger than any one record (a kill's JSON line is 1.5-3 KiB).
+const STDOUT_BUFFER: usize = 16 * 1024;
 
 async fn start_metrics(args: &TraceArgs) -> Result<Option<Arc<Metrics>>, AgentError> {
     let Some(addr) = args.metrics_addr else {
@@ -609,7 +606,7 @@ impl Sources {
             decision: active.contains(&Hook::Fentry) || active.contains(&Hook::Kprobe),
             // Without the tp_btf walk, the victim's cgroup is read from /proc as it dies.
             proc: !active.contains(&Hook::TpBtf),
-            // Set when the lookup thread starts with the memory controller.
+            // Set when lookups start with the memory controller.
             memory: false,
         };
         Ok(Self {
@@ -827,7 +824,11 @@ const KMSG_DRAIN: Duration = Duration::from_secs(2);
 
 /// The correlation stage: inputs in, complete kills out.
 struct CorrelateStage {
-    lookup: Option<ProcLookup>,
+    /// What a victim's lookup reads; none when nothing is to be read.
+    lookup: Option<LookupConfig>,
+    /// Lookups asked for, made once the inputs already queued are in
+    /// ([`Self::run_lookups`]).
+    lookups: Vec<Request>,
     /// Confirms the senders of listed signals (userspace OOM killers).
     killers: Option<KillerCheck>,
     snapshots: Option<NodeSnapshots>,
@@ -847,6 +848,9 @@ struct CorrelateStage {
     wait_for_walk: bool,
 }
 
+/// At most this many queued inputs go in before the lookups are made.
+const INPUTS_BEFORE_LOOKUPS: usize = 256;
+
 /// How long a lookup waits for tp_btf's walk before it reads `/proc`.
 const WALK_WAIT: Duration = Duration::from_millis(20);
 
@@ -863,7 +867,7 @@ impl CorrelateStage {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
-            let ready = tokio::select! {
+            let mut ready = tokio::select! {
                 Some(input) = inputs.recv() => self.push(correlator, input),
                 line = recv(&mut kmsg) => match line {
                     Some(line) => self.push(correlator, kmsg_input(line)),
@@ -890,6 +894,17 @@ impl CorrelateStage {
                 _ = check.tick() => vec![ToOutput::Check { idle: correlator.pending_count() == 0 }],
                 _ = stop.wait_for(|s| *s) => break,
             };
+            if !self.lookups.is_empty() {
+                // The records already queued go first (a walk among them
+                // names a victim's cgroup), then the lookups.
+                for _ in 0..INPUTS_BEFORE_LOOKUPS {
+                    let Ok(input) = inputs.try_recv() else {
+                        break;
+                    };
+                    ready.extend(self.push(correlator, input));
+                }
+                ready.extend(self.run_lookups(correlator));
+            }
             if !self.send(ready, false).await {
                 return;
             }
@@ -908,6 +923,7 @@ impl CorrelateStage {
         while let Ok(input) = inputs.try_recv() {
             ready.extend(self.push(correlator, input));
         }
+        ready.extend(self.run_lookups(correlator));
         if let Some(rx) = kmsg.as_mut() {
             let deadline = tokio::time::Instant::now() + KMSG_DRAIN;
             loop {
@@ -924,6 +940,7 @@ impl CorrelateStage {
                 }
             }
         }
+        ready.extend(self.run_lookups(correlator));
         ready.extend(
             correlator
                 .flush()
@@ -989,17 +1006,37 @@ impl CorrelateStage {
         out
     }
 
-    fn look_up(&self, correlator: &mut Correlator, pid: u32) {
-        let request = Request {
+    /// Queues `pid`'s lookup; a victim beyond [`lookup::QUEUE`] waiting
+    /// lookups, or with nothing to look up, is reported without it.
+    fn look_up(&mut self, correlator: &mut Correlator, pid: u32) {
+        if self.lookup.is_none() || self.lookups.len() >= lookup::QUEUE {
+            correlator.lookup_failed(pid);
+            return;
+        }
+        self.lookups.push(Request {
             pid,
             killed_at: correlator.kill_time(pid),
             cgroup: correlator.known_cgroup(pid),
             memory: correlator.memory_targets(pid),
-        };
-        let asked = self.lookup.as_ref().is_some_and(|l| l.request(request));
-        if !asked {
-            correlator.lookup_failed(pid);
+        });
+    }
+
+    /// Makes the queued lookups and correlates what they read. The reads
+    /// take some tens of µs per victim: made here, on the correlation
+    /// stage, they cost no thread hand-off each way.
+    fn run_lookups(&mut self, correlator: &mut Correlator) -> Vec<ToOutput> {
+        let mut ready = Vec::new();
+        while !self.lookups.is_empty() {
+            let requests = std::mem::take(&mut self.lookups);
+            let read: Vec<Input> = match &self.lookup {
+                Some(lookup) => requests.iter().flat_map(|r| lookup.read(r)).collect(),
+                None => Vec::new(),
+            };
+            for input in read {
+                ready.extend(self.push(correlator, input));
+            }
         }
+        ready
     }
 
     /// Looks up the victims whose walk came, or waited long enough.

@@ -1,7 +1,7 @@
 //! The memory controller's cgroup filesystem: where it is mounted (cgroup
 //! v1 `memory` or a cgroup2 mount with `memory` enabled), the directory of
 //! a cgroup path, and its small files (usage, limit, OOM counters,
-//! `cgroup.procs`). Capture (the lookup thread), enrichment and the
+//! `cgroup.procs`). Capture (the lookups), enrichment and the
 //! commands all read it.
 //!
 //! Cgroup paths are given the way the kernel prints them (`/proc/<pid>/cgroup`,

@@ -273,7 +273,7 @@ impl Correlator {
 
     /// The pending victim `pid`'s cgroup, when a record read from the task
     /// already named it: tp_btf's walk, else the decision's walk of the
-    /// chosen task (the lookup thread need not read `/proc` for it).
+    /// chosen task (the lookup need not read `/proc` for it).
     pub fn known_cgroup(&self, pid: u32) -> Option<String> {
         let p = self.newest(pid)?;
         let walk = p.btf.as_ref().and_then(|b| b.walk.as_ref()).or_else(|| {

@@ -1,6 +1,6 @@
 //! Where the memory was when a kill happened: the `memory.stat` of the
 //! cgroup whose limit was hit, or the node's `/proc/meminfo`, read by the
-//! lookup thread as soon as the victim is first seen ([`super::lookup`]).
+//! lookup as soon as the victim is first seen ([`super::lookup`]).
 //! What is read follows what the correlator knows by then
 //! ([`MemoryTargets`]): only the OOM cgroup (or the node) when a decision
 //! or the kernel's summary named it; the cgroup the walk shows at its limit
@@ -33,7 +33,7 @@ pub struct CgroupStat {
     pub stat: OomStat,
 }
 
-/// What the lookup thread read for one victim.
+/// What the lookup read for one victim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryAtKill {
     /// The victim's cgroup first, then each ancestor below the root.

@@ -251,7 +251,7 @@ fn memcg(
     memcg
 }
 
-/// What the lookup thread should read of where the memory was, from what
+/// What the lookup should read of where the memory was, from what
 /// is known of `p` when it is asked (see [`crate::capture::memstat`]): the
 /// verdict as it stands. An exact one (the decision, the kernel's summary)
 /// names the one cgroup or the node; one inferred from the walk names the
