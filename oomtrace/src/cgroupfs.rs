@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::readcap::read_kernel_text;
+use crate::readcap::{read_kernel_text, read_kernel_text_kept};
 
 /// Which cgroup hierarchy holds the memory controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,9 +135,14 @@ impl CgroupFs {
     }
 
     /// One file of a cgroup (`memory.stat`, `cgroup.procs`, ...), read in
-    /// as few `read()` calls as it takes.
+    /// as few `read()` calls as it takes. The memory controller's own files
+    /// are kept open ([`read_kernel_text_kept`]); `cgroup.procs` is not.
     pub fn file(&self, path: &str, file: &str) -> io::Result<String> {
-        read_kernel_text(self.dir(path).join(file))
+        let path = self.dir(path).join(file);
+        match file.starts_with("memory.") {
+            true => read_kernel_text_kept(&path),
+            false => read_kernel_text(path),
+        }
     }
 
     fn read(&self, path: &str, file: &str) -> Option<String> {

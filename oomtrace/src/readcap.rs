@@ -7,7 +7,9 @@
 use std::{
     fs::File,
     io::{self, Read as _},
-    path::Path,
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 /// What a whole-file read allocates first: a `/proc` or cgroup file the
@@ -52,6 +54,115 @@ pub fn read_to_string_capped(path: &Path, limit: u64) -> io::Result<String> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// How many files [`read_kernel_text_kept`] keeps open.
+const KEPT_FILES: usize = 64;
+
+/// The files [`read_kernel_text_kept`] keeps open.
+static KEPT: KeptFiles = KeptFiles::new(KEPT_FILES);
+
+/// [`read_kernel_text`] of a file the agent reads again and again
+/// (`/proc/meminfo`, a cgroup's `memory.stat`), kept open: each read is a
+/// `pread()` from offset 0, for which the kernel makes the text anew
+/// (`seq_read_iter()` restarts at offset 0), without the path walk of
+/// `open()` and the `close()`. In a kill storm these were half the system
+/// calls of a lookup, each several times its cost at rest.
+///
+/// The last [`KEPT_FILES`] paths stay open. A file that fails to read (a
+/// cgroup removed since: `ENODEV`, even when one was made again at the
+/// same path) is opened again, once. Only for files whose open state holds
+/// nothing of the kernel's: not `cgroup.procs` (its open file keeps a task
+/// iterator, which pins a task and the cgroup's css_set), not `/proc/<pid>`
+/// files (a pid is recycled).
+pub fn read_kernel_text_kept(path: &Path) -> io::Result<String> {
+    KEPT.read(path)
+}
+
+/// Open files by path, the one read last first.
+struct KeptFiles {
+    files: Mutex<Vec<(PathBuf, Arc<File>)>>,
+    max: usize,
+}
+
+impl KeptFiles {
+    const fn new(max: usize) -> Self {
+        Self {
+            files: Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    fn read(&self, path: &Path) -> io::Result<String> {
+        if let Some(file) = self.kept(path) {
+            match read_at_start(&file, KERNEL_TEXT_MAX) {
+                Ok(text) => return Ok(text),
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return Err(e),
+                Err(_) => self.forget(path),
+            }
+        }
+        let file = Arc::new(File::open(path)?);
+        let text = read_at_start(&file, KERNEL_TEXT_MAX)?;
+        self.keep(path, file);
+        Ok(text)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PathBuf, Arc<File>)>> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The kept file of `path`, moved to the front.
+    fn kept(&self, path: &Path) -> Option<Arc<File>> {
+        let mut files = self.lock();
+        let i = files.iter().position(|(p, _)| p == path)?;
+        let entry = files.remove(i);
+        let file = Arc::clone(&entry.1);
+        files.insert(0, entry);
+        Some(file)
+    }
+
+    fn keep(&self, path: &Path, file: Arc<File>) {
+        let mut files = self.lock();
+        files.retain(|(p, _)| p != path);
+        files.insert(0, (path.to_path_buf(), file));
+        files.truncate(self.max);
+    }
+
+    fn forget(&self, path: &Path) {
+        self.lock().retain(|(p, _)| p != path);
+    }
+}
+
+/// All of `file` from offset 0, at most `limit` bytes, as text.
+fn read_at_start(file: &File, limit: u64) -> io::Result<String> {
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut out = vec![0; cap.saturating_add(1).min(FIRST_READ as usize)];
+    let mut len = 0;
+    loop {
+        if len == out.len() {
+            if len > cap {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!("larger than {limit} bytes"),
+                ));
+            }
+            out.resize((len * 2).min(cap.saturating_add(1)), 0);
+        }
+        match file.read_at(&mut out[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if len > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    out.truncate(len);
+    String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
@@ -84,5 +195,99 @@ mod tests {
             read_capped(Path::new("/proc/self/stat"), 4),
             Err(e) if e.kind() == io::ErrorKind::FileTooLarge
         ));
+    }
+
+    #[test]
+    fn kept_files_are_read_anew_and_opened_again_when_gone() {
+        let kept = KeptFiles::new(4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.stat");
+        std::fs::write(&path, b"anon 1\n").unwrap();
+        assert_eq!(kept.read(&path).unwrap(), "anon 1\n");
+        // Rewritten in place: the kept file reads the new text from offset 0.
+        std::fs::write(&path, b"anon 22\n").unwrap();
+        assert_eq!(kept.read(&path).unwrap(), "anon 22\n");
+        assert!(kept.kept(&path).is_some());
+        // Replaced by another file: a kept file reads its own, and a cgroup
+        // file of a removed cgroup fails (ENODEV); what fails is reopened.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            kept.read(&path).unwrap(),
+            "anon 22\n",
+            "an unlinked regular file stays readable: the kernel's files fail instead"
+        );
+        kept.forget(&path);
+        assert_eq!(
+            kept.read(&path).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(kept.kept(&path).is_none(), "a failed open keeps nothing");
+    }
+
+    #[test]
+    fn kept_files_read_proc_text_whole_and_keep_the_cap() {
+        let meminfo = Path::new("/proc/meminfo");
+        let first = read_kernel_text_kept(meminfo).unwrap();
+        let again = read_kernel_text_kept(meminfo).unwrap();
+        assert!(first.starts_with("MemTotal:") && again.starts_with("MemTotal:"));
+        assert_eq!(first.lines().count(), again.lines().count());
+        // More than the first buffer: grown, and refused over the cap.
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 20_000]).unwrap();
+        let file = File::open(&big).unwrap();
+        assert_eq!(read_at_start(&file, 20_000).unwrap().len(), 20_000);
+        assert_eq!(
+            read_at_start(&file, 19_999).unwrap_err().kind(),
+            io::ErrorKind::FileTooLarge
+        );
+    }
+
+    #[test]
+    fn no_more_than_the_last_files_read_stay_open() {
+        let kept = KeptFiles::new(KEPT_FILES);
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..=KEPT_FILES)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}"));
+                std::fs::write(&p, i.to_string()).unwrap();
+                p
+            })
+            .collect();
+        for p in &paths {
+            kept.read(p).unwrap();
+        }
+        assert!(kept.kept(&paths[0]).is_none(), "the oldest was closed");
+        assert!(kept.kept(&paths[KEPT_FILES]).is_some());
+        assert_eq!(kept.lock().len(), KEPT_FILES);
+    }
+
+    /// A real cgroup removed and made again at the same path: the kept
+    /// file fails (ENODEV) and the new cgroup's file is opened.
+    #[test]
+    fn a_kept_cgroup_file_of_a_removed_cgroup_is_opened_again() {
+        let Some(cgfs) = crate::cgroupfs::CgroupFs::find(None) else {
+            eprintln!("skipped: no memory controller mounted");
+            return;
+        };
+        let dir = cgfs.dir(&format!("/oomtrace-unit-kept-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("skipped: cannot make a cgroup ({e}): run as root");
+            return;
+        }
+        let stat = dir.join("memory.stat");
+        let kept = KeptFiles::new(4);
+        let first = kept.read(&stat);
+        let old = kept.kept(&stat).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        let gone = read_at_start(&old, KERNEL_TEXT_MAX).map_err(|e| e.raw_os_error());
+        std::fs::create_dir(&dir).unwrap();
+        let again = kept.read(&stat);
+        let reopened = kept.kept(&stat).is_some_and(|f| !Arc::ptr_eq(&f, &old));
+        std::fs::remove_dir(&dir).unwrap();
+        assert!(first.unwrap().contains("cache"));
+        assert_eq!(gone, Err(Some(libc::ENODEV)));
+        assert!(again.unwrap().contains("cache"));
+        assert!(reopened);
     }
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use crate::{
     cgroupfs::{CgroupFs, CgroupVersion},
-    readcap::read_kernel_text,
+    readcap::read_kernel_text_kept,
     report::OomStat,
 };
 
@@ -104,7 +104,7 @@ pub fn read(
     }
     let node = targets
         .node
-        .then(|| read_kernel_text(proc_root.join("meminfo")).ok())
+        .then(|| read_kernel_text_kept(&proc_root.join("meminfo")).ok())
         .flatten()
         .map(|t| from_meminfo(&t));
     MemoryAtKill { cgroups, node }

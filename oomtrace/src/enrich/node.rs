@@ -19,6 +19,7 @@ use procfs::FromRead as _;
 use crate::{
     cgroupfs::CgroupFs,
     enrich::identity,
+    readcap::read_kernel_text_kept,
     report::{Consumer, NodeMemory},
 };
 
@@ -76,10 +77,14 @@ pub fn meminfo(text: &str) -> MemInfo {
 /// reader's own `/proc`).
 pub fn read_meminfo(proc_root: &Path) -> Result<MemInfo, NodeError> {
     let path = proc_root.join("meminfo");
-    let m = procfs::Meminfo::from_file(&path).map_err(|source| NodeError::MemInfo {
-        path: path.clone(),
-        source,
-    })?;
+    // Read every 100 ms by the node watch: kept open.
+    let m = read_kernel_text_kept(&path)
+        .map_err(procfs::ProcError::from)
+        .and_then(|text| procfs::Meminfo::from_read(text.as_bytes()))
+        .map_err(|source| NodeError::MemInfo {
+            path: path.clone(),
+            source,
+        })?;
     if m.mem_total == 0 {
         return Err(NodeError::NoMemTotal { path });
     }
@@ -116,9 +121,8 @@ pub fn psi(text: &str) -> Option<Psi> {
 
 /// `<proc_root>/pressure/memory`; `None` without PSI.
 pub fn read_psi(proc_root: &Path) -> Option<Psi> {
-    procfs::MemoryPressure::from_file(proc_root.join("pressure/memory"))
-        .ok()
-        .map(|p| Psi::from(&p))
+    let text = read_kernel_text_kept(&proc_root.join("pressure/memory")).ok()?;
+    psi(&text)
 }
 
 /// Node memory and the `top_n` largest consumers, read now.
