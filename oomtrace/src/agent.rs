@@ -22,6 +22,7 @@
 mod continuity;
 
 use std::{
+    collections::VecDeque,
     fs, io,
     sync::{
         Arc,
@@ -43,7 +44,7 @@ use tracing::{info, warn};
 
 use self::continuity::Continuity;
 use crate::{
-    capture::kmsg::{KillLinesDue, KmsgError, KmsgOom, KmsgStats, OomLine},
+    capture::kmsg::{KillLinesDue, KmsgError, KmsgOom, KmsgStats, KmsgTap, OomLine},
     capture::probe::{Hook, KernelSupport, Probe, ProbeConfig, Stats},
     capture::{
         Input, KmsgSighting,
@@ -262,8 +263,17 @@ impl Running {
             continuity,
             ..
         } = sources;
-        let (kmsg_rx, kmsg_stop, kmsg_thread, kill_lines_due) = match kmsg {
-            Some(k) => (Some(k.rx), Some(k.stop), Some(k.thread), k.due),
+        let (kmsg_rx, kmsg_stop, kmsg_thread, kill_lines) = match kmsg {
+            Some(k) => (
+                Some(k.rx),
+                Some(k.stop),
+                Some(k.thread),
+                Some(KillLines {
+                    tap: k.tap,
+                    due: k.due,
+                    victims: VictimLines::default(),
+                }),
+            ),
             None => (None, None, None, None),
         };
         let losses = Losses {
@@ -275,8 +285,6 @@ impl Running {
                 decoder,
                 record_dir: args.record_dir.clone(),
                 recorded: 0,
-                kill_lines_due,
-                announced: None,
             };
             tokio::spawn(drain_ring(
                 ring,
@@ -313,6 +321,7 @@ impl Running {
         let mut stage = CorrelateStage {
             lookup,
             lookups: Vec::new(),
+            kill_lines,
             killers,
             snapshots: context.snapshots.clone(),
             out: out_tx,
@@ -515,8 +524,11 @@ struct KmsgSource {
     /// Asks the reader to read up to the last record and end.
     stop: Arc<AtomicBool>,
     thread: thread::JoinHandle<Result<(), KmsgError>>,
-    /// Where the ring reader announces victims whose kill lines are due.
+    /// Where the correlation stage announces victims whose kill lines are
+    /// due and not read yet.
     due: Option<KillLinesDue>,
+    /// The correlation stage's own reads of the log.
+    tap: KmsgTap,
 }
 
 /// The loaded eBPF programs (kept alive while the agent runs) and their counters.
@@ -550,16 +562,17 @@ impl Sources {
             let started = continuity
                 .open_kmsg(args, Arc::clone(&kmsg_stats))
                 .and_then(|(reader, replay)| {
-                    let due = reader.kill_lines_due();
-                    Ok((reader.spawn(replay, tx, Arc::clone(&stop))?, due))
+                    let (due, tap) = (reader.kill_lines_due(), reader.tap());
+                    Ok((reader.spawn(replay, tx, Arc::clone(&stop))?, due, tap))
                 });
             match started {
-                Ok((thread, due)) => (
+                Ok((thread, due, tap)) => (
                     Some(KmsgSource {
                         rx,
                         stop,
                         thread,
                         due,
+                        tap,
                     }),
                     String::new(),
                 ),
@@ -721,9 +734,6 @@ struct RingReader {
     decoder: Decoder,
     record_dir: Option<std::path::PathBuf>,
     recorded: u64,
-    kill_lines_due: Option<KillLinesDue>,
-    /// The victim announced last.
-    announced: Option<u32>,
 }
 
 impl RingReader {
@@ -731,31 +741,11 @@ impl RingReader {
         while let Some(item) = ring.next() {
             self.record(&item);
             match self.decoder.decode(&item) {
-                Ok(input) => {
-                    self.announce(&input);
-                    batch.push(input)
-                }
+                Ok(input) => batch.push(input),
                 Err(e) => warn!(
                     "undecodable ring-buffer record ({e:?}): agent and eBPF object out of step? rebuild oomtrace"
                 ),
             }
-        }
-    }
-
-    /// A victim's `mark_victim` comes just before the kernel logs its kill
-    /// line: the kmsg reader is told to look for it now.
-    /// Both `mark_victim` programs see each victim: it is announced once.
-    fn announce(&mut self, input: &Input) {
-        let pid = match input {
-            Input::Tracepoint(s) => s.pid(),
-            Input::TpBtf(s) => s.pid,
-            _ => return,
-        };
-        if let Some(due) = &self.kill_lines_due
-            && self.announced != Some(pid)
-        {
-            due.announce(pid);
-            self.announced = Some(pid);
         }
     }
 
@@ -829,6 +819,8 @@ struct CorrelateStage {
     /// Lookups asked for, made once the inputs already queued are in
     /// ([`Self::run_lookups`]).
     lookups: Vec<Request>,
+    /// The kill lines of the victims just seen, read in the same run.
+    kill_lines: Option<KillLines>,
     /// Confirms the senders of listed signals (userspace OOM killers).
     killers: Option<KillerCheck>,
     snapshots: Option<NodeSnapshots>,
@@ -894,9 +886,14 @@ impl CorrelateStage {
                 _ = check.tick() => vec![ToOutput::Check { idle: correlator.pending_count() == 0 }],
                 _ = stop.wait_for(|s| *s) => break,
             };
-            if !self.lookups.is_empty() {
+            let victims_seen = self
+                .kill_lines
+                .as_ref()
+                .is_some_and(|k| k.victims.any_seen());
+            if !self.lookups.is_empty() || victims_seen {
                 // The records already queued go first (a walk among them
-                // names a victim's cgroup), then the lookups.
+                // names a victim's cgroup), then the lookups, then the
+                // victims' kill lines.
                 for _ in 0..INPUTS_BEFORE_LOOKUPS {
                     let Ok(input) = inputs.try_recv() else {
                         break;
@@ -904,6 +901,7 @@ impl CorrelateStage {
                     ready.extend(self.push(correlator, input));
                 }
                 ready.extend(self.run_lookups(correlator));
+                ready.extend(self.read_kill_lines(correlator, kmsg.as_mut()));
             }
             if !self.send(ready, false).await {
                 return;
@@ -960,6 +958,9 @@ impl CorrelateStage {
             }
             other => other,
         };
+        if let Some(k) = &mut self.kill_lines {
+            k.victims.note(&input);
+        }
         let now = Instant::now();
         let sighting = snapshots::worth_a_snapshot(&input);
         let kill_line = match &input {
@@ -1019,6 +1020,43 @@ impl CorrelateStage {
             cgroup: correlator.known_cgroup(pid),
             memory: correlator.memory_targets(pid),
         });
+    }
+
+    /// Reads the kernel log for the kill lines of the victims just seen:
+    /// what the reader thread sent first (it read those records earlier),
+    /// then what the kernel holds now. A victim whose line is not in yet is
+    /// announced to the reader thread, which then looks for it every 250 µs
+    /// ([`KillLinesDue`]).
+    fn read_kill_lines(
+        &mut self,
+        correlator: &mut Correlator,
+        kmsg: Option<&mut mpsc::Receiver<KmsgOom>>,
+    ) -> Vec<ToOutput> {
+        let Some(k) = &mut self.kill_lines else {
+            return Vec::new();
+        };
+        let seen = std::mem::take(&mut k.victims.seen);
+        // The reader ended: nothing more is read from the log.
+        let Some(rx) = kmsg else {
+            return Vec::new();
+        };
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            lines.push(line);
+        }
+        lines.extend(k.tap.try_read().unwrap_or_default());
+        let mut ready = Vec::new();
+        for line in lines {
+            ready.extend(self.push(correlator, kmsg_input(line)));
+        }
+        if let Some(k) = &mut self.kill_lines
+            && let Some(due) = &k.due
+        {
+            for pid in k.victims.unread(seen) {
+                due.announce(pid);
+            }
+        }
+        ready
     }
 
     /// Makes the queued lookups and correlates what they read. The reads
@@ -1088,6 +1126,75 @@ impl Batcher {
         let mut batch = std::mem::take(&mut self.held);
         batch.extend(ready);
         (!batch.is_empty()).then_some(batch)
+    }
+}
+
+/// The correlation stage's side of the kill lines: the log read in its
+/// runs, where to announce victims whose line is due, and which.
+struct KillLines {
+    tap: KmsgTap,
+    due: Option<KillLinesDue>,
+    victims: VictimLines,
+}
+
+/// The victims seen since the log was last read, and the victims whose
+/// kill line was read last.
+#[derive(Default)]
+struct VictimLines {
+    /// Victims whose `mark_victim` came since the last read.
+    seen: Vec<u32>,
+    /// The last [`RECENT_KILL_LINES`] victims whose kill line was read.
+    read: VecDeque<u32>,
+    /// The victim announced last (both `mark_victim` programs see each).
+    announced: Option<u32>,
+}
+
+/// How many victims' kill lines [`VictimLines`] remembers.
+const RECENT_KILL_LINES: usize = 256;
+
+impl VictimLines {
+    /// Notes a victim's `mark_victim`, or a kill line read.
+    fn note(&mut self, input: &Input) {
+        match input {
+            Input::Tracepoint(s) => self.saw(s.pid()),
+            Input::TpBtf(s) => self.saw(s.pid),
+            Input::Kmsg(KmsgSighting {
+                line: OomLine::Killed { pid: Some(pid), .. },
+                ..
+            }) => self.line_read(*pid),
+            _ => {}
+        }
+    }
+
+    fn saw(&mut self, pid: u32) {
+        if !self.seen.contains(&pid) {
+            self.seen.push(pid);
+        }
+    }
+
+    fn line_read(&mut self, pid: u32) {
+        if self.read.len() == RECENT_KILL_LINES {
+            self.read.pop_front();
+        }
+        self.read.push_back(pid);
+    }
+
+    /// Whether victims were seen since the log was last read.
+    fn any_seen(&self) -> bool {
+        !self.seen.is_empty()
+    }
+
+    /// The victims of `seen` (taken before the log was read) whose kill
+    /// line was not read, each once.
+    fn unread(&mut self, seen: Vec<u32>) -> Vec<u32> {
+        let mut due = Vec::new();
+        for pid in seen {
+            if !self.read.contains(&pid) && self.announced != Some(pid) {
+                self.announced = Some(pid);
+                due.push(pid);
+            }
+        }
+        due
     }
 }
 
@@ -1314,6 +1421,37 @@ mod tests {
             ToOutput::Check { .. } => "check".to_string(),
         };
         batch.map(|b| b.iter().map(kind).collect())
+    }
+
+    #[test]
+    fn victims_whose_kill_line_was_not_read_are_announced_once() {
+        let mut v = VictimLines::default();
+        // Both mark_victim programs see victim 10; its line is read in the
+        // same run: nothing to announce.
+        v.saw(10);
+        v.saw(10);
+        assert!(v.any_seen());
+        let seen = std::mem::take(&mut v.seen);
+        assert_eq!(seen, [10]);
+        v.line_read(10);
+        assert_eq!(v.unread(seen), Vec::<u32>::new());
+        // Victim 11's line is not in yet: announced, once, even when the
+        // second program's record comes in a later run.
+        v.saw(11);
+        let seen = std::mem::take(&mut v.seen);
+        assert_eq!(v.unread(seen), [11]);
+        v.saw(11);
+        let seen = std::mem::take(&mut v.seen);
+        assert_eq!(v.unread(seen), Vec::<u32>::new());
+        assert!(!v.any_seen());
+        // A victim whose line was read long ago (beyond what is
+        // remembered) and is seen again is announced.
+        for pid in 1000..1000 + RECENT_KILL_LINES as u32 {
+            v.line_read(pid);
+        }
+        v.saw(10);
+        let seen = std::mem::take(&mut v.seen);
+        assert_eq!(v.unread(seen), [10]);
     }
 
     #[test]

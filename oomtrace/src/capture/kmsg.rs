@@ -31,9 +31,10 @@
 //! can read the backlog the kernel holds up to its end
 //! ([`Reader::read_backlog`], restart replay) and, when asked to stop, read
 //! on up to the last record written before it ends ([`Reader::spawn`]).
-//! When the eBPF side has seen a victim, the reader looks for its kill line
-//! every 250 µs rather than waiting for the kernel's late wake-up
-//! ([`KillLinesDue`]).
+//! When the eBPF side has seen a victim, the correlation stage reads the log
+//! itself in the same run ([`KmsgTap`]); when the kill line is not stored
+//! yet, the reader looks for it every 250 µs rather than waiting for the
+//! kernel's late wake-up ([`KillLinesDue`]).
 
 use std::{
     fs::{File, OpenOptions},
@@ -41,7 +42,7 @@ use std::{
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -928,10 +929,90 @@ impl DueLines {
 
 /// An open kernel log (normally `/dev/kmsg`), read without blocking.
 pub struct Reader {
-    file: File,
+    shared: Arc<Mutex<Shared>>,
     stats: Arc<KmsgStats>,
-    prev_seq: Option<u64>,
     due: Option<KillLinesDue>,
+}
+
+/// What the reader thread and the correlation stage ([`KmsgTap`]) share:
+/// whoever holds it reads the next records.
+struct Shared {
+    file: File,
+    prev_seq: Option<u64>,
+    lines: DueLines,
+}
+
+impl Shared {
+    /// Reads the records the kernel holds now (up to `EAGAIN`), handing
+    /// each OOM-killer line to `on_line` while it returns `true`; returns
+    /// whether it got to `EAGAIN` (not the end of a regular file, nor an
+    /// `on_line` refusal).
+    fn read_ready(
+        &mut self,
+        stats: &KmsgStats,
+        mut on_line: impl FnMut(KmsgOom) -> bool,
+        mut on_other: impl FnMut() -> bool,
+    ) -> Result<bool, KmsgError> {
+        let Self {
+            file,
+            prev_seq,
+            lines,
+        } = self;
+        let mut idle = false;
+        read_loop(
+            &*file,
+            stats,
+            prev_seq,
+            |record| match kernel_oom_line(record, stats) {
+                Some(oom) => {
+                    if let OomLine::Killed { pid: Some(pid), .. } = oom.line {
+                        lines.read(pid);
+                    }
+                    on_line(oom)
+                }
+                None => on_other(),
+            },
+            || {
+                idle = true;
+                false
+            },
+        )?;
+        Ok(idle)
+    }
+}
+
+/// The correlation stage's own reads of the kernel log, made in the run
+/// that drained a victim's `mark_victim` record: the kernel stores the kill
+/// line microseconds after it, and wakes `/dev/kmsg` readers only once the
+/// console has printed it ([`KillLinesDue`]). Read there, the line costs
+/// no hand-off from the reader thread.
+#[derive(Clone)]
+pub struct KmsgTap {
+    shared: Arc<Mutex<Shared>>,
+    stats: Arc<KmsgStats>,
+}
+
+impl KmsgTap {
+    /// The OOM-killer lines the kernel holds now, read without waiting;
+    /// `None` while the reader thread is reading (what it reads comes
+    /// through its channel, in order).
+    pub fn try_read(&self) -> Option<Vec<KmsgOom>> {
+        let mut shared = self.shared.try_lock().ok()?;
+        let mut out = Vec::new();
+        let read = shared.read_ready(
+            &self.stats,
+            |oom| {
+                out.push(oom);
+                true
+            },
+            || true,
+        );
+        if let Err(e) = read {
+            // The reader thread meets it on its next read, and says so.
+            tracing::debug!("kernel log read beside the reader thread: {e}");
+        }
+        Some(out)
+    }
 }
 
 impl Reader {
@@ -960,11 +1041,22 @@ impl Reader {
             })
             .ok();
         Ok(Self {
-            file,
+            shared: Arc::new(Mutex::new(Shared {
+                file,
+                prev_seq: None,
+                lines: DueLines::default(),
+            })),
             stats,
-            prev_seq: None,
             due,
         })
+    }
+
+    /// The correlation stage's way into the log ([`KmsgTap`]).
+    pub fn tap(&self) -> KmsgTap {
+        KmsgTap {
+            shared: Arc::clone(&self.shared),
+            stats: Arc::clone(&self.stats),
+        }
     }
 
     /// Where to announce the victims whose kill lines are due, so that the
@@ -983,10 +1075,12 @@ impl Reader {
     ) -> Result<Backlog, KmsgError> {
         let mut backlog = Backlog::default();
         let stats = Arc::clone(&self.stats);
+        let mut shared = lock(&self.shared);
+        let Shared { file, prev_seq, .. } = &mut *shared;
         read_loop(
-            &self.file,
+            &*file,
             &stats,
-            &mut self.prev_seq,
+            prev_seq,
             |record| {
                 backlog.first_seq.get_or_insert(record.seq);
                 backlog.last_seq = Some(record.seq);
@@ -1015,12 +1109,7 @@ impl Reader {
         tx: Sender<KmsgOom>,
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<Result<(), KmsgError>>, KmsgError> {
-        let Self {
-            file,
-            stats,
-            mut prev_seq,
-            due,
-        } = self;
+        let Self { shared, stats, due } = self;
         std::thread::Builder::new()
             .name("kmsg".into())
             .spawn(move || {
@@ -1029,47 +1118,43 @@ impl Reader {
                         return Ok(());
                     }
                 }
-                let fd = file.as_raw_fd();
-                let lines = std::cell::RefCell::new(DueLines::default());
+                let fd = lock(&shared).file.as_raw_fd();
+                let wake = due.as_ref().map(|d| d.0.wake.as_raw_fd());
                 // Whether victims were announced: their eventfd was readable.
-                let woken = std::cell::Cell::new(false);
-                let result = read_loop(
-                    &file,
-                    &stats,
-                    &mut prev_seq,
-                    |record| match kernel_oom_line(record, &stats) {
-                        Some(oom) => {
-                            if let OomLine::Killed { pid: Some(pid), .. } = oom.line {
-                                lines.borrow_mut().read(pid);
-                            }
-                            tx.blocking_send(oom).is_ok()
-                        }
-                        None => !tx.is_closed(),
-                    },
-                    || {
-                        if stop.load(Ordering::Relaxed) || tx.is_closed() {
-                            return false;
-                        }
-                        let announced = match (&due, woken.get()) {
-                            (Some(due), true) => due.take(),
-                            _ => Vec::new(),
-                        };
-                        let wait =
-                            lines
-                                .borrow_mut()
-                                .next_wait(announced, Instant::now(), IDLE_POLL);
-                        let wake = due.as_ref().map(|d| d.0.wake.as_raw_fd());
-                        woken.set(wait_readable(fd, wake, wait));
-                        true
-                    },
-                );
-                if let Err(e) = &result {
-                    tracing::warn!("{e}");
+                let mut woken = false;
+                loop {
+                    let mut held = lock(&shared);
+                    // Sent with the log held: a line the correlation stage
+                    // reads itself ([`KmsgTap`]) comes after these.
+                    let idle = held
+                        .read_ready(
+                            &stats,
+                            |oom| tx.blocking_send(oom).is_ok(),
+                            || !tx.is_closed(),
+                        )
+                        .inspect_err(|e| tracing::warn!("{e}"))?;
+                    if !idle || stop.load(Ordering::Relaxed) || tx.is_closed() {
+                        return Ok(());
+                    }
+                    let announced = match (&due, woken) {
+                        (Some(due), true) => due.take(),
+                        _ => Vec::new(),
+                    };
+                    let wait = held.lines.next_wait(announced, Instant::now(), IDLE_POLL);
+                    drop(held);
+                    woken = wait_readable(fd, wake, wait);
                 }
-                result
             })
             .map_err(KmsgError::Spawn)
     }
+}
+
+/// The shared reading state, whoever panicked while holding it (a record
+/// half-read is read again).
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Waits until `fd` has a record to read, `wake` (an eventfd) was written,
@@ -2266,7 +2351,7 @@ mod tests {
         writer.write_all(format!("{token}\n").as_bytes()).unwrap();
         let stats = KmsgStats::default();
         let mut found = None;
-        read_records(&reader.file, &stats, |r| {
+        read_records(&lock(&reader.shared).file, &stats, |r| {
             if r.message == token {
                 found = Some(r);
                 return false;
@@ -2341,5 +2426,54 @@ mod tests {
             stats.records.load(Ordering::Relaxed),
             asked.elapsed()
         );
+    }
+
+    /// The reader thread and the correlation stage's tap read the same
+    /// log: every record is read once, by one of them. Forged OOM lines
+    /// (a user-space write) are counted by whoever reads them.
+    #[test]
+    #[ignore = "privileged: needs root and /dev/kmsg, run by cargo xtask test"]
+    fn kmsg_the_tap_and_the_reader_thread_read_each_record_once() {
+        use std::io::Write;
+        const LINES: u64 = 100;
+        let stats = Arc::new(KmsgStats::default());
+        let reader =
+            Reader::open(Path::new("/dev/kmsg"), StartAt::End, Arc::clone(&stats)).unwrap();
+        let tap = reader.tap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = reader.spawn(Vec::new(), tx, Arc::clone(&stop)).unwrap();
+        // The kernel lets one open /dev/kmsg write 10 lines per 5 s.
+        let writer = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/kmsg")
+                .unwrap()
+        };
+        let mut tapped = 0;
+        for i in 0..LINES {
+            let mut writer = writer();
+            let line = format!(
+                "Out of memory: Killed process {} (oomtrace-tap) total-vm:1kB\n",
+                4_000_000 + i
+            );
+            writer.write_all(line.as_bytes()).unwrap();
+            if i % 2 == 0 {
+                tapped += u64::from(tap.try_read().is_some());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats.forged_oom_lines.load(Ordering::Relaxed) < LINES {
+            assert!(Instant::now() < deadline, "not every line was read");
+            let _ = tap.try_read();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap().unwrap();
+        assert!(rx.try_recv().is_err(), "forged lines are never handed on");
+        assert_eq!(stats.forged_oom_lines.load(Ordering::Relaxed), LINES);
+        assert!(tapped > 0, "the tap got the log at least once");
+        assert_eq!(stats.lost_records.load(Ordering::Relaxed), 0);
+        println!("{tapped} of {} tap reads got the log", LINES / 2);
     }
 }
