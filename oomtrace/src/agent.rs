@@ -1022,9 +1022,9 @@ impl CorrelateStage {
         });
     }
 
-    /// Reads the kernel log for the kill lines of the victims just seen:
-    /// what the reader thread sent first (it read those records earlier),
-    /// then what the kernel holds now. A victim whose line is not in yet is
+    /// Reads the kernel log for the kill lines of the victims just seen
+    /// ([`KmsgTap::read`]: what the reader thread sent, then what the kernel
+    /// holds now, in the log's order). A victim whose line is not in yet is
     /// announced to the reader thread, which then looks for it every 250 µs
     /// ([`KillLinesDue`]).
     fn read_kill_lines(
@@ -1040,11 +1040,7 @@ impl CorrelateStage {
         let Some(rx) = kmsg else {
             return Vec::new();
         };
-        let mut lines = Vec::new();
-        while let Ok(line) = rx.try_recv() {
-            lines.push(line);
-        }
-        lines.extend(k.tap.try_read().unwrap_or_default());
+        let lines = k.tap.read(rx);
         let mut ready = Vec::new();
         for line in lines {
             ready.extend(self.push(correlator, kmsg_input(line)));

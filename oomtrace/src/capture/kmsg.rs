@@ -49,7 +49,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::{Receiver, Sender};
 
 /// Size of the buffer given to each `read()`: the kernel returns one record
 /// per call and fails with `EINVAL` if the record does not fit
@@ -993,12 +993,20 @@ pub struct KmsgTap {
 }
 
 impl KmsgTap {
-    /// The OOM-killer lines the kernel holds now, read without waiting;
-    /// `None` while the reader thread is reading (what it reads comes
-    /// through its channel, in order).
-    pub fn try_read(&self) -> Option<Vec<KmsgOom>> {
-        let mut shared = self.shared.try_lock().ok()?;
+    /// What the reader thread sent on `rx` (it read those records first),
+    /// then the OOM-killer lines the kernel holds now, read without
+    /// waiting. While the reader thread is reading, only what `rx` holds:
+    /// the thread sends its lines before it lets go of the log, so the
+    /// lines come out in the log's order either way.
+    pub fn read(&self, rx: &mut Receiver<KmsgOom>) -> Vec<KmsgOom> {
+        let held = self.shared.try_lock();
         let mut out = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            out.push(line);
+        }
+        let Ok(mut shared) = held else {
+            return out;
+        };
         let read = shared.read_ready(
             &self.stats,
             |oom| {
@@ -1011,7 +1019,7 @@ impl KmsgTap {
             // The reader thread meets it on its next read, and says so.
             tracing::debug!("kernel log read beside the reader thread: {e}");
         }
-        Some(out)
+        out
     }
 }
 
@@ -2459,21 +2467,87 @@ mod tests {
             );
             writer.write_all(line.as_bytes()).unwrap();
             if i % 2 == 0 {
-                tapped += u64::from(tap.try_read().is_some());
+                let before = stats.records.load(Ordering::Relaxed);
+                assert_eq!(
+                    tap.read(&mut rx).len(),
+                    0,
+                    "forged lines are never handed on"
+                );
+                tapped += u64::from(stats.records.load(Ordering::Relaxed) > before);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while stats.forged_oom_lines.load(Ordering::Relaxed) < LINES {
             assert!(Instant::now() < deadline, "not every line was read");
-            let _ = tap.try_read();
+            assert_eq!(tap.read(&mut rx).len(), 0);
             std::thread::sleep(Duration::from_millis(5));
         }
         stop.store(true, Ordering::Relaxed);
         thread.join().unwrap().unwrap();
         assert!(rx.try_recv().is_err(), "forged lines are never handed on");
         assert_eq!(stats.forged_oom_lines.load(Ordering::Relaxed), LINES);
-        assert!(tapped > 0, "the tap got the log at least once");
+        assert!(tapped > 0, "the tap read the log at least once");
         assert_eq!(stats.lost_records.load(Ordering::Relaxed), 0);
-        println!("{tapped} of {} tap reads got the log", LINES / 2);
+        println!("{tapped} of {} tap reads read records", LINES / 2);
+    }
+
+    /// The tap hands on what the reader thread sent before what it reads
+    /// itself, and only what was sent while the thread holds the log.
+    /// Real kernel records (the summary, then the kill line, of a memcg
+    /// kill on the host), one per write into a FIFO in place of the log.
+    #[test]
+    fn kmsg_the_tap_keeps_the_logs_order() {
+        let data = crate::testdata::read("kmsg", "host-6.18-memcg.kmsg.txt");
+        let record = |prefix: &str| {
+            let line = data.lines().find(|l| l.contains(prefix)).unwrap();
+            format!("{line}\n")
+        };
+        let (summary, killed) = (record(";oom-kill:"), record(";Memory cgroup out of memory"));
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("kmsg");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; mode bits only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Read-write: never blocks, and holds a writer open.
+        let mut writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let stats = Arc::new(KmsgStats::default());
+        let reader = Reader::open(&fifo, StartAt::Oldest, Arc::clone(&stats)).unwrap();
+        let tap = reader.tap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let kernel = |r: &str| kernel_oom_line(parse_record(r.as_bytes()).unwrap(), &stats);
+        // The reader thread read the summary and sent it; the kill line is
+        // still in the log.
+        tx.try_send(kernel(&summary).unwrap()).unwrap();
+        std::io::Write::write_all(&mut writer, killed.as_bytes()).unwrap();
+        {
+            // While the thread holds the log, the tap reads none of it.
+            let _thread = lock(&reader.shared);
+            let sent = tap.read(&mut rx);
+            assert!(matches!(
+                sent[..],
+                [KmsgOom {
+                    line: OomLine::Summary { .. },
+                    ..
+                }]
+            ));
+            tx.try_send(kernel(&summary).unwrap()).unwrap();
+        }
+        let lines = tap.read(&mut rx);
+        let kinds: Vec<&str> = lines
+            .iter()
+            .map(|l| match l.line {
+                OomLine::Summary { .. } => "summary",
+                OomLine::Killed {
+                    pid: Some(9240), ..
+                } => "killed 9240",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["summary", "killed 9240"]);
+        assert_eq!(tap.read(&mut rx).len(), 0, "each record once");
     }
 }
