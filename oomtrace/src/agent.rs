@@ -886,23 +886,7 @@ impl CorrelateStage {
                 _ = check.tick() => vec![ToOutput::Check { idle: correlator.pending_count() == 0 }],
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let victims_seen = self
-                .kill_lines
-                .as_ref()
-                .is_some_and(|k| k.victims.any_seen());
-            if !self.lookups.is_empty() || victims_seen {
-                // The records already queued go first (a walk among them
-                // names a victim's cgroup), then the lookups, then the
-                // victims' kill lines.
-                for _ in 0..INPUTS_BEFORE_LOOKUPS {
-                    let Ok(input) = inputs.try_recv() else {
-                        break;
-                    };
-                    ready.extend(self.push(correlator, input));
-                }
-                ready.extend(self.run_lookups(correlator));
-                ready.extend(self.read_kill_lines(correlator, kmsg.as_mut()));
-            }
+            ready.extend(self.catch_up(correlator, &mut inputs, kmsg.as_mut()));
             if !self.send(ready, false).await {
                 return;
             }
@@ -1005,6 +989,34 @@ impl CorrelateStage {
         }
         out.extend(ready.into_iter().map(|c| ToOutput::Kill(Box::new(c))));
         out
+    }
+
+    /// When victims were seen: the records already queued (a walk among
+    /// them names a victim's cgroup), then the lookups, then the victims'
+    /// kill lines, all in this run.
+    fn catch_up(
+        &mut self,
+        correlator: &mut Correlator,
+        inputs: &mut mpsc::Receiver<Input>,
+        kmsg: Option<&mut mpsc::Receiver<KmsgOom>>,
+    ) -> Vec<ToOutput> {
+        let victims_seen = self
+            .kill_lines
+            .as_ref()
+            .is_some_and(|k| k.victims.any_seen());
+        let mut ready = Vec::new();
+        if self.lookups.is_empty() && !victims_seen {
+            return ready;
+        }
+        for _ in 0..INPUTS_BEFORE_LOOKUPS {
+            let Ok(input) = inputs.try_recv() else {
+                break;
+            };
+            ready.extend(self.push(correlator, input));
+        }
+        ready.extend(self.run_lookups(correlator));
+        ready.extend(self.read_kill_lines(correlator, kmsg));
+        ready
     }
 
     /// Queues `pid`'s lookup; a victim beyond [`lookup::QUEUE`] waiting
