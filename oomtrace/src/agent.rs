@@ -840,6 +840,13 @@ struct CorrelateStage {
     wait_for_walk: bool,
 }
 
+/// The correlation stage's tick while a kill is pending: a kill is reported
+/// at most this long after its wait for missing sources ran out.
+const BUSY_TICK: Duration = Duration::from_millis(50);
+/// Its tick when nothing is pending (20 wake-ups a second of an idle agent
+/// were this tick).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// At most this many queued inputs go in before the lookups are made.
 const INPUTS_BEFORE_LOOKUPS: usize = 256;
 
@@ -856,9 +863,10 @@ impl CorrelateStage {
         mut stop: watch::Receiver<bool>,
         ring: Option<JoinHandle<()>>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut last_tick = Instant::now();
         let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
+            let next_tick = last_tick + self.tick_period(correlator);
             let mut ready = tokio::select! {
                 Some(input) = inputs.recv() => self.push(correlator, input),
                 line = recv(&mut kmsg) => match line {
@@ -876,8 +884,9 @@ impl CorrelateStage {
                     PodNews::Evicted(e) => self.push(correlator, Input::Eviction(e)),
                     PodNews::Terminated(t) => vec![ToOutput::Terminated(t)],
                 },
-                _ = tick.tick() => {
+                () = tokio::time::sleep_until(next_tick.into()) => {
                     let now = Instant::now();
+                    last_tick = now;
                     self.health.beat(Stage::Correlate);
                     correlator.note_kmsg_losses(self.losses.kmsg_lost(), now);
                     self.look_up_awaiting(correlator, now);
@@ -897,6 +906,9 @@ impl CorrelateStage {
         // taken, and every pending kill is reported with what is known.
         if let Some(flag) = &self.kmsg_stop {
             flag.store(true, Ordering::Relaxed);
+            if let Some(due) = self.kill_lines.as_ref().and_then(|k| k.due.as_ref()) {
+                due.wake();
+            }
         }
         if let Some(ring) = ring {
             let _ = ring.await;
@@ -989,6 +1001,16 @@ impl CorrelateStage {
         }
         out.extend(ready.into_iter().map(|c| ToOutput::Kill(Box::new(c))));
         out
+    }
+
+    /// How often the stage ticks: [`BUSY_TICK`] while a kill waits for its
+    /// sources or a lookup for tp_btf's walk, else [`IDLE_TICK`] (it beats
+    /// for `/healthz` and forgets old records; nothing is due).
+    fn tick_period(&self, correlator: &Correlator) -> Duration {
+        match correlator.pending_count() > 0 || !self.awaiting_walk.is_empty() {
+            true => BUSY_TICK,
+            false => IDLE_TICK.min(self.health.stall_after() / 4),
+        }
     }
 
     /// When victims were seen: the records already queued (a walk among

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Storms without and with the agent, alternating.
     #[arg(long, default_value_t = 5)]
     signal_rounds: usize,
+    /// Seconds the agent is left idle after it is ready, to measure what it
+    /// costs on a node with no kills (0 leaves it out).
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
     /// Run this agent binary instead of building the release one (to compare
     /// two builds on the same machine state).
     #[arg(long)]
@@ -316,6 +320,15 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
         .recv_timeout(Duration::from_secs(60))
         .context("the agent did not become ready")?;
     let rss_idle = status_kib(agent_pid, "VmRSS:");
+    let idle = (args.idle_secs > 0).then(|| {
+        // After start-up's work (the kernel log's backlog, the first snapshots).
+        thread::sleep(Duration::from_secs(1));
+        let before = thread_times(agent_pid);
+        let from = Instant::now();
+        thread::sleep(Duration::from_secs(args.idle_secs));
+        let spent = thread_deltas(&before, &thread_times(agent_pid));
+        (from.elapsed(), spent)
+    });
     let threads_idle = thread_times(agent_pid);
 
     let before = oom_kills(&cg, v2);
@@ -430,6 +443,17 @@ fn kill_bench(args: &BenchArgs, bin: &Path) -> anyhow::Result<i32> {
         arrivals.len(),
         cpu_busy * 1e3 / arrivals.len().max(1) as f64
     );
+    if let Some((took, spent)) = &idle {
+        let secs = took.as_secs_f64();
+        let on_cpu: u64 = spent.iter().map(|t| t.on_cpu_ns).sum();
+        let runs: u64 = spent.iter().map(|t| t.runs).sum();
+        println!(
+            "  agent CPU idle         {:.2} ms per s, {:.1} thread runs per s (over {:.0} s with no kill)",
+            on_cpu as f64 / 1e6 / secs,
+            runs as f64 / secs,
+            secs
+        );
+    }
     let per_kill = |ns: u64| ns as f64 / 1e3 / arrivals.len().max(1) as f64;
     for t in threads.iter().filter(|t| t.runs > 0) {
         println!(

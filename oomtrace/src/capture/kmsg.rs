@@ -57,6 +57,8 @@ use tokio::sync::mpsc::{Receiver, Sender};
 const READ_BUF: usize = 8192;
 /// How long an idle reader waits in `poll()` before it looks at its stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// The same with an eventfd: the stop wakes it ([`KillLinesDue::wake`]).
+const IDLE_POLL_WOKEN: Duration = Duration::from_secs(1);
 /// How often the reader looks for a kill line that is due ([`KillLinesDue`]).
 const DUE_POLL: Duration = Duration::from_micros(250);
 /// How long the reader looks for a due kill line before it waits for the
@@ -873,6 +875,13 @@ impl KillLinesDue {
         unsafe { libc::write(self.0.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
+    /// Wakes the reader without a victim: to look at its stop flag now.
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: as in `announce`.
+        unsafe { libc::write(self.0.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
     /// The victims announced since the last call.
     fn take(&self) -> Vec<u32> {
         let mut count = [0u8; 8];
@@ -1148,7 +1157,12 @@ impl Reader {
                         (Some(due), true) => due.take(),
                         _ => Vec::new(),
                     };
-                    let wait = held.lines.next_wait(announced, Instant::now(), IDLE_POLL);
+                    let idle = match due {
+                        // Woken through it when asked to stop.
+                        Some(_) => IDLE_POLL_WOKEN,
+                        None => IDLE_POLL,
+                    };
+                    let wait = held.lines.next_wait(announced, Instant::now(), idle);
                     drop(held);
                     woken = wait_readable(fd, wake, wait);
                 }

@@ -36,6 +36,12 @@ use crate::{
 const KEEP: usize = 32;
 /// How often the watch looks at available memory.
 const PRESSURE_POLL: Duration = Duration::from_millis(100);
+/// How often it looks while [`PLENTY`] or more is available: falling from
+/// there to the first snapshot's 20% takes allocating a fifth of the node's
+/// memory, several seconds even for a fast leak.
+const PLENTY_POLL: Duration = Duration::from_secs(1);
+/// "Plenty": 40% of the node's memory available.
+const PLENTY: (u64, u64) = (2, 5);
 /// At most one snapshot per this interval for kills first seen.
 const SIGHTING_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -161,14 +167,16 @@ fn watch_loop(
     proc_root: &std::path::Path,
 ) {
     let mut warned = false;
+    let mut poll = PRESSURE_POLL;
     loop {
-        let interval = match pokes.recv_timeout(PRESSURE_POLL) {
+        let interval = match pokes.recv_timeout(poll) {
             Ok(_) => Some(SIGHTING_INTERVAL),
             Err(RecvTimeoutError::Timeout) => match node::read_meminfo(proc_root) {
-                Ok(m) => m
-                    .total_bytes
-                    .zip(m.available_bytes)
-                    .and_then(|(total, avail)| pressure_interval(total, avail)),
+                Ok(m) => {
+                    let memory = m.total_bytes.zip(m.available_bytes);
+                    poll = poll_period(memory);
+                    memory.and_then(|(total, avail)| pressure_interval(total, avail))
+                }
                 Err(e) => {
                     if !warned {
                         warn!(
@@ -236,6 +244,21 @@ pub fn worth_a_snapshot(input: &Input) -> bool {
     }
 }
 
+/// How long the watch waits before it looks again, given (total,
+/// available) bytes: [`PLENTY_POLL`] with plenty available, else
+/// [`PRESSURE_POLL`] (also when meminfo says neither).
+fn poll_period(memory: Option<(u64, u64)>) -> Duration {
+    let (num, den) = PLENTY;
+    match memory {
+        Some((total, avail))
+            if total > 0 && avail.saturating_mul(den) >= total.saturating_mul(num) =>
+        {
+            PLENTY_POLL
+        }
+        _ => PRESSURE_POLL,
+    }
+}
+
 /// How often to keep node snapshots with `avail` of `total` bytes available:
 /// every second below 20%, four times a second below 10%.
 fn pressure_interval(total: u64, avail: u64) -> Option<Duration> {
@@ -292,5 +315,16 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(pressure_interval(0, 0), None, "no MemTotal: no pressure");
+    }
+
+    #[test]
+    fn the_watch_looks_less_often_with_plenty_available() {
+        // The same VM: idle (78% available), and at 40% and below.
+        let total = 483_454_976;
+        assert_eq!(poll_period(Some((total, 379_609_088))), PLENTY_POLL);
+        assert_eq!(poll_period(Some((total, total / 5 * 2))), PRESSURE_POLL);
+        assert_eq!(poll_period(Some((total, 90 << 20))), PRESSURE_POLL);
+        assert_eq!(poll_period(None), PRESSURE_POLL, "meminfo unreadable");
+        assert_eq!(poll_period(Some((0, 0))), PRESSURE_POLL);
     }
 }
