@@ -23,11 +23,14 @@ const FIRST_READ: u64 = 8192;
 /// Reads all of `path`, failing with [`io::ErrorKind::FileTooLarge`] when it
 /// holds more than `limit` bytes.
 pub fn read_capped(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_all(File::open(path)?, limit)
+}
+
+/// All of `reader`, at most `limit` bytes.
+fn read_all(reader: impl io::Read, limit: u64) -> io::Result<Vec<u8>> {
     let first = limit.saturating_add(1).min(FIRST_READ);
     let mut out = Vec::with_capacity(usize::try_from(first).unwrap_or(0));
-    File::open(path)?
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)?;
+    reader.take(limit.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > limit {
         return Err(io::Error::new(
             io::ErrorKind::FileTooLarge,
@@ -50,8 +53,11 @@ pub fn read_kernel_text(path: impl AsRef<Path>) -> io::Result<String> {
 /// [`read_capped`] for a text file; invalid UTF-8 is an
 /// [`io::ErrorKind::InvalidData`] error, as with [`std::fs::read_to_string`].
 pub fn read_to_string_capped(path: &Path, limit: u64) -> io::Result<String> {
-    String::from_utf8(read_capped(path, limit)?)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    text(read_capped(path, limit)?)
+}
+
+fn text(bytes: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// How many files [`read_kernel_text_kept`] keeps open.
@@ -133,34 +139,21 @@ impl KeptFiles {
 
 /// All of `file` from offset 0, at most `limit` bytes, as text.
 fn read_at_start(file: &File, limit: u64) -> io::Result<String> {
-    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut out = vec![0; cap.saturating_add(1).min(FIRST_READ as usize)];
-    let mut len = 0;
-    loop {
-        if len == out.len() {
-            if len > cap {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    format!("larger than {limit} bytes"),
-                ));
-            }
-            out.resize((len * 2).min(cap.saturating_add(1)), 0);
-        }
-        match file.read_at(&mut out[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    text(read_all(AtStart { file, pos: 0 }, limit)?)
+}
+
+/// `file` read with `pread()` from offset 0, whatever its own offset.
+struct AtStart<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl io::Read for AtStart<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
-    if len > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            format!("larger than {limit} bytes"),
-        ));
-    }
-    out.truncate(len);
-    String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]

@@ -869,16 +869,14 @@ impl KillLinesDue {
         if let Ok(mut pids) = self.0.pids.lock() {
             pids.push(pid);
         }
+        self.wake();
+    }
+
+    /// Wakes the reader (without a victim: to look at its stop flag now).
+    pub fn wake(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live buffer to our eventfd. A full
         // counter (EAGAIN) still leaves the reader woken.
-        unsafe { libc::write(self.0.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    }
-
-    /// Wakes the reader without a victim: to look at its stop flag now.
-    pub fn wake(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: as in `announce`.
         unsafe { libc::write(self.0.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 

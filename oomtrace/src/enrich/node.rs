@@ -77,7 +77,7 @@ pub fn meminfo(text: &str) -> MemInfo {
 /// reader's own `/proc`).
 pub fn read_meminfo(proc_root: &Path) -> Result<MemInfo, NodeError> {
     let path = proc_root.join("meminfo");
-    // Read every 100 ms by the node watch: kept open.
+    // Read by the node watch every second or more often: kept open.
     let m = read_kernel_text_kept(&path)
         .map_err(procfs::ProcError::from)
         .and_then(|text| procfs::Meminfo::from_read(text.as_bytes()))
